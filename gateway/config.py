@@ -1,0 +1,247 @@
+"""Every setting the gateway reads: name, default, meaning and validation.
+
+This is the only module (with the app factory) that looks at the environment.
+Each setting is an environment variable; the README's settings table is the
+same list. ``load`` turns a mapping of strings into typed values and raises
+``ConfigError`` with one line a platform engineer can act on.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid. The message is one line, safe to print."""
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a number greater than 0")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    return raw.strip().rstrip("/")
+
+
+def _dashboard_url(raw: str) -> str:
+    # Kept with its trailing slash: the proxy forwards /dashboard/<path> under it.
+    return _http_url(raw) + "/"
+
+
+def _networks(raw: str) -> tuple:
+    nets = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+    return tuple(nets)
+
+
+def _secret(min_length: int) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        # Deliberately never echo the value back in the error.
+        if len(raw) < min_length:
+            raise ValueError(f"must be at least {min_length} characters long")
+        return raw
+
+    return parse
+
+
+def _non_empty(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _header_name(raw: str) -> str:
+    name = raw.strip()
+    if not name or any(not (c.isalnum() or c == "-") for c in name):
+        raise ValueError("must be an HTTP header name (letters, digits and '-')")
+    return name
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError("must be one of " + ", ".join(options))
+        return value
+
+    return parse
+
+
+def _frame_ancestors(raw: str) -> str:
+    value = " ".join(raw.split())
+    if not value:
+        raise ValueError("must not be empty (use 'none' to forbid framing)")
+    # These end up inside a CSP header: refuse anything that could start a new directive.
+    if any(c in value for c in ";,\r\n"):
+        raise ValueError("must be a space-separated list of CSP sources")
+    return value
+
+
+def _token_in(raw: str) -> str:
+    value = raw.strip()
+    if value not in {"query:token", "header:Authorization"}:
+        raise ValueError("must be query:token or header:Authorization")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    help: str
+    parse: Callable[[str], Any] = str
+    required: bool = False
+    secret: bool = False  # may also come from NAME_FILE, never printed
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("ZIPTEAMS_API_KEY", None, "Partner API key from Zipteams onboarding.",
+            _non_empty, required=True, secret=True),
+    Setting("ZIPTEAMS_API_SECRET", None, "Partner API secret from Zipteams onboarding.",
+            _non_empty, required=True, secret=True),
+    Setting("ZIPTEAMS_API_URL", "https://api.zipteams.com/api/v1",
+            "Base URL of the Zipteams API; the token endpoint is /partner/dashboard/auth/token under it.",
+            _http_url),
+    Setting("ZIPTEAMS_DASHBOARD_URL", "https://insights.zipteams.com/dashboard/",
+            "Base URL of the Zipteams Insights dashboard (confirm it with your Zipteams contact).",
+            _dashboard_url),
+    Setting("ZIPTEAMS_TIMEOUT", "10",
+            "Seconds to wait for Zipteams to accept the connection, and again for its answer.",
+            _positive_float),
+    Setting("GATEWAY_SECRET_KEY", None,
+            "Signs the session cookie. At least 32 random characters; keep it identical on every instance.",
+            _secret(32), required=True, secret=True),
+    Setting("GATEWAY_TENANTS_FILE", None, "Path of the TOML file with the subtenant rules.",
+            _non_empty, required=True),
+    Setting("GATEWAY_AUTH_MODE", "header",
+            "How users are identified: header (behind an authenticating proxy) or demo (demo only).",
+            _choice("header", "demo")),
+    Setting("GATEWAY_USER_HEADER", "X-Forwarded-Email",
+            "Header mode: request header carrying the user's email.", _header_name),
+    Setting("GATEWAY_GROUPS_HEADER", "X-Forwarded-Groups",
+            "Header mode: request header carrying the user's groups, comma-separated.", _header_name),
+    Setting("GATEWAY_TRUSTED_PROXIES", "127.0.0.1/32,::1/128",
+            "Header mode: comma-separated CIDRs of the proxies allowed to send identity headers.",
+            _networks),
+    Setting("GATEWAY_LOGOUT_URL", "",
+            "Where to send the browser after sign-out (e.g. your proxy's /oauth2/sign_out). Empty: a signed-out page.",
+            str),
+    Setting("GATEWAY_EMBED_MODE", "iframe",
+            "proxy (dashboard served through the gateway, token stays on the server) or iframe (token in the iframe URL).",
+            _choice("proxy", "iframe")),
+    Setting("GATEWAY_FRAME_ANCESTORS", "'self'",
+            "CSP frame-ancestors sources allowed to frame the gateway's pages.", _frame_ancestors),
+    Setting("GATEWAY_PROXY_TOKEN_IN", "query:token",
+            "Proxy mode: how the token is attached upstream: query:token or header:Authorization (Bearer).",
+            _token_in),
+    Setting("GATEWAY_PROXY_MAX_BODY", "10485760",
+            "Proxy mode: largest request body forwarded to the dashboard, in bytes; larger gets 413.",
+            _positive_int),
+    Setting("GATEWAY_COOKIE_SECURE", "true",
+            "Mark the session cookie Secure (HTTPS only). Turn off only for plain-HTTP local testing.", _bool),
+    Setting("GATEWAY_TOKEN_MARGIN", "60",
+            "Seconds before a token's expiry at which it is no longer served (capped at 10% of its lifetime).",
+            _non_negative_int),
+    Setting("GATEWAY_TOKEN_CACHE_SIZE", "10000", "Most (tenant, subtenant) tokens kept per process.",
+            _positive_int),
+    Setting("GATEWAY_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING or ERROR.",
+            lambda raw: _choice("debug", "info", "warning", "error")(raw).upper()),
+    Setting("GATEWAY_LOG_FORMAT", "text", "Log line format: text or json (one object per line).",
+            _choice("text", "json")),
+    Setting("GATEWAY_DEBUG", "false",
+            "Development only: allows the demo login. Never set it in production.", _bool),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def _raw_value(setting: Setting, source: Mapping[str, str]) -> str | None:
+    """The string value of a setting, reading NAME_FILE for secrets."""
+    value = source.get(setting.name)
+    file_name = source.get(setting.name + "_FILE") if setting.secret else None
+    if value not in (None, "") and file_name:
+        raise ConfigError(f"{setting.name} and {setting.name}_FILE are both set: keep one")
+    if file_name:
+        try:
+            with open(file_name, encoding="utf-8") as fh:
+                # Mounted secrets usually end with a newline that is not part of the secret.
+                return fh.read().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"{setting.name}_FILE: cannot read {file_name}: {exc.strerror or exc}"
+            ) from None
+    if value in (None, ""):
+        return None
+    return value
+
+
+def load(source: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Parse every setting from ``source`` (default: the process environment)."""
+    source = os.environ if source is None else source
+    config: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = _raw_value(setting, source)
+        if raw is None:
+            if setting.required:
+                hint = f" (or {setting.name}_FILE)" if setting.secret else ""
+                raise ConfigError(f"{setting.name}{hint} is required: {setting.help}")
+            raw = setting.default
+        try:
+            config[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            shown = "" if setting.secret else f" {raw!r}"
+            raise ConfigError(f"{setting.name}{shown} is invalid: {exc}") from None
+    return config
+
+
+def env_int(name: str, default: int, source: Mapping[str, str] | None = None) -> int:
+    """A positive integer from the environment, for gunicorn.conf.py."""
+    source = os.environ if source is None else source
+    raw = source.get(name) or str(default)
+    try:
+        return _positive_int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} {raw!r} is invalid: must be a whole number, 1 or more") from None

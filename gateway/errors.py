@@ -1,0 +1,161 @@
+"""The GatewayError hierarchy and the one place that turns errors into pages.
+
+Every failure a user can meet is a ``GatewayError`` with an HTTP status, a
+stable ``code`` that scripts and the partner's page can rely on, and a message
+in plain words. Browsers get an HTML page, API clients (``Accept:
+application/json``) the same content as JSON. Nothing here ever renders an
+exception's arguments, a traceback or anything from the upstream answer.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, g, jsonify, make_response, render_template, request
+from werkzeug.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    """Base class: a failure with a status, a stable code and a user message."""
+
+    status_code = 500
+    code = "internal_error"
+    title = "Something went wrong"
+    message = "The gateway ran into a problem it did not expect."
+    hint = "Try again in a moment. If it keeps happening, contact support and quote the request id."
+
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = None):
+        # ``detail`` is for logs and operators; it must never hold a secret or token.
+        super().__init__(detail or self.message)
+        self.detail = detail or self.message
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.detail!r})"
+
+
+class Unauthenticated(GatewayError):
+    status_code = 401
+    code = "not_signed_in"
+    title = "You are not signed in"
+    message = "We could not tell who you are, so the dashboard cannot be shown."
+    hint = "Sign in through your company's login page and open this page again."
+
+
+class NotLinked(GatewayError):
+    status_code = 403
+    code = "not_linked"
+    title = "Your account is not linked to a team"
+    message = "You are signed in, but your account is not linked to any team that has a dashboard here."
+    hint = "Ask your administrator to add you to a team, then reload this page."
+
+
+class CsrfRejected(GatewayError):
+    status_code = 403
+    code = "csrf_rejected"
+    title = "This request was refused"
+    message = "The form you sent did not come from this site, or the page was open too long."
+    hint = "Go back, reload the page and try again."
+
+
+class NotFound(GatewayError):
+    status_code = 404
+    code = "not_found"
+    title = "Page not found"
+    message = "There is nothing at this address."
+    hint = "Check the address, or go back to the dashboard."
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+    code = "payload_too_large"
+    title = "That upload is too large"
+    message = "The data you sent is larger than this gateway accepts."
+    hint = "Send a smaller file or fewer rows."
+
+
+class ServiceBusy(GatewayError):
+    status_code = 503
+    code = "dashboard_busy"
+    title = "The dashboard is busy"
+    message = "The dashboard service asked us to slow down."
+    hint = "Wait a minute and reload the page."
+
+
+class UpstreamFailure(GatewayError):
+    status_code = 502
+    code = "dashboard_unavailable"
+    title = "The dashboard is unavailable"
+    message = "The dashboard service did not answer properly."
+    hint = "Try again in a few minutes. If it keeps happening, contact support and quote the request id."
+
+
+class UpstreamTimeout(GatewayError):
+    status_code = 504
+    code = "dashboard_timeout"
+    title = "The dashboard took too long"
+    message = "The dashboard service did not answer in time."
+    hint = "Reload the page in a minute."
+
+
+# Generic werkzeug errors, rendered in the same shape; never their own text.
+_HTTP_TEXT = {
+    400: ("Bad request", "The request could not be understood.", "Go back and try again."),
+    404: (NotFound.title, NotFound.message, NotFound.hint),
+    405: ("Not allowed", "This address does not accept that kind of request.", "Go back to the dashboard."),
+    413: (PayloadTooLarge.title, PayloadTooLarge.message, PayloadTooLarge.hint),
+    431: ("Request too large", "The request's headers are too large.", "Clear this site's cookies and try again."),
+}
+
+
+def wants_json() -> bool:
+    """True when the client prefers JSON over HTML."""
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+
+
+def render_error(status: int, code: str, title: str, message: str, hint: str,
+                 retry_after: int | None = None):
+    request_id = getattr(g, "request_id", None)
+    if wants_json():
+        body = {"error": {"status": status, "code": code, "title": title, "message": message,
+                          "hint": hint, "request_id": request_id}}
+        if retry_after is not None:
+            body["error"]["retry_after"] = retry_after
+        response = jsonify(body)
+    else:
+        response = make_response(render_template(
+            "error.html", status=status, code=code, title=title, message=message, hint=hint,
+            retry_after=retry_after, request_id=request_id))
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def handle_gateway_error(exc: GatewayError):
+    level = logging.WARNING if exc.status_code >= 500 else logging.INFO
+    logger.log(level, "refused status=%s code=%s detail=%s", exc.status_code, exc.code, exc.detail)
+    return render_error(exc.status_code, exc.code, exc.title, exc.message, exc.hint, exc.retry_after)
+
+
+def handle_http_exception(exc: HTTPException):
+    status = exc.code or 500
+    title, message, hint = _HTTP_TEXT.get(
+        status, (exc.name, "The request could not be completed.", "Go back to the dashboard."))
+    return render_error(status, f"http_{status}", title, message, hint)
+
+
+def handle_unexpected(exc: Exception):
+    # The traceback goes to the log for the operator; the user sees a plain page.
+    logger.exception("unexpected error")
+    base = GatewayError
+    return render_error(500, base.code, base.title, base.message, base.hint)
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(GatewayError, handle_gateway_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)
