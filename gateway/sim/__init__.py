@@ -1,0 +1,213 @@
+"""A spec-faithful stand-in for Zipteams: the Auth Token API and a small dashboard.
+
+For development and tests only; the production app never mounts it. Token
+endpoint checks run in the spec's order: key/secret (403), tenant (400),
+subtenant (400), rate limit (429). Tokens are HS256 JWTs with ``tenantId``,
+``subTenantId``, ``iat`` and ``exp``. Test control lives under ``/_sim/``.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import json
+import math
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import jwt
+from flask import Flask, Response, jsonify, request
+
+TOKEN_PATH = "/api/v1/partner/dashboard/auth/token"
+SPEC_MESSAGES = {
+    400: "Tenant ID is required",
+    403: "Forbidden",
+    429: "Rate limit exceeded. Try again in 60 seconds.",
+    500: "Internal server error",
+}
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+class SimState:
+    """Counters, injected faults and rate-limit windows, shared by all threads."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.token_requests = 0
+            self.by_subtenant: collections.Counter = collections.Counter()
+            self.dashboard_paths: list[str] = []
+            self.faults: list[dict] = []
+            self.windows: dict[str, collections.deque] = {}
+
+    def next_fault(self) -> dict | None:
+        with self.lock:
+            if not self.faults:
+                return None
+            fault = self.faults[0]
+            fault["count"] -= 1
+            if fault["count"] <= 0:
+                self.faults.pop(0)
+            return dict(fault)
+
+    def rate_limited(self, key: str, limit: int | None) -> int:
+        """0 if the request may pass, else the seconds until it may."""
+        if not limit:
+            return 0
+        now = self.clock()
+        with self.lock:
+            window = self.windows.setdefault(key, collections.deque())
+            while window and window[0] <= now - 60:
+                window.popleft()
+            if len(window) >= limit:
+                return max(1, math.ceil(window[0] + 60 - now))
+            window.append(now)
+            return 0
+
+
+def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
+                   token_ttl: int = 86400, clock: Callable[[], float] = time.time,
+                   signing_key: bytes | None = None) -> Flask:
+    """The stand-in as a WSGI app. ``partners`` maps API key to API secret."""
+    app = Flask(__name__, static_folder=None)
+    state = SimState(clock)
+    key = signing_key or secrets.token_bytes(32)
+    app.extensions["sim"] = state
+
+    def spec_error(status: int, message: str | None = None):
+        return jsonify(success=False, message=message or SPEC_MESSAGES[status]), status
+
+    def mint(tenant: str, subtenant: str) -> str:
+        now = int(clock())
+        claims = {"tenantId": tenant, "subTenantId": subtenant, "iat": now, "exp": now + token_ttl}
+        return jwt.encode(claims, key, algorithm="HS256")
+
+    @app.get(TOKEN_PATH)
+    def token():
+        api_key = request.headers.get("x-api-key", "")
+        tenant = request.headers.get("x-tenant-id", "")
+        subtenant = request.headers.get("x-sub-tenant-id", "")
+        with state.lock:
+            state.token_requests += 1
+            if tenant and subtenant:
+                state.by_subtenant[f"{tenant}/{subtenant}"] += 1
+        fault = state.next_fault()
+        if fault:
+            if fault.get("delay"):
+                time.sleep(float(fault["delay"]))
+            if fault.get("status"):
+                return spec_error(int(fault["status"]), fault.get("message"))
+            if fault.get("malformed"):
+                return malformed(str(fault["malformed"]), tenant, subtenant)
+        expected = partners.get(api_key)
+        sent = request.headers.get("x-api-secret", "")
+        if expected is None or not hmac.compare_digest(expected.encode(), sent.encode()):
+            return spec_error(403)
+        if not tenant:
+            return spec_error(400, "Tenant ID is required")
+        if not subtenant:
+            return spec_error(400, "Subtenant ID is required")
+        wait = state.rate_limited(api_key, rate_limit)
+        if wait:
+            return spec_error(429, f"Rate limit exceeded. Try again in {wait} seconds.")
+        return jsonify(code="RESPONSE_SUCCESS", message="Request served successfully.", type="object",
+                       data={"token": mint(tenant, subtenant)})
+
+    def malformed(kind: str, tenant: str, subtenant: str):
+        if kind == "no-token":
+            return jsonify(code="RESPONSE_SUCCESS", message="Request served successfully.", data={})
+        if kind == "not-jwt":
+            return jsonify(code="RESPONSE_SUCCESS", message="Request served successfully.",
+                           data={"token": "not-a-jwt"})
+        if kind == "wrong-subtenant":
+            return jsonify(code="RESPONSE_SUCCESS", message="Request served successfully.",
+                           data={"token": mint(tenant, subtenant + "-other")})
+        # Default: what a load balancer in front of an API sends when it is unhappy.
+        return Response("<html><body>Bad gateway</body></html>", 200, mimetype="text/html")
+
+    # ------------------------------------------------------------ dashboard
+    def verified_claims() -> dict | None:
+        raw = request.args.get("token")
+        auth = request.headers.get("Authorization", "")
+        if raw is None and auth.startswith("Bearer "):
+            raw = auth[7:]
+        if not raw:
+            return None
+        try:
+            return jwt.decode(raw, key, algorithms=["HS256"], options={"require": ["exp", "iat"]},
+                              leeway=0)
+        except jwt.PyJWTError:
+            return None
+
+    @app.before_request
+    def record_and_guard():
+        if request.path.startswith("/_sim/") or request.path == TOKEN_PATH:
+            return None
+        raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path
+        with state.lock:
+            state.dashboard_paths.append(raw.split("?", 1)[0])
+        if not request.path.startswith("/dashboard/"):
+            return Response("not found", 404)
+        claims = verified_claims()
+        if claims is None:
+            return jsonify(error="invalid or expired token"), 401
+        request.environ["sim.claims"] = claims
+        request.environ["sim.token"] = request.args.get("token") or \
+            request.headers.get("Authorization", "")[7:]
+        return None
+
+    from .dashboard import register
+
+    register(app, state)
+
+    # ------------------------------------------------------------- control
+    @app.get("/_sim/stats")
+    def stats():
+        with state.lock:
+            return jsonify(token_requests=state.token_requests, by_subtenant=dict(state.by_subtenant),
+                           dashboard_paths=list(state.dashboard_paths),
+                           pending_faults=[dict(f) for f in state.faults])
+
+    @app.post("/_sim/faults")
+    def faults():
+        spec = request.get_json(silent=True)
+        if not isinstance(spec, dict):
+            return jsonify(error="expected a JSON object"), 400
+        count = spec.get("count", 1)
+        if not isinstance(count, int) or count < 1:
+            return jsonify(error="count must be a positive integer"), 400
+        if "status" in spec:
+            if spec["status"] not in SPEC_MESSAGES:
+                return jsonify(error="status must be one of 400, 403, 429, 500"), 400
+        elif "delay" in spec:
+            if not isinstance(spec["delay"], (int, float)) or not 0 < spec["delay"] <= 60:
+                return jsonify(error="delay must be seconds between 0 and 60"), 400
+        elif not spec.get("malformed"):
+            return jsonify(error="give status, delay or malformed"), 400
+        with state.lock:
+            state.faults.append(dict(spec, count=count))
+        return jsonify(ok=True, pending=len(state.faults))
+
+    @app.post("/_sim/reset")
+    def reset():
+        state.reset()
+        return jsonify(ok=True)
+
+    return app
+
+
+def fingerprint_numbers(tenant: str, subtenant: str) -> dict[str, int]:
+    """Stable, tenant-specific figures for the dashboard to render."""
+    digest = hashlib.sha256(f"{tenant}/{subtenant}".encode()).digest()
+    return {"meetings": 100 + digest[0], "deals": 10 + digest[1] % 90, "win_rate": 20 + digest[2] % 60}
+
+
+def dumps(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
