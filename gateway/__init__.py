@@ -1,0 +1,63 @@
+"""The Zipteams Insights embed gateway: a Flask app factory.
+
+``create_app()`` reads every setting from the environment (``gateway.config``);
+tests and the demo pass ``test_config``, a mapping of the same names, instead.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Flask
+
+from . import config as settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the gateway. Raises ConfigError or RulesError with one clear line."""
+    from .tenants import load_rules
+
+    app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    if test_config is None:
+        values = settings.load(os.environ)
+        extras: dict[str, Any] = {}
+    else:
+        # Strings are settings, parsed exactly as from the environment; anything
+        # else (a fake clock, TESTING) is passed through for tests.
+        values = settings.load({k: v for k, v in test_config.items() if isinstance(v, str)})
+        extras = {k: v for k, v in test_config.items() if not isinstance(v, str)}
+    app.config.update(values)
+    app.config.update(extras)
+    if app.config["GATEWAY_AUTH_MODE"] == "demo" and not (
+            app.config["GATEWAY_DEBUG"] or app.config.get("DEMO_COMMAND")):
+        raise settings.ConfigError(
+            "GATEWAY_AUTH_MODE=demo is only for `python -m gateway demo` or GATEWAY_DEBUG=true; "
+            "use header mode behind your SSO proxy in production")
+
+    app.config.update(
+        SECRET_KEY=app.config["GATEWAY_SECRET_KEY"],
+        SESSION_COOKIE_NAME="zg_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=app.config["GATEWAY_COOKIE_SECURE"],
+        MAX_CONTENT_LENGTH=None,  # the proxy enforces its own limit while streaming
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+    app.extensions["rules"] = load_rules(app.config["GATEWAY_TENANTS_FILE"])
+    app.jinja_env.globals["embed_mode"] = app.config["GATEWAY_EMBED_MODE"]
+
+    # Order matters: request ids first, so every later line and page carries one.
+    from . import auth, embed, errors, logs, proxy, security, tokens
+
+    logs.init_app(app)
+    errors.init_app(app)
+    security.init_app(app)
+    tokens.init_app(app)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(embed.bp)
+    if app.config["GATEWAY_EMBED_MODE"] == "proxy":
+        app.register_blueprint(proxy.bp)
+    return app

@@ -1,0 +1,101 @@
+"""The embed page, the subtenant picker and the health check.
+
+Which subtenant a request is for is decided here, on every request, from the
+tenant rules: the session only remembers the user's choice among the
+subtenants they match, so nothing a browser sends can reach another team.
+"""
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlencode
+
+from flask import Blueprint, current_app, g, jsonify, redirect, render_template, request, session, url_for
+
+from . import security, tokens
+from .auth import login_required
+from .errors import NotLinked
+from .tenants import Match
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("embed", __name__)
+
+
+class NeedsChoice(Exception):
+    """The user matches several subtenants and has not picked one yet."""
+
+    def __init__(self, matches: list[Match]):
+        super().__init__("subtenant choice needed")
+        self.matches = matches
+
+
+def user_matches() -> list[Match]:
+    """Every subtenant the signed-in user matches, computed once per request."""
+    if "matches" not in g:
+        g.matches = current_app.extensions["rules"].match(g.user.email, g.user.groups)
+    return g.matches
+
+
+def current_subtenant() -> Match:
+    """The subtenant this request is for, rechecked against the rules; deny by default."""
+    if "subtenant_match" in g:
+        return g.subtenant_match
+    matches = user_matches()
+    if not matches:
+        logger.info("subtenant denied email=%s groups=%d reason=no-rule-matches",
+                    g.user.email, len(g.user.groups))
+        raise NotLinked("user matches no subtenant rule")
+    chosen = session.get("subtenant")
+    match = next((m for m in matches if m.key == chosen), None)
+    if match is None:
+        if len(matches) > 1:
+            raise NeedsChoice(matches)
+        match = matches[0]
+    g.subtenant_match = match
+    return match
+
+
+@bp.route("/")
+@login_required
+def index():
+    try:
+        match = current_subtenant()
+    except NeedsChoice:
+        return redirect(url_for("embed.select"))
+    sub = match.subtenant
+    # Fetching here, not only in the frame, turns an upstream failure into a
+    # full error page instead of a broken frame.
+    token = tokens.cache().get(sub.tenant, sub.id)
+    if current_app.config["GATEWAY_EMBED_MODE"] == "iframe":
+        src = current_app.config["ZIPTEAMS_DASHBOARD_URL"] + "?" + urlencode({"token": token.value})
+    else:
+        src = url_for("proxy.dashboard", path="")
+    logger.info("embed viewed email=%s tenant=%s subtenant=%s rule=%r",
+                g.user.email, sub.tenant, sub.id, match.reason)
+    return render_template("embed.html", user=g.user, subtenant=sub, frame_src=src,
+                           can_switch=len(user_matches()) > 1)
+
+
+@bp.route("/select", methods=("GET", "POST"))
+@login_required
+def select():
+    matches = user_matches()
+    if not matches:
+        raise NotLinked("user matches no subtenant rule")
+    if request.method == "POST":
+        security.require_csrf()
+        choice = request.form.get("subtenant", "")
+        if not any(m.key == choice for m in matches):
+            # Not one of theirs: refused the same way as having no link at all.
+            logger.warning("subtenant selection refused email=%s", g.user.email)
+            raise NotLinked("selected a subtenant the user does not match")
+        session["subtenant"] = choice
+        logger.info("subtenant selected email=%s subtenant=%s", g.user.email, choice)
+        return redirect(url_for("embed.index"))
+    return render_template("select.html", user=g.user, matches=matches,
+                           current=session.get("subtenant"))
+
+
+@bp.route("/healthz")
+def healthz():
+    """Liveness: the process answers. Never calls Zipteams."""
+    return jsonify(status="ok")

@@ -1,0 +1,96 @@
+"""Logging: one line per event to stdout, a request id on every line and response.
+
+``GATEWAY_LOG_FORMAT=text`` for people, ``json`` for log pipelines. The request
+id comes from ``X-Request-Id`` when a trusted proxy sent a sane one, otherwise
+it is generated; it is echoed in the response and on every error page. Access
+lines name the path, never the query string.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+
+from flask import Blueprint, Flask, current_app, g, has_request_context, request
+
+from .auth import peer_is_trusted
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("logs", __name__)
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+_HANDLER_MARK = "_zipteams_gateway"
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(level: str = "INFO", fmt: str = "text") -> None:
+    """Install (or replace) the gateway's stdout handler on the root logger."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _HANDLER_MARK, False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    setattr(handler, _HANDLER_MARK, True)
+    handler.addFilter(RequestIdFilter())
+    if fmt == "json":
+        formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    logging.getLogger("gateway").setLevel(level)
+    if root.level > logging.getLevelName(level):
+        root.setLevel(level)
+    # urllib3 logs full URLs at DEBUG; iframe-mode URLs may carry a token.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def init_app(app: Flask) -> None:
+    if not app.config.get("TESTING"):
+        configure(app.config["GATEWAY_LOG_LEVEL"], app.config["GATEWAY_LOG_FORMAT"])
+    app.register_blueprint(bp)
+
+
+@bp.before_app_request
+def assign_request_id() -> None:
+    g.started = time.perf_counter()
+    incoming = request.headers.get("X-Request-Id", "")
+    if incoming and _REQUEST_ID.fullmatch(incoming) and peer_is_trusted(
+            request.remote_addr, current_app.config["GATEWAY_TRUSTED_PROXIES"]):
+        g.request_id = incoming
+    else:
+        g.request_id = uuid.uuid4().hex
+
+
+@bp.after_app_request
+def log_request(response):
+    response.headers["X-Request-Id"] = g.get("request_id", "-")
+    if request.endpoint != "static":
+        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        logger.info("request method=%s path=%s endpoint=%s status=%s ms=%.1f",
+                    request.method, request.path[:200], request.endpoint, response.status_code, elapsed)
+    return response

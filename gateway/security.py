@@ -1,0 +1,99 @@
+"""Browser-facing protections: response headers, CSP, CSRF and safe redirect targets."""
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Flask, current_app, request, session
+
+from .errors import CsrfRejected
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("security", __name__)
+
+
+def build_csp(frame_src: str, frame_ancestors: str) -> str:
+    return "; ".join((
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        f"frame-src {frame_src}",
+        "form-action 'self'",
+        "base-uri 'none'",
+        f"frame-ancestors {frame_ancestors}",
+    ))
+
+
+def init_app(app: Flask) -> None:
+    cfg = app.config
+    if cfg["GATEWAY_EMBED_MODE"] == "iframe":
+        parts = urlsplit(cfg["ZIPTEAMS_DASHBOARD_URL"])
+        frame_src = f"{parts.scheme}://{parts.netloc}"
+    else:
+        frame_src = "'self'"
+    # Computed once: the same for every page the gateway renders.
+    app.extensions["csp"] = build_csp(frame_src, cfg["GATEWAY_FRAME_ANCESTORS"])
+    app.jinja_env.globals["csrf_token"] = ensure_csrf
+    app.register_blueprint(bp)
+
+
+@bp.after_app_request
+def set_security_headers(response):
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.endpoint == "static":
+        return response
+    headers.setdefault("Content-Security-Policy", current_app.extensions["csp"])
+    # Every page depends on who is signed in: never cache it, never share it.
+    headers.setdefault("Cache-Control", "no-store")
+    response.vary.add("Cookie")
+    return response
+
+
+def ensure_csrf() -> str:
+    """The session's CSRF token, created on first use."""
+    token = session.get("csrf")
+    if not token:
+        token = session["csrf"] = secrets.token_urlsafe(24)
+    return token
+
+
+def require_csrf() -> None:
+    """Refuse a state-changing request that is cross-site or lacks the session's token."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise CsrfRejected(f"cross-site request (Sec-Fetch-Site: {site[:20]})")
+    origin = request.headers.get("Origin")
+    # Compare hosts only: behind a TLS-terminating proxy our own scheme may read http.
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        raise CsrfRejected("request from another origin")
+    expected = session.get("csrf")
+    sent = request.form.get("csrf_token", "")
+    if not expected or not hmac.compare_digest(expected.encode(), sent.encode()):
+        raise CsrfRejected("missing or wrong CSRF token")
+
+
+def safe_next(target: str | None) -> str:
+    """``target`` if it is a same-origin relative path, else ``/``.
+
+    Browsers read ``\\`` as ``/`` and drop tabs and newlines, so ``/\\evil.com``
+    or ``/\\t/evil.com`` would leave the site: only a single leading slash
+    followed by a safe character is accepted.
+    """
+    if not target or not isinstance(target, str):
+        return "/"
+    if any(ord(c) < 0x21 or c in "\\\x7f" for c in target):
+        return "/"
+    if not target.startswith("/") or target.startswith("//"):
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return "/"
+    if target.endswith("?"):
+        target = target[:-1]
+    return target
