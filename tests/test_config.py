@@ -1,0 +1,115 @@
+"""Settings: defaults, validation, *_FILE secrets and fail-fast start-up."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import API_SECRET, DATA, ROOT, SECRET_KEY
+from gateway import config
+from gateway.config import ConfigError
+
+REQUIRED = {
+    "ZIPTEAMS_API_KEY": "key",
+    "ZIPTEAMS_API_SECRET": API_SECRET,
+    "GATEWAY_SECRET_KEY": SECRET_KEY,
+    "GATEWAY_TENANTS_FILE": str(DATA / "tenants.toml"),
+}
+
+
+def test_defaults():
+    cfg = config.load(REQUIRED)
+    assert cfg["ZIPTEAMS_API_URL"] == "https://api.zipteams.com/api/v1"
+    assert cfg["ZIPTEAMS_TIMEOUT"] == 10.0
+    assert cfg["GATEWAY_AUTH_MODE"] == "header"
+    assert cfg["GATEWAY_EMBED_MODE"] == "iframe"
+    assert cfg["GATEWAY_FRAME_ANCESTORS"] == "'self'"
+    assert [str(n) for n in cfg["GATEWAY_TRUSTED_PROXIES"]] == ["127.0.0.1/32", "::1/128"]
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_missing_required_setting_is_one_clear_line(name):
+    source = {k: v for k, v in REQUIRED.items() if k != name}
+    with pytest.raises(ConfigError) as info:
+        config.load(source)
+    message = str(info.value)
+    assert message.startswith(name) and "is required" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("ZIPTEAMS_TIMEOUT", "0", "must be a number greater than 0"),
+    ("ZIPTEAMS_API_URL", "ftp://x", "must be an http:// or https:// URL"),
+    ("ZIPTEAMS_API_URL", "https://u:p@x", "must not carry credentials"),
+    ("GATEWAY_TRUSTED_PROXIES", "10.0.0.0/8,nonsense", "'nonsense' is not an IP address"),
+    ("GATEWAY_AUTH_MODE", "magic", "must be one of header, demo"),
+    ("GATEWAY_EMBED_MODE", "popup", "must be one of proxy, iframe"),
+    ("GATEWAY_FRAME_ANCESTORS", "'self'; script-src *", "space-separated list"),
+    ("GATEWAY_USER_HEADER", "X Email", "must be an HTTP header name"),
+    ("GATEWAY_COOKIE_SECURE", "maybe", "expected true or false"),
+    ("GATEWAY_PROXY_TOKEN_IN", "cookie:x", "query:token or header:Authorization"),
+])
+def test_invalid_setting_is_named(name, value, expected):
+    with pytest.raises(ConfigError) as info:
+        config.load({**REQUIRED, name: value})
+    assert str(info.value).startswith(name) and expected in str(info.value)
+
+
+def test_short_secret_key_is_refused_without_echoing_it():
+    with pytest.raises(ConfigError) as info:
+        config.load({**REQUIRED, "GATEWAY_SECRET_KEY": "short-but-secret"})
+    assert "at least 32 characters" in str(info.value)
+    assert "short-but-secret" not in str(info.value)
+
+
+def test_secret_from_file(tmp_path):
+    path = tmp_path / "secret"
+    path.write_text("from-a-file\n")
+    source = {k: v for k, v in REQUIRED.items() if k != "ZIPTEAMS_API_SECRET"}
+    cfg = config.load({**source, "ZIPTEAMS_API_SECRET_FILE": str(path)})
+    assert cfg["ZIPTEAMS_API_SECRET"] == "from-a-file"
+
+
+def test_secret_and_file_together_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="both set"):
+        config.load({**REQUIRED, "ZIPTEAMS_API_SECRET_FILE": str(tmp_path / "x")})
+
+
+def test_unreadable_secret_file(tmp_path):
+    source = {k: v for k, v in REQUIRED.items() if k != "GATEWAY_SECRET_KEY"}
+    with pytest.raises(ConfigError, match="GATEWAY_SECRET_KEY_FILE: cannot read"):
+        config.load({**source, "GATEWAY_SECRET_KEY_FILE": str(tmp_path / "missing")})
+
+
+def test_every_setting_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [s.name for s in config.SETTINGS if f"`{s.name}`" not in readme]
+    assert missing == []
+
+
+def _start(env):
+    return subprocess.run([sys.executable, "-c", "import wsgi"], cwd=ROOT, env={"PATH": "", **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_wsgi_refuses_to_start_with_one_line_when_a_setting_is_missing():
+    env = {k: v for k, v in REQUIRED.items() if k != "ZIPTEAMS_API_KEY"}
+    result = _start(env)
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        "gateway: cannot start: ZIPTEAMS_API_KEY (or ZIPTEAMS_API_KEY_FILE) is required: "
+        "Partner API key from Zipteams onboarding."]
+
+
+def test_wsgi_names_the_bad_table_of_an_invalid_tenants_file(tmp_path):
+    bad = tmp_path / "tenants.toml"
+    bad.write_text('[[subtenant]]\ntenant = "t"\nid = "s"\nname = "n"\nemails = ["nope"]\n')
+    result = _start({**REQUIRED, "GATEWAY_TENANTS_FILE": str(bad)})
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "[[subtenant]] #1 (t/s): 'emails' entry 'nope'" in lines[0]
+    assert API_SECRET not in result.stderr
+
+
+def test_demo_login_is_refused_in_production():
+    env = {**REQUIRED, "GATEWAY_AUTH_MODE": "demo"}
+    result = _start(env)
+    assert result.returncode == 3 and "only for `python -m gateway demo`" in result.stderr

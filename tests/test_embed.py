@@ -1,0 +1,138 @@
+"""The embed page, the subtenant picker and deny-by-default."""
+import re
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+import pytest
+
+from conftest import user_headers
+from test_auth import csrf_from
+
+
+def frame_src(response) -> str:
+    return re.search(r'<iframe[^>]* src="([^"]+)"', response.get_data(as_text=True)).group(1).replace("&amp;", "&")
+
+
+def test_embed_page_shows_user_subtenant_and_dashboard(client, sim):
+    response = client.get("/", headers=user_headers("alice@acme.example"))
+    text = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "alice@acme.example" in text and "Sales EMEA" in text and "Switch team" not in text
+    src = frame_src(response)
+    assert src.startswith(sim.dashboard_url + "?token=")
+    claims = jwt.decode(parse_qs(urlsplit(src).query)["token"][0], options={"verify_signature": False})
+    assert (claims["tenantId"], claims["subTenantId"]) == ("acme", "sales-emea")
+
+
+def test_iframe_mode_dashboard_accepts_the_token(client, http):
+    src = frame_src(client.get("/", headers=user_headers("alice@acme.example")))
+    page = http.get(src)
+    assert page.status_code == 200 and "sales-emea" in page.text
+
+
+def test_security_headers(client, sim):
+    response = client.get("/", headers=user_headers("alice@acme.example"))
+    headers = response.headers
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert "Cookie" in headers["Vary"]
+    csp = headers["Content-Security-Policy"]
+    assert "frame-ancestors 'self'" in csp
+    assert f"frame-src {sim.url}" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
+
+
+def test_frame_ancestors_setting(make_app):
+    client = make_app(GATEWAY_FRAME_ANCESTORS="https://portal.partner.example").test_client()
+    csp = client.get("/", headers=user_headers("alice@acme.example")).headers["Content-Security-Policy"]
+    assert "frame-ancestors https://portal.partner.example" in csp
+
+
+def test_unmatched_user_gets_a_plain_403(client):
+    response = client.get("/", headers=user_headers("mallory@evil.example", "admins"))
+    assert response.status_code == 403
+    assert "not linked to a team" in response.get_data(as_text=True)
+
+
+def test_unmatched_user_gets_json_when_asked(client):
+    response = client.get("/", headers=user_headers("mallory@evil.example", Accept="application/json"))
+    assert response.status_code == 403
+    error = response.get_json()["error"]
+    assert error["code"] == "not_linked" and error["request_id"] == response.headers["X-Request-Id"]
+
+
+def test_several_matches_choose_at_select(client, sim):
+    headers = user_headers("bob@acme.example", "emea")
+    first = client.get("/", headers=headers)
+    assert first.status_code == 302 and first.headers["Location"] == "/select"
+    picker = client.get("/select", headers=headers)
+    text = picker.get_data(as_text=True)
+    assert "Sales EMEA" in text and "Sales US" in text
+    chosen = client.post("/select", data={"subtenant": "acme/sales-emea", "csrf_token": csrf_from(picker)},
+                         headers=headers)
+    assert chosen.status_code == 302
+    page = client.get("/", headers=headers)
+    assert "Sales EMEA" in page.get_data(as_text=True) and "Switch team" in page.get_data(as_text=True)
+    assert sim.stats()["by_subtenant"] == {"acme/sales-emea": 1}
+
+
+@pytest.mark.parametrize("choice", ["globex/ops", "acme/unknown", "", "acme/sales-emea/../ops"])
+def test_selecting_a_subtenant_the_user_does_not_match_is_refused(client, sim, choice):
+    headers = user_headers("bob@acme.example", "emea")
+    picker = client.get("/select", headers=headers)
+    response = client.post("/select", data={"subtenant": choice, "csrf_token": csrf_from(picker)},
+                           headers=headers)
+    assert response.status_code == 403
+    assert sim.stats()["token_requests"] == 0
+
+
+def test_select_needs_csrf(client):
+    headers = user_headers("bob@acme.example", "emea")
+    client.get("/select", headers=headers)
+    assert client.post("/select", data={"subtenant": "acme/sales-us"}, headers=headers).status_code == 403
+
+
+def test_choice_is_rechecked_when_groups_change(client):
+    headers = user_headers("bob@acme.example", "emea")
+    picker = client.get("/select", headers=headers)
+    client.post("/select", data={"subtenant": "acme/sales-emea", "csrf_token": csrf_from(picker)},
+                headers=headers)
+    # The proxy no longer sends the "emea" group: that subtenant is gone at once.
+    page = client.get("/", headers=user_headers("bob@acme.example", ""))
+    assert "Sales US" in page.get_data(as_text=True) and "Sales EMEA" not in page.get_data(as_text=True)
+
+
+def test_planted_session_choice_cannot_reach_another_team(client, sim):
+    client.get("/", headers=user_headers("alice@acme.example"))
+    with client.session_transaction() as s:
+        s["subtenant"] = "globex/ops"
+    page = client.get("/", headers=user_headers("alice@acme.example"))
+    assert "Sales EMEA" in page.get_data(as_text=True)
+    assert set(sim.stats()["by_subtenant"]) == {"acme/sales-emea"}
+
+
+@pytest.mark.parametrize("params", [{"subtenant": "globex/ops"}, {"tenant": "globex", "sub": "ops"}])
+def test_query_and_headers_cannot_pick_a_subtenant(client, sim, params):
+    page = client.get("/", query_string=params,
+                      headers=user_headers("alice@acme.example", **{"X-Sub-Tenant-Id": "ops", "X-Tenant-Id": "globex"}))
+    assert "Sales EMEA" in page.get_data(as_text=True)
+    assert set(sim.stats()["by_subtenant"]) == {"acme/sales-emea"}
+
+
+def test_healthz_never_calls_zipteams(client, sim):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json() == {"status": "ok"}
+    assert sim.stats()["token_requests"] == 0
+
+
+def test_unknown_page_is_a_plain_404(client):
+    response = client.get("/nope", headers=user_headers("alice@acme.example"))
+    assert response.status_code == 404 and "Page not found" in response.get_data(as_text=True)
+
+
+def test_request_id_from_a_trusted_proxy_is_kept(client):
+    response = client.get("/healthz", headers={"X-Request-Id": "req-12345678"})
+    assert response.headers["X-Request-Id"] == "req-12345678"
+    untrusted = client.get("/healthz", headers={"X-Request-Id": "req-12345678"},
+                           environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    assert untrusted.headers["X-Request-Id"] != "req-12345678"

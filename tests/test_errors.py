@@ -1,0 +1,80 @@
+"""Friendly failures: each upstream fault gives its documented status and a plain page."""
+import pytest
+
+from conftest import free_port, user_headers
+
+ALICE = user_headers("alice@acme.example")
+
+
+@pytest.mark.parametrize("fault, status, code", [
+    ({"status": 429}, 503, "zipteams_rate_limited"),
+    ({"status": 403}, 502, "zipteams_forbidden"),
+    ({"status": 500}, 502, "zipteams_server_error"),
+    ({"status": 400}, 502, "zipteams_missing_tenant"),
+    ({"malformed": True}, 502, "zipteams_malformed_response"),
+    ({"malformed": "no-token"}, 502, "zipteams_malformed_response"),
+    ({"malformed": "not-jwt"}, 502, "zipteams_invalid_token"),
+    ({"malformed": "wrong-subtenant"}, 502, "zipteams_invalid_token"),
+])
+def test_each_fault_gives_its_status_and_a_plain_page_then_recovers(client, sim, fault, status, code):
+    sim.fault(count=1, **fault)
+    response = client.get("/", headers=ALICE)
+    text = response.get_data(as_text=True)
+    assert response.status_code == status
+    assert response.mimetype == "text/html"
+    assert f'data-code="{code}"' in text and response.headers["X-Request-Id"] in text
+    assert "Traceback" not in text and "upstream_status" not in text
+    assert client.get("/", headers=ALICE).status_code == 200
+
+
+def test_rate_limit_becomes_503_with_retry_after(client, sim):
+    sim.fault(status=429, message="Rate limit exceeded. Try again in 42 seconds.", count=1)
+    response = client.get("/", headers=ALICE)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "42"
+    assert "about 42 seconds" in response.get_data(as_text=True)
+
+
+def test_rate_limit_without_a_named_wait_defaults_to_60(client, sim):
+    sim.fault(status=429, message="Slow down", count=1)
+    assert client.get("/", headers=ALICE).headers["Retry-After"] == "60"
+
+
+def test_timeout_becomes_504(make_app, sim):
+    client = make_app(ZIPTEAMS_TIMEOUT="0.3").test_client()
+    sim.fault(delay=1, count=1)
+    response = client.get("/", headers=ALICE)
+    assert response.status_code == 504 and "took too long" in response.get_data(as_text=True)
+    assert client.get("/", headers=ALICE).status_code == 200
+
+
+def test_refused_connection_becomes_502(make_app):
+    client = make_app(ZIPTEAMS_API_URL=f"http://127.0.0.1:{free_port()}/api/v1").test_client()
+    response = client.get("/", headers=ALICE)
+    assert response.status_code == 502 and "dashboard is unavailable" in response.get_data(as_text=True)
+
+
+def test_errors_answer_json_to_api_clients(client, sim):
+    sim.fault(status=429, count=1)
+    response = client.get("/", headers={**ALICE, "Accept": "application/json"})
+    assert response.status_code == 503
+    body = response.get_json()["error"]
+    assert body == {"status": 503, "code": "zipteams_rate_limited", "title": "The dashboard is busy",
+                    "message": body["message"], "hint": body["hint"], "retry_after": 60,
+                    "request_id": response.headers["X-Request-Id"]}
+
+
+def test_unexpected_exception_is_a_plain_500(app):
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("internal detail that must not be shown")
+
+    response = app.test_client().get("/boom")
+    text = response.get_data(as_text=True)
+    assert response.status_code == 500
+    assert "internal detail" not in text and "Traceback" not in text
+
+
+def test_method_not_allowed_is_a_plain_page(client):
+    response = client.delete("/", headers=ALICE)
+    assert response.status_code == 405 and "Not allowed" in response.get_data(as_text=True)

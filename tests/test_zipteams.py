@@ -1,0 +1,158 @@
+"""The Zipteams client against the live stand-in: success, every failure type, no leaks."""
+import json
+import socket
+import threading
+
+import pytest
+from werkzeug.wrappers import Request, Response
+
+from conftest import API_KEY, API_SECRET, FakeClock, free_port, start_sim
+from gateway.sim.server import ServerThread
+from gateway.zipteams import (DashboardToken, ZipteamsClient, ZipteamsError, ZipteamsForbidden,
+                              ZipteamsInvalidToken, ZipteamsMalformedResponse, ZipteamsMissingSubtenant,
+                              ZipteamsMissingTenant, ZipteamsRateLimited, ZipteamsServerError,
+                              ZipteamsTimeout, ZipteamsUnexpectedStatus, ZipteamsUnreachable)
+
+
+@pytest.fixture
+def client(sim):
+    return ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=2)
+
+
+def test_fetch_returns_a_parsed_token(client, sim):
+    token = client.fetch_token("acme", "sales-us")
+    assert isinstance(token, DashboardToken)
+    assert (token.tenant, token.subtenant) == ("acme", "sales-us")
+    assert 86300 < token.expires_at - token.issued_at <= 86400
+    assert sim.stats()["by_subtenant"] == {"acme/sales-us": 1}
+
+
+def test_exactly_the_four_documented_headers_are_sent():
+    seen = {}
+
+    @Request.application
+    def capture(request):
+        seen.update(request.headers)
+        seen["path"] = request.path
+        return Response(json.dumps({"code": "RESPONSE_SUCCESS", "data": {"token": "x"}}),
+                        mimetype="application/json")
+
+    with ServerThread(capture) as server:
+        client = ZipteamsClient(server.url + "/api/v1", "k", "s", timeout=2)
+        with pytest.raises(ZipteamsInvalidToken):
+            client.fetch_token("t", "st")
+    assert seen["path"] == "/api/v1/partner/dashboard/auth/token"
+    custom = {k.lower(): v for k, v in seen.items() if k.lower().startswith("x-")}
+    assert custom == {"x-api-key": "k", "x-api-secret": "s", "x-tenant-id": "t", "x-sub-tenant-id": "st"}
+    assert "Cookie" not in seen and "Authorization" not in seen
+
+
+@pytest.mark.parametrize("fault, error, status", [
+    ({"status": 403}, ZipteamsForbidden, 502),
+    ({"status": 500}, ZipteamsServerError, 502),
+    ({"status": 429}, ZipteamsRateLimited, 503),
+    ({"status": 400}, ZipteamsMissingTenant, 502),
+    ({"status": 400, "message": "Subtenant ID is required"}, ZipteamsMissingSubtenant, 502),
+    ({"malformed": True}, ZipteamsMalformedResponse, 502),
+    ({"malformed": "no-token"}, ZipteamsMalformedResponse, 502),
+    ({"malformed": "not-jwt"}, ZipteamsInvalidToken, 502),
+    ({"malformed": "wrong-subtenant"}, ZipteamsInvalidToken, 502),
+])
+def test_each_failure_has_its_own_type(client, sim, fault, error, status):
+    sim.fault(count=1, **fault)
+    with pytest.raises(error) as info:
+        client.fetch_token("acme", "sales-us")
+    assert info.value.status_code == status
+    assert "acme" in str(info.value)
+    # The next request after the fault succeeds.
+    assert client.fetch_token("acme", "sales-us").subtenant == "sales-us"
+
+
+def test_wrong_secret_is_forbidden(sim):
+    client = ZipteamsClient(sim.api_url, API_KEY, "wrong", timeout=2)
+    with pytest.raises(ZipteamsForbidden):
+        client.fetch_token("acme", "sales-us")
+
+
+def test_missing_subtenant_from_the_spec(client):
+    with pytest.raises(ZipteamsMissingSubtenant):
+        client.fetch_token("acme", "")
+    with pytest.raises(ZipteamsMissingTenant):
+        client.fetch_token("", "x")
+
+
+def test_rate_limit_carries_the_named_wait(client):
+    sim = start_sim(rate_limit=1)
+    try:
+        client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=2)
+        client.fetch_token("a", "b")
+        with pytest.raises(ZipteamsRateLimited) as info:
+            client.fetch_token("a", "b")
+        assert 1 <= info.value.retry_after <= 60
+    finally:
+        sim.server.stop()
+
+
+def test_timeout(sim):
+    client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=0.3)
+    sim.fault(delay=1.5, count=1)
+    with pytest.raises(ZipteamsTimeout) as info:
+        client.fetch_token("acme", "sales-us")
+    assert info.value.status_code == 504
+
+
+def test_connection_refused():
+    client = ZipteamsClient(f"http://127.0.0.1:{free_port()}/api/v1", API_KEY, API_SECRET, timeout=2)
+    with pytest.raises(ZipteamsUnreachable):
+        client.fetch_token("acme", "sales-us")
+
+
+def test_connection_dropped_mid_answer():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def slam():
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"code\"")
+        conn.close()
+
+    threading.Thread(target=slam, daemon=True).start()
+    client = ZipteamsClient(f"http://127.0.0.1:{listener.getsockname()[1]}/api/v1", "k", "s", timeout=2)
+    with pytest.raises(ZipteamsError):
+        client.fetch_token("acme", "sales-us")
+    listener.close()
+
+
+def test_undocumented_status():
+    @Request.application
+    def teapot(request):
+        return Response("{}", status=418, mimetype="application/json")
+
+    with ServerThread(teapot) as server:
+        client = ZipteamsClient(server.url, "k", "s", timeout=2)
+        with pytest.raises(ZipteamsUnexpectedStatus, match="418"):
+            client.fetch_token("acme", "sales-us")
+
+
+def test_expired_token_is_refused(sim):
+    # The stand-in's clock is a day behind ours: its tokens arrive already expired.
+    behind = start_sim(clock=FakeClock(start=1_000_000))
+    try:
+        client = ZipteamsClient(behind.api_url, API_KEY, API_SECRET, timeout=2)
+        with pytest.raises(ZipteamsInvalidToken, match="already expired"):
+            client.fetch_token("acme", "sales-us")
+    finally:
+        behind.server.stop()
+
+
+def test_no_secret_or_token_in_repr_str_or_errors(client, sim, caplog):
+    token = client.fetch_token("acme", "sales-us")
+    for text in (repr(client), str(client), repr(token), str(token)):
+        assert API_SECRET not in text and token.value not in text
+    sim.fault(status=403, count=1)
+    with pytest.raises(ZipteamsForbidden) as info:
+        client.fetch_token("acme", "sales-us")
+    assert API_SECRET not in repr(info.value) and API_SECRET not in str(info.value)
+    assert API_SECRET not in caplog.text and token.value not in caplog.text
