@@ -46,6 +46,8 @@ class SimState:
             self.dashboard_paths: list[str] = []
             self.faults: list[dict] = []
             self.windows: dict[str, collections.deque] = {}
+            self.minted: set[str] = set()
+            self.revoked: set[str] = set()
 
     def next_fault(self) -> dict | None:
         with self.lock:
@@ -86,8 +88,13 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
 
     def mint(tenant: str, subtenant: str) -> str:
         now = int(clock())
-        claims = {"tenantId": tenant, "subTenantId": subtenant, "iat": now, "exp": now + token_ttl}
-        return jwt.encode(claims, key, algorithm="HS256")
+        claims = {"tenantId": tenant, "subTenantId": subtenant, "iat": now, "exp": now + token_ttl,
+                  # Unique per mint, so that a revoked token and its successor never coincide.
+                  "jti": secrets.token_hex(8)}
+        value = jwt.encode(claims, key, algorithm="HS256")
+        with state.lock:
+            state.minted.add(value)
+        return value
 
     @app.get(TOKEN_PATH)
     def token():
@@ -140,11 +147,16 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
             raw = auth[7:]
         if not raw:
             return None
+        with state.lock:
+            if raw in state.revoked:
+                return None
         try:
-            return jwt.decode(raw, key, algorithms=["HS256"], options={"require": ["exp", "iat"]},
-                              leeway=0)
+            # Time checks against the stand-in's own clock, which tests may move.
+            claims = jwt.decode(raw, key, algorithms=["HS256"], options={
+                "require": ["exp", "iat"], "verify_exp": False, "verify_iat": False})
         except jwt.PyJWTError:
             return None
+        return claims if claims["exp"] > clock() else None
 
     @app.before_request
     def record_and_guard():
@@ -194,6 +206,14 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
         with state.lock:
             state.faults.append(dict(spec, count=count))
         return jsonify(ok=True, pending=len(state.faults))
+
+    @app.post("/_sim/revoke")
+    def revoke():
+        """Every token minted so far stops working at the dashboard (early rotation)."""
+        with state.lock:
+            state.revoked |= state.minted
+            count = len(state.minted)
+        return jsonify(ok=True, revoked=count)
 
     @app.post("/_sim/reset")
     def reset():
