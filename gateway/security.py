@@ -6,7 +6,7 @@ import logging
 import secrets
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, current_app, request, session
+from flask import Blueprint, Flask, current_app, g, request, session
 
 from .errors import CsrfRejected
 
@@ -37,6 +37,8 @@ def init_app(app: Flask) -> None:
         frame_src = "'self'"
     # Computed once: the same for every page the gateway renders.
     app.extensions["csp"] = build_csp(frame_src, cfg["GATEWAY_FRAME_ANCESTORS"])
+    app.extensions["page_headers"] = _STATIC + (("Content-Security-Policy", app.extensions["csp"]),
+                                                ("Cache-Control", "no-store"))
     app.jinja_env.globals["csrf_token"] = ensure_csrf
     app.register_blueprint(bp)
 
@@ -44,15 +46,30 @@ def init_app(app: Flask) -> None:
 @bp.after_app_request
 def set_security_headers(response):
     headers = response.headers
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Referrer-Policy", "no-referrer")
     if request.endpoint == "static":
-        return response
-    headers.setdefault("Content-Security-Policy", current_app.extensions["csp"])
-    # Every page depends on who is signed in: never cache it, never share it.
-    headers.setdefault("Cache-Control", "no-store")
-    response.vary.add("Cookie")
+        defaults = _STATIC
+    elif g.get("proxied"):
+        # The dashboard's own page: keep its CSP and caching rules, but only our
+        # pages may frame it, and no shared cache may keep one user's data.
+        defaults = _PROXIED
+    else:
+        # Every page depends on who is signed in: never cache it, never share it.
+        defaults = current_app.extensions["page_headers"]
+    for name, value in defaults:
+        if name not in headers:
+            headers[name] = value
+    if request.endpoint != "static":
+        vary = headers.get("Vary")
+        if not vary:
+            headers["Vary"] = "Cookie"
+        elif "cookie" not in vary.lower():
+            headers["Vary"] = vary + ", Cookie"
     return response
+
+
+_STATIC = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
+_PROXIED = _STATIC + (("Content-Security-Policy", "frame-ancestors 'self'"),
+                      ("Cache-Control", "private, no-cache"))
 
 
 def ensure_csrf() -> str:
@@ -69,8 +86,13 @@ def require_csrf() -> None:
     if site is not None and site not in ("same-origin", "none"):
         raise CsrfRejected(f"cross-site request (Sec-Fetch-Site: {site[:20]})")
     origin = request.headers.get("Origin")
+    if origin == "null":
+        # Browsers send "Origin: null" for forms on pages with Referrer-Policy: no-referrer
+        # (ours); then only a same-origin Sec-Fetch-Site vouches for the request.
+        if site != "same-origin":
+            raise CsrfRejected("opaque origin without Sec-Fetch-Site: same-origin")
     # Compare hosts only: behind a TLS-terminating proxy our own scheme may read http.
-    if origin is not None and urlsplit(origin).netloc != request.host:
+    elif origin is not None and urlsplit(origin).netloc != request.host:
         raise CsrfRejected("request from another origin")
     expected = session.get("csrf")
     sent = request.form.get("csrf_token", "")

@@ -145,3 +145,15 @@ def test_demo_login_never_redirects_off_site(demo, target):
 
 def test_login_page_is_not_there_in_header_mode(client):
     assert client.get("/login").status_code == 404
+
+
+def test_opaque_origin_needs_same_origin_fetch_metadata(client):
+    page = client.get("/", headers=user_headers("alice@acme.example"))
+    token = csrf_from(page)
+    refused = client.post("/logout", data={"csrf_token": token},
+                          headers=user_headers("alice@acme.example", Origin="null"))
+    assert refused.status_code == 403
+    accepted = client.post("/logout", data={"csrf_token": token},
+                           headers=user_headers("alice@acme.example", Origin="null",
+                                                **{"Sec-Fetch-Site": "same-origin"}))
+    assert accepted.status_code == 200
