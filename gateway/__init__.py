@@ -21,6 +21,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from .tenants import load_rules
 
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    # "//" must reach the proxy's path check (and be refused), not be merged into a redirect.
+    app.url_map.merge_slashes = False
     if test_config is None:
         values = settings.load(os.environ)
         extras: dict[str, Any] = {}
@@ -50,14 +52,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.jinja_env.globals["embed_mode"] = app.config["GATEWAY_EMBED_MODE"]
 
     # Order matters: request ids first, so every later line and page carries one.
-    from . import auth, embed, errors, logs, proxy, security, tokens
+    from . import auth, embed, errors, logs, proxy, security, sessions, tokens
 
     logs.init_app(app)
+    sessions.init_app(app)
     errors.init_app(app)
     security.init_app(app)
     tokens.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(embed.bp)
     if app.config["GATEWAY_EMBED_MODE"] == "proxy":
-        app.register_blueprint(proxy.bp)
+        proxy.init_app(app)
     return app

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the gateway and the Zipteams stand-in together")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
-    demo.add_argument("--mode", choices=("proxy", "iframe"), default="iframe")
+    demo.add_argument("--mode", choices=("proxy", "iframe"), default="proxy")
     demo.add_argument("--tenants", default=ROOT / "tenants.example.toml")
     demo.add_argument("--token-ttl", type=int, default=86400, help="stand-in token lifetime, seconds")
     demo.set_defaults(func=run_demo)

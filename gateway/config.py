@@ -169,7 +169,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_LOGOUT_URL", "",
             "Where to send the browser after sign-out (e.g. your proxy's /oauth2/sign_out). Empty: a signed-out page.",
             str),
-    Setting("GATEWAY_EMBED_MODE", "iframe",
+    Setting("GATEWAY_EMBED_MODE", "proxy",
             "proxy (dashboard served through the gateway, token stays on the server) or iframe (token in the iframe URL).",
             _choice("proxy", "iframe")),
     Setting("GATEWAY_FRAME_ANCESTORS", "'self'",

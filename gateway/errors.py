@@ -59,6 +59,14 @@ class CsrfRejected(GatewayError):
     hint = "Go back, reload the page and try again."
 
 
+class ChoiceNeeded(GatewayError):
+    status_code = 409
+    code = "choose_team"
+    title = "Choose a team first"
+    message = "Your account is linked to several teams and none is chosen for this page yet."
+    hint = "Open the dashboard page again and choose a team."
+
+
 class NotFound(GatewayError):
     status_code = 404
     code = "not_found"

@@ -21,7 +21,7 @@ def test_defaults():
     assert cfg["ZIPTEAMS_API_URL"] == "https://api.zipteams.com/api/v1"
     assert cfg["ZIPTEAMS_TIMEOUT"] == 10.0
     assert cfg["GATEWAY_AUTH_MODE"] == "header"
-    assert cfg["GATEWAY_EMBED_MODE"] == "iframe"
+    assert cfg["GATEWAY_EMBED_MODE"] == "proxy"
     assert cfg["GATEWAY_FRAME_ANCESTORS"] == "'self'"
     assert [str(n) for n in cfg["GATEWAY_TRUSTED_PROXIES"]] == ["127.0.0.1/32", "::1/128"]
 
