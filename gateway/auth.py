@@ -31,8 +31,9 @@ class User:
     groups: tuple[str, ...] = ()
 
 
+@functools.lru_cache(maxsize=1024)
 def peer_is_trusted(addr: str | None, networks) -> bool:
-    """True when the connecting peer's address lies in one of ``networks``."""
+    """True when the connecting peer's address lies in one of ``networks`` (a tuple)."""
     try:
         ip = ipaddress.ip_address(addr or "")
     except ValueError:

@@ -7,10 +7,13 @@ lines name the path, never the query string.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
 import sys
+import threading
 import time
 import uuid
 
@@ -23,6 +26,29 @@ bp = Blueprint("logs", __name__)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 _HANDLER_MARK = "_zipteams_gateway"
+
+
+class _RequestIds:
+    """Unique ids without a system call per request: a random per-process prefix and a counter."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._prefix = uuid.uuid4().hex[:16]
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        if os.getpid() != self._pid:  # forked into a gunicorn worker: start a new sequence
+            with self._lock:
+                if os.getpid() != self._pid:
+                    self._reset()
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+new_request_id = _RequestIds()
 
 
 class RequestIdFilter(logging.Filter):
@@ -83,7 +109,7 @@ def assign_request_id() -> None:
             request.remote_addr, current_app.config["GATEWAY_TRUSTED_PROXIES"]):
         g.request_id = incoming
     else:
-        g.request_id = uuid.uuid4().hex
+        g.request_id = new_request_id()
 
 
 @bp.after_app_request

@@ -8,6 +8,7 @@ no match, no dashboard. Rules are compiled into lookup tables once, at load.
 """
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ def normalize_domain(domain: str) -> str | None:
     return domain
 
 
+@functools.lru_cache(maxsize=8192)
 def normalize_email(email: str) -> str | None:
     """``local@domain`` lower-cased, or None when it is not one well-formed address."""
     if not isinstance(email, str) or email.count("@") != 1:
