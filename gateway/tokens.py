@@ -5,10 +5,13 @@ safety margin (never more than 24 h), so an expired or nearly expired token is
 never served. Concurrent misses for one key share one upstream call; other keys
 never wait on it. Once 75% of an entry's usable life has passed, the next
 request still gets the cached token at once while one background thread fetches
-its successor, so a warm key never makes a user wait on Zipteams.
+its successor, so a warm key never makes a user wait on Zipteams. Behind this
+per-process cache sits the shared loader (``protection.SharedLoader``), which
+makes the fetch once across processes when Redis is configured.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -19,6 +22,9 @@ from typing import Callable
 from cachetools import TLRUCache
 from flask import Flask, current_app
 
+from . import audit, metrics
+from .protection import CircuitBreaker, ProtectedFetch, RateLimiter, SharedLoader
+from .shared import Shared
 from .zipteams import DashboardToken, ZipteamsClient
 
 logger = logging.getLogger(__name__)
@@ -38,41 +44,72 @@ class Entry:
     refresh_at: float       # refreshed in the background from this moment
 
 
-class TokenCache:
-    """Caches ``fetch(tenant, subtenant) -> DashboardToken`` results.
+def serve_window(token: DashboardToken, now: float, margin: float) -> tuple[float, float]:
+    """(serve until, refresh from) for a token, the same in every process that holds it.
 
+    Both come from the token's own iat/exp, not from when a process saw it, so
+    every worker refreshes at the same moment and stops serving at the same moment.
+    """
+    start = max(min(token.issued_at, now), now - MAX_LIFETIME)
+    end = min(token.expires_at, start + MAX_LIFETIME)
+    lifetime = max(end - start, 0.0)
+    serve_until = end - min(margin, lifetime * MARGIN_CAP)
+    return serve_until, start + (serve_until - start) * REFRESH_AT
+
+
+class TokenCache:
+    """Caches ``fetch(tenant, subtenant, stale) -> DashboardToken`` results.
+
+    ``stale`` is the token being replaced on a refresh (None on a miss), so a
+    shared loader can tell a newer token from the one we already have.
     ``clock`` returns wall-clock seconds (the JWT's ``exp`` is wall-clock);
     tests inject a fake one. ``spawn`` starts a background refresh; tests may
     run it inline.
     """
 
-    def __init__(self, fetch: Callable[[str, str], DashboardToken], *, margin: float = 60.0,
+    def __init__(self, fetch: Callable[..., DashboardToken], *, margin: float = 60.0,
                  maxsize: int = 10000, clock: Callable[[], float] = time.time,
-                 spawn: Callable[[Callable[[], None]], None] | None = None):
+                 spawn: Callable[[Callable[[], None]], None] | None = None,
+                 on_evict: Callable[[str, str, DashboardToken], None] | None = None):
         self._fetch = fetch
         self._margin = margin
         self._clock = clock
         self._spawn = spawn or _daemon_thread
+        self._on_evict = on_evict
         self._lock = threading.Lock()
         self._entries: TLRUCache = TLRUCache(maxsize, ttu=lambda _k, e, _now: e.expires_at, timer=clock)
         self._inflight: dict[Key, Future] = {}
         self._refreshing: set[Key] = set()
         self.stats = {"hits": 0, "misses": 0, "refreshes": 0, "refresh_failures": 0}
 
+    def serve_until(self, token: DashboardToken) -> float:
+        return serve_window(token, self._clock(), self._margin)[0]
+
     # ---------------------------------------------------------------- reading
     def get(self, tenant: str, subtenant: str) -> DashboardToken:
         """A valid token for the pair, fetching it if needed (one fetch per key at a time)."""
         key = (tenant, subtenant)
+        refresh = False
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self.stats["hits"] += 1
-                if self._clock() >= entry.refresh_at and key not in self._refreshing \
-                        and key not in self._inflight:
+                refresh = self._clock() >= entry.refresh_at and key not in self._refreshing \
+                    and key not in self._inflight
+                if refresh:
                     self._refreshing.add(key)
-                    self._spawn(lambda: self._refresh(key, entry))
+        if entry is not None:
+            metrics.TOKEN_CACHE.labels("hit").inc()
+            if refresh:
+                # Started outside the lock: the refresh takes it to store its result.
+                self._spawn(lambda: self._refresh(key, entry))
+            return entry.token
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:  # filled while we were away from the lock
                 return entry.token
             self.stats["misses"] += 1
+            metrics.TOKEN_CACHE.labels("miss").inc()
             future = self._inflight.get(key)
             leader = future is None
             if leader:
@@ -80,7 +117,7 @@ class TokenCache:
         if not leader:
             return future.result().token
         try:
-            entry = self._load(key)
+            entry = self._load(key, None)
         except BaseException as exc:
             with self._lock:
                 del self._inflight[key]
@@ -96,10 +133,13 @@ class TokenCache:
         key = (tenant, subtenant)
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and (token is None or entry.token.value == token.value):
-                del self._entries[key]
-                logger.info("token evicted tenant=%s subtenant=%s fingerprint=%s",
-                            tenant, subtenant, entry.token.fingerprint)
+            if entry is None or (token is not None and entry.token.value != token.value):
+                return
+            del self._entries[key]
+        logger.info("token evicted tenant=%s subtenant=%s fingerprint=%s",
+                    tenant, subtenant, entry.token.fingerprint)
+        if self._on_evict is not None:
+            self._on_evict(tenant, subtenant, entry.token)
 
     def peek(self, tenant: str, subtenant: str) -> DashboardToken | None:
         """The cached token if any, without fetching or counting."""
@@ -112,28 +152,24 @@ class TokenCache:
             return len(self._entries)
 
     # ---------------------------------------------------------------- loading
-    def _entry_for(self, token: DashboardToken) -> Entry:
-        now = self._clock()
-        lifetime = min(token.expires_at, now + MAX_LIFETIME) - now
-        usable = lifetime - min(self._margin, lifetime * MARGIN_CAP)
-        return Entry(token, now + usable, now + usable * REFRESH_AT)
-
-    def _load(self, key: Key) -> Entry:
-        entry = self._entry_for(self._fetch(*key))
+    def _load(self, key: Key, stale: Entry | None) -> Entry:
+        token = self._fetch(*key, stale.token if stale else None)
+        expires_at, refresh_at = serve_window(token, self._clock(), self._margin)
+        entry = Entry(token, expires_at, refresh_at)
         with self._lock:
             self._entries[key] = entry
-        logger.info("token fetched tenant=%s subtenant=%s fingerprint=%s serve_until=%.0f",
-                    key[0], key[1], entry.token.fingerprint, entry.expires_at)
+        audit.event("token_fetched" if stale is None else "token_refreshed", tenant=key[0],
+                    subtenant=key[1], fingerprint=token.fingerprint, serve_until=int(expires_at))
         return entry
 
     def _refresh(self, key: Key, old: Entry) -> None:
         try:
-            entry = self._load(key)
+            self._load(key, old)
             self.stats["refreshes"] += 1
-            logger.info("token refreshed tenant=%s subtenant=%s fingerprint=%s",
-                        key[0], key[1], entry.token.fingerprint)
+            metrics.TOKEN_CACHE.labels("refresh").inc()
         except Exception as exc:  # noqa: BLE001 - a failed refresh must not kill the thread
             self.stats["refresh_failures"] += 1
+            metrics.TOKEN_CACHE.labels("refresh_failure").inc()
             logger.warning("token refresh failed tenant=%s subtenant=%s error=%s; "
                            "serving the current token until it expires", key[0], key[1], exc)
             with self._lock:
@@ -152,14 +188,31 @@ def _daemon_thread(target: Callable[[], None]) -> None:
 
 # ------------------------------------------------------------------ Flask glue
 def init_app(app: Flask) -> None:
-    """Create the process's client and cache from the app's settings."""
+    """Build the process's token pipeline from the app's settings:
+    cache -> shared loader (Redis) -> protections -> Zipteams client."""
     cfg = app.config
+    clock = cfg.get("CLOCK", time.time)
     client = ZipteamsClient(cfg["ZIPTEAMS_API_URL"], cfg["ZIPTEAMS_API_KEY"], cfg["ZIPTEAMS_API_SECRET"],
-                            timeout=cfg["ZIPTEAMS_TIMEOUT"], clock=cfg.get("CLOCK", time.time))
+                            timeout=cfg["ZIPTEAMS_TIMEOUT"], clock=clock)
+    shared = None
+    if cfg["GATEWAY_CACHE_URL"] != "memory://":
+        shared = Shared(cfg["GATEWAY_CACHE_URL"], cfg["GATEWAY_SECRET_KEY"],
+                        namespace=cfg["ZIPTEAMS_API_URL"] + "|" + cfg["ZIPTEAMS_API_KEY"], clock=clock)
+    # The partner key names the budget; hashed so it never appears in Redis.
+    name = hashlib.sha256(cfg["ZIPTEAMS_API_KEY"].encode()).hexdigest()[:16]
+    breaker = CircuitBreaker(cfg["GATEWAY_BREAKER_FAILURES"], cfg["GATEWAY_BREAKER_COOLDOWN"])
+    limiter = RateLimiter(cfg["ZIPTEAMS_MAX_RPM"], shared=shared, processes=cfg["WEB_CONCURRENCY"],
+                          name=name, clock=clock)
+    fetch = ProtectedFetch(client, limiter=limiter, breaker=breaker, retries=cfg["ZIPTEAMS_RETRIES"],
+                           deadline=cfg["ZIPTEAMS_DEADLINE"], shared=shared, name=name, clock=clock,
+                           sleep=cfg.get("SLEEP", time.sleep))
+    margin = cfg["GATEWAY_TOKEN_MARGIN"]
+    loader = SharedLoader(fetch, shared, margin=lambda t: serve_window(t, clock(), margin)[0], clock=clock)
     app.extensions["zipteams"] = client
-    app.extensions["tokens"] = TokenCache(client.fetch_token, margin=cfg["GATEWAY_TOKEN_MARGIN"],
-                                          maxsize=cfg["GATEWAY_TOKEN_CACHE_SIZE"],
-                                          clock=cfg.get("CLOCK", time.time))
+    app.extensions["shared"] = shared
+    app.extensions["breaker"] = breaker
+    app.extensions["tokens"] = TokenCache(loader, margin=margin, maxsize=cfg["GATEWAY_TOKEN_CACHE_SIZE"],
+                                          clock=clock, on_evict=loader.forget)
 
 
 def cache() -> TokenCache:

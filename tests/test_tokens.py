@@ -1,5 +1,6 @@
 """The token cache: lifetimes from the JWT, single-flight, refresh-ahead. No sleeps."""
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -7,6 +8,11 @@ import pytest
 from conftest import API_KEY, API_SECRET, FakeClock, start_sim
 from gateway.tokens import TokenCache
 from gateway.zipteams import ZipteamsClient, ZipteamsServerError
+
+
+def direct(client):
+    """The cache's fetch signature, straight to the client (no shared tier)."""
+    return lambda tenant, subtenant, stale=None: client.fetch_token(tenant, subtenant)
 
 
 class Deferred:
@@ -31,7 +37,7 @@ def world():
     sim = start_sim(clock=clock, token_ttl=1000)
     client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=5, clock=clock)
     spawn = Deferred()
-    cache = TokenCache(client.fetch_token, margin=60, clock=clock, spawn=spawn)
+    cache = TokenCache(direct(client), margin=60, clock=clock, spawn=spawn)
     yield sim, cache, clock, spawn
     sim.server.stop()
 
@@ -68,7 +74,7 @@ def test_margin_is_capped_for_short_tokens():
     sim = start_sim(clock=clock, token_ttl=60)
     try:
         client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=5, clock=clock)
-        cache = TokenCache(client.fetch_token, margin=60, clock=clock, spawn=lambda job: None)
+        cache = TokenCache(direct(client), margin=60, clock=clock, spawn=lambda job: None)
         token = cache.get("a", "b")
         clock.advance(53)  # 60 s token, margin capped at 6 s: still served at 53 s
         assert cache.get("a", "b") is token
@@ -83,7 +89,7 @@ def test_lifetime_is_capped_at_24_hours():
     sim = start_sim(clock=clock, token_ttl=7 * 86400)
     try:
         client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=5, clock=clock)
-        cache = TokenCache(client.fetch_token, margin=60, clock=clock, spawn=lambda job: None)
+        cache = TokenCache(direct(client), margin=60, clock=clock, spawn=lambda job: None)
         token = cache.get("a", "b")
         clock.advance(86400)
         assert cache.get("a", "b") is not token
@@ -143,8 +149,10 @@ def test_a_slow_key_does_not_block_other_keys(world):
     sim.fault(delay=2, count=1)
     slow = threading.Thread(target=cache.get, args=("acme", "slow"))
     slow.start()
-    while sim.stats()["token_requests"] == 0:
-        pass
+    for _ in range(200):
+        if sim.stats()["token_requests"]:
+            break
+        time.sleep(0.01)
     # Answered while the slow fetch is still in flight.
     fast = ThreadPoolExecutor(1).submit(cache.get, "acme", "fast")
     assert fast.result(timeout=1.5).subtenant == "fast"

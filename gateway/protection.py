@@ -1,0 +1,273 @@
+"""Protecting Zipteams and ourselves: rate limit, 429 back-off, circuit breaker, retries,
+and a fetch shared across processes through Redis.
+
+The order of checks for one token fetch: a 429 back-off in force refuses at
+once; an open breaker refuses at once; the rate limiter admits the request or
+refuses it with the wait; then the call, retried with backoff and jitter on
+connection errors and 5xx inside a total deadline. Refusals never reach
+Zipteams and are counted in ``gateway_zipteams_refused_total``.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import random
+import threading
+import time
+from typing import Callable
+
+from . import metrics
+from .errors import ServiceBusy
+from .shared import LOCK_SECONDS, Shared
+from .zipteams import (DashboardToken, ZipteamsClient, ZipteamsError, ZipteamsRateLimited,
+                       ZipteamsServerError, ZipteamsUnreachable, parse_token)
+
+logger = logging.getLogger(__name__)
+
+MAX_LIMITER_WAIT = 2.0    # a user waits this long at most for a rate-limit slot
+BACKOFF_BASE = 0.2
+BACKOFF_CAP = 2.0
+
+
+class ZipteamsThrottled(ServiceBusy):
+    """We refused to send a token request, to stay inside Zipteams' limits."""
+    code = "zipteams_throttled"
+
+
+class BreakerOpen(ServiceBusy):
+    """Zipteams kept failing: token requests fail fast until the cool-down ends."""
+    code = "zipteams_breaker_open"
+    title = "The dashboard is unavailable"
+    message = "The dashboard service is failing, so we are giving it a short break."
+    hint = "Try again in a minute."
+
+
+# ------------------------------------------------------------------ breaker
+class CircuitBreaker:
+    CLOSED, HALF_OPEN, OPEN = 0, 1, 2
+    NAMES = {0: "closed", 1: "half-open", 2: "open"}
+
+    def __init__(self, failures: int, cooldown: float, *, clock: Callable[[], float] = time.monotonic):
+        self.failures, self.cooldown, self._clock = failures, cooldown, clock
+        self._lock = threading.Lock()
+        self._state = self.CLOSED
+        self._count = 0
+        self._opened_at = 0.0
+        self._probing = False
+        metrics.BREAKER_STATE.set(self.CLOSED)
+
+    @property
+    def state(self) -> int:
+        with self._lock:
+            if self._state == self.OPEN and self._clock() - self._opened_at >= self.cooldown:
+                return self.HALF_OPEN
+            return self._state
+
+    def _set(self, state: int) -> None:
+        if state != self._state:
+            logger.warning("zipteams breaker %s -> %s", self.NAMES[self._state], self.NAMES[state])
+        self._state = state
+        metrics.BREAKER_STATE.set(state)
+
+    def before(self) -> bool:
+        """Raise BreakerOpen unless a request may go now; True if it is the half-open probe."""
+        with self._lock:
+            if self._state == self.CLOSED:
+                return False
+            waited = self._clock() - self._opened_at
+            if self._state == self.OPEN and waited < self.cooldown:
+                raise BreakerOpen("breaker open", retry_after=max(1, math.ceil(self.cooldown - waited)))
+            if self._probing:
+                raise BreakerOpen("breaker half-open, probe in flight", retry_after=1)
+            self._set(self.HALF_OPEN)
+            self._probing = True
+            return True
+
+    def success(self) -> None:
+        with self._lock:
+            self._count = 0
+            self._probing = False
+            self._set(self.CLOSED)
+
+    def failure(self) -> None:
+        with self._lock:
+            self._probing = False
+            self._count += 1
+            if self._state == self.HALF_OPEN or self._count >= self.failures:
+                self._opened_at = self._clock()
+                self._set(self.OPEN)
+
+    def neutral(self) -> None:
+        """The call said nothing about Zipteams' health (a 429): free the probe slot."""
+        with self._lock:
+            self._probing = False
+            if self._state == self.HALF_OPEN:
+                self._opened_at = self._clock() - self.cooldown  # let the next request probe
+
+
+# ------------------------------------------------------------------ limiter
+class RateLimiter:
+    """A one-minute sliding window toward Zipteams: shared in Redis, else per process."""
+
+    def __init__(self, per_minute: int, *, shared: Shared | None, processes: int, name: str,
+                 clock: Callable[[], float] = time.time):
+        self.per_minute = per_minute
+        self.local_limit = max(1, per_minute // max(1, processes))
+        self._shared, self._name, self._clock = shared, name, clock
+        self._window: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+
+    def admit(self) -> float:
+        """0 if a request may go now (and counts it), else the seconds to wait."""
+        if self._shared is not None:
+            wait = self._shared.admit(self._name, self.per_minute)
+            if wait is not None:
+                return wait
+        now = self._clock()
+        with self._lock:
+            while self._window and self._window[0] <= now - 60:
+                self._window.popleft()
+            if len(self._window) < self.local_limit:
+                self._window.append(now)
+                return 0.0
+            return max(0.001, self._window[0] + 60 - now)
+
+
+# -------------------------------------------------------------- the fetch
+class ProtectedFetch:
+    """Fetches a token from Zipteams with every protection in front of it."""
+
+    def __init__(self, client: ZipteamsClient, *, limiter: RateLimiter, breaker: CircuitBreaker,
+                 retries: int, deadline: float, shared: Shared | None, name: str,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
+        self.client, self.limiter, self.breaker = client, limiter, breaker
+        self.retries, self.deadline, self._shared, self._name = retries, deadline, shared, name
+        self._clock, self._monotonic, self._sleep = clock, monotonic, sleep
+        self._rng = rng or random.Random()
+        self._backoff_until = 0.0
+
+    def _refuse(self, reason: str, error: Exception) -> None:
+        metrics.ZIPTEAMS_REFUSED.labels(reason).inc()
+        logger.info("token request not sent reason=%s", reason)
+        raise error
+
+    def _check_backoff(self) -> None:
+        until = self._backoff_until
+        if self._shared is not None:
+            until = max(until, self._shared.backoff_until(self._name))
+        left = until - self._clock()
+        if left > 0:
+            self._refuse("backoff", ZipteamsThrottled("Zipteams asked us to wait", retry_after=math.ceil(left)))
+
+    def __call__(self, tenant: str, subtenant: str) -> DashboardToken:
+        self._check_backoff()
+        try:
+            probe = self.breaker.before()
+        except BreakerOpen as exc:
+            self._refuse("breaker", exc)
+        # A probe asks one question: is Zipteams back? It is not retried.
+        retries = 0 if probe else self.retries
+        started = self._monotonic()
+        attempt = 0
+        try:
+            while True:
+                wait = self.limiter.admit()
+                if wait > 0:
+                    if wait <= MAX_LIMITER_WAIT and self._monotonic() - started + wait < self.deadline:
+                        self._sleep(wait)
+                        continue
+                    self._refuse("rate_limit", ZipteamsThrottled(
+                        "local rate limit toward Zipteams reached", retry_after=max(1, math.ceil(wait))))
+                try:
+                    token = self.client.fetch_token(tenant, subtenant)
+                except ZipteamsRateLimited as exc:
+                    self._backoff_until = self._clock() + exc.retry_after
+                    if self._shared is not None:
+                        self._shared.set_backoff(self._name, exc.retry_after)
+                    self.breaker.neutral()
+                    raise
+                except (ZipteamsServerError, ZipteamsUnreachable):
+                    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt) * (0.5 + self._rng.random())
+                    if attempt < retries and self._monotonic() - started + delay < self.deadline:
+                        attempt += 1
+                        self._sleep(delay)
+                        continue
+                    self.breaker.failure()
+                    raise
+                except ZipteamsError:
+                    self.breaker.failure()
+                    raise
+                self.breaker.success()
+                return token
+        except (ZipteamsThrottled, BreakerOpen):
+            self.breaker.neutral()
+            raise
+
+
+class SharedLoader:
+    """One fetch per (tenant, subtenant) across every process that shares the Redis.
+
+    The first process to miss takes a short Redis lock and fetches; the others
+    wait for its token to appear in Redis. Without Redis (or while it is down)
+    every process fetches for itself, still one fetch per process.
+    """
+
+    def __init__(self, fetch: Callable[[str, str], DashboardToken], shared: Shared | None, *,
+                 margin: Callable[[DashboardToken], float], clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, poll: float = 0.05):
+        self._fetch, self._shared, self._serve_until = fetch, shared, margin
+        self._clock, self._monotonic, self._sleep, self._poll = clock, monotonic, sleep, poll
+
+    def _from_shared(self, tenant: str, subtenant: str, stale: DashboardToken | None) -> DashboardToken | None:
+        value = self._shared.get_token(tenant, subtenant)
+        if value is None or (stale is not None and value == stale.value):
+            return None
+        try:
+            token = parse_token(value, tenant, subtenant, self._clock())
+        except ZipteamsError:
+            return None
+        if self._serve_until(token) <= self._clock():
+            return None
+        if stale is not None and token.expires_at <= stale.expires_at:
+            return None
+        metrics.TOKEN_CACHE.labels("shared_hit").inc()
+        return token
+
+    def _fetch_and_share(self, tenant: str, subtenant: str) -> DashboardToken:
+        token = self._fetch(tenant, subtenant)
+        self._shared.put_token(tenant, subtenant, token.value, self._serve_until(token))
+        return token
+
+    def __call__(self, tenant: str, subtenant: str, stale: DashboardToken | None = None) -> DashboardToken:
+        shared = self._shared
+        if shared is None or not shared.available:
+            return self._fetch(tenant, subtenant)
+        token = self._from_shared(tenant, subtenant, stale)
+        if token is not None:
+            return token
+        give_up = self._monotonic() + LOCK_SECONDS + 1
+        while True:
+            ident = shared.acquire(tenant, subtenant)
+            if ident is not None:
+                try:
+                    # Someone may have finished between our look and our lock.
+                    return self._from_shared(tenant, subtenant, stale) or self._fetch_and_share(tenant, subtenant)
+                finally:
+                    shared.release(tenant, subtenant, ident)
+            if not shared.available:
+                return self._fetch(tenant, subtenant)
+            self._sleep(self._poll)
+            token = self._from_shared(tenant, subtenant, stale)
+            if token is not None:
+                return token
+            if self._monotonic() > give_up:
+                logger.warning("gave up waiting for another process's token fetch tenant=%s subtenant=%s",
+                               tenant, subtenant)
+                return self._fetch(tenant, subtenant)
+
+    def forget(self, tenant: str, subtenant: str, token: DashboardToken) -> None:
+        if self._shared is not None:
+            self._shared.delete_token(tenant, subtenant, token.value)

@@ -1,0 +1,189 @@
+"""The shared Redis tier: encrypted tokens, a fetch lock, and a shared rate window.
+
+Several workers on several instances share one Redis so that a subtenant's
+token is fetched once for all of them. Tokens are stored encrypted with AES-GCM
+under a key derived from ``GATEWAY_SECRET_KEY``, bound to their Redis key, so a
+Redis reader learns nothing usable. Redis is an optimisation, never a
+dependency: every method here fails soft (returns "nothing shared") when Redis
+is down or slow, logs that once a minute, and stops asking for a few seconds
+before trying again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from typing import Callable
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from . import metrics
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "zg:"
+LOCK_SECONDS = 15.0       # longest a fetch may hold the lock (our deadline plus slack)
+RETRY_AFTER_ERROR = 5.0   # seconds Redis is left alone after it failed
+LOG_EVERY = 60.0
+
+# Compare-and-delete: only the holder's own lock is released.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
+"""
+# Sliding one-minute window: admit and record a request if under the limit,
+# else answer how many milliseconds until the oldest leaves the window.
+_WINDOW = """
+local now = tonumber(ARGV[1])
+redis.call('zremrangebyscore', KEYS[1], '-inf', now - 60000)
+if redis.call('zcard', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('zadd', KEYS[1], now, ARGV[3])
+  redis.call('pexpire', KEYS[1], 61000)
+  return 0
+end
+local oldest = redis.call('zrange', KEYS[1], 0, 0, 'withscores')
+return math.max(1, tonumber(oldest[2]) + 60000 - now)
+"""
+
+
+def derive_key(secret_key: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"zipteams-gateway",
+                info=b"token cache v1").derive(secret_key.encode())
+
+
+class Shared:
+    """A fail-soft view of Redis for the token cache and the rate limiter."""
+
+    def __init__(self, url: str, secret_key: str, *, namespace: str,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
+        import redis  # only needed when a Redis URL is configured
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                                           retry_on_timeout=False, health_check_interval=30)
+        self._errors = (redis.RedisError, OSError)
+        self._aead = AESGCM(derive_key(secret_key))
+        # Partners sharing one Redis never see each other's entries.
+        self._ns = PREFIX + hashlib.sha256(namespace.encode()).hexdigest()[:16] + ":"
+        self._clock, self._monotonic = clock, monotonic
+        self._down_until = 0.0
+        self._last_log = -LOG_EVERY
+        self._was_down = False
+        self._lock = threading.Lock()
+        self._release = self._redis.register_script(_RELEASE)
+        self._window = self._redis.register_script(_WINDOW)
+
+    def __repr__(self) -> str:
+        return f"Shared(namespace={self._ns!r})"
+
+    # ------------------------------------------------------------ health
+    @property
+    def available(self) -> bool:
+        return self._monotonic() >= self._down_until
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        metrics.REDIS_ERRORS.inc()
+        now = self._monotonic()
+        with self._lock:
+            self._down_until = now + RETRY_AFTER_ERROR
+            self._was_down = True
+            if now - self._last_log >= LOG_EVERY:
+                self._last_log = now
+                logger.warning("redis unavailable (%s during %s): serving from the local cache and "
+                               "fetching directly; retrying Redis every %.0fs",
+                               type(exc).__name__, what, RETRY_AFTER_ERROR)
+
+    def _ok(self) -> None:
+        if self._was_down:
+            with self._lock:
+                if self._was_down:
+                    self._was_down = False
+                    logger.warning("redis is back: the token cache is shared again")
+
+    def _call(self, what: str, fn, default=None):
+        if not self.available:
+            return default
+        try:
+            result = fn()
+        except self._errors as exc:
+            self._failed(what, exc)
+            return default
+        self._ok()
+        return result
+
+    def ping(self) -> bool:
+        return bool(self._call("ping", self._redis.ping, False))
+
+    # ------------------------------------------------------------ tokens
+    def _token_key(self, tenant: str, subtenant: str) -> str:
+        return f"{self._ns}token:{tenant}/{subtenant}"
+
+    def get_token(self, tenant: str, subtenant: str) -> str | None:
+        key = self._token_key(tenant, subtenant)
+        blob = self._call("get", lambda: self._redis.get(key))
+        if not blob or len(blob) < 13:
+            return None
+        try:
+            plain = self._aead.decrypt(blob[:12], blob[12:], key.encode())
+            return json.loads(plain)["t"]
+        except Exception:  # noqa: BLE001 - a foreign, stale-key or tampered entry is just absent
+            logger.warning("shared token entry for %s/%s could not be decrypted; ignoring it",
+                           tenant, subtenant)
+            return None
+
+    def put_token(self, tenant: str, subtenant: str, token: str, expires_at: float) -> None:
+        key = self._token_key(tenant, subtenant)
+        ttl_ms = int((expires_at - self._clock()) * 1000)
+        if ttl_ms <= 0:
+            return
+        nonce = os.urandom(12)
+        blob = nonce + self._aead.encrypt(nonce, json.dumps({"t": token}).encode(), key.encode())
+        self._call("set", lambda: self._redis.set(key, blob, px=ttl_ms))
+
+    def delete_token(self, tenant: str, subtenant: str, token: str) -> None:
+        if self.get_token(tenant, subtenant) == token:
+            self._call("delete", lambda: self._redis.delete(self._token_key(tenant, subtenant)))
+
+    # ------------------------------------------------------------- locks
+    def acquire(self, tenant: str, subtenant: str) -> str | None:
+        """A lock id if we may fetch this pair now; None if someone else is fetching it.
+
+        Also None when Redis is unreachable: callers then check ``available``.
+        """
+        ident = secrets.token_hex(8)
+        key = f"{self._ns}lock:{tenant}/{subtenant}"
+        got = self._call("lock", lambda: self._redis.set(key, ident, nx=True, px=int(LOCK_SECONDS * 1000)))
+        return ident if got else None
+
+    def release(self, tenant: str, subtenant: str, ident: str) -> None:
+        key = f"{self._ns}lock:{tenant}/{subtenant}"
+        self._call("unlock", lambda: self._release(keys=[key], args=[ident]))
+
+    def locked(self, tenant: str, subtenant: str) -> bool:
+        key = f"{self._ns}lock:{tenant}/{subtenant}"
+        return bool(self._call("lock check", lambda: self._redis.exists(key), False))
+
+    # -------------------------------------------------------- rate window
+    def admit(self, name: str, limit: int) -> float | None:
+        """0 if a request may go now, else seconds to wait; None when Redis cannot say."""
+        key = f"{self._ns}rate:{name}"
+        now_ms = int(self._clock() * 1000)
+        member = f"{now_ms}-{secrets.token_hex(4)}"
+        result = self._call("rate", lambda: self._window(keys=[key], args=[now_ms, limit, member]))
+        return None if result is None else int(result) / 1000.0
+
+    def set_backoff(self, name: str, seconds: float) -> None:
+        key = f"{self._ns}backoff:{name}"
+        until = self._clock() + seconds
+        self._call("backoff", lambda: self._redis.set(key, str(until), px=int(seconds * 1000)))
+
+    def backoff_until(self, name: str) -> float:
+        raw = self._call("backoff", lambda: self._redis.get(f"{self._ns}backoff:{name}"))
+        try:
+            return float(raw) if raw else 0.0
+        except ValueError:
+            return 0.0

@@ -1,0 +1,217 @@
+"""Protections toward Zipteams: breaker, rate limit, 429 back-off, retries, shared single fetch."""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import API_KEY, API_SECRET, SECRET_KEY, FakeClock, start_sim, user_headers
+from gateway.protection import (BreakerOpen, CircuitBreaker, ProtectedFetch, RateLimiter, SharedLoader,
+                                ZipteamsThrottled)
+from gateway.shared import Shared
+from gateway.tokens import TokenCache, serve_window
+from gateway.zipteams import ZipteamsClient, ZipteamsForbidden, ZipteamsRateLimited, ZipteamsServerError
+
+
+class FakeTime:
+    """One fake clock for wall time, monotonic time and sleep."""
+
+    def __init__(self):
+        self.wall = FakeClock()
+        self.slept = []
+
+    def monotonic(self):
+        return self.wall.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.wall.advance(seconds)
+
+
+@pytest.fixture
+def t():
+    return FakeTime()
+
+
+def protected(sim, t, *, retries=2, per_minute=1000, shared=None, failures=3, cooldown=30, name="p"):
+    client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=2)
+    breaker = CircuitBreaker(failures, cooldown, clock=t.monotonic)
+    limiter = RateLimiter(per_minute, shared=shared, processes=1, name=name, clock=t.wall)
+    return ProtectedFetch(client, limiter=limiter, breaker=breaker, retries=retries, deadline=20,
+                          shared=shared, name=name, clock=t.wall, monotonic=t.monotonic, sleep=t.sleep)
+
+
+# ------------------------------------------------------------------ retries
+def test_5xx_is_retried_with_growing_jittered_backoff(sim, t):
+    fetch = protected(sim, t, retries=2)
+    sim.fault(status=500, count=2)
+    assert fetch("acme", "sales-us").subtenant == "sales-us"
+    assert sim.stats()["token_requests"] == 3
+    first, second = t.slept
+    assert 0.1 <= first <= 0.3 and 0.2 <= second <= 0.6
+
+
+def test_retries_stop_at_their_bound(sim, t):
+    fetch = protected(sim, t, retries=2)
+    sim.fault(status=500, count=5)
+    with pytest.raises(ZipteamsServerError):
+        fetch("acme", "sales-us")
+    assert sim.stats()["token_requests"] == 3
+
+
+def test_4xx_is_not_retried(sim, t):
+    fetch = protected(sim, t)
+    sim.fault(status=403, count=1)
+    with pytest.raises(ZipteamsForbidden):
+        fetch("acme", "sales-us")
+    assert sim.stats()["token_requests"] == 1 and t.slept == []
+
+
+# ------------------------------------------------------------------ breaker
+def test_breaker_opens_fails_fast_then_probes_once(sim, t):
+    fetch = protected(sim, t, retries=0, failures=3, cooldown=30)
+    sim.fault(status=500, count=3)
+    for _ in range(3):
+        with pytest.raises(ZipteamsServerError):
+            fetch("acme", "sales-us")
+    assert fetch.breaker.state == CircuitBreaker.OPEN
+    with pytest.raises(BreakerOpen) as info:
+        fetch("acme", "sales-us")
+    assert info.value.status_code == 503 and info.value.retry_after == 30
+    assert sim.stats()["token_requests"] == 3  # failing fast: nothing sent
+    t.wall.advance(30)
+    assert fetch("acme", "sales-us").subtenant == "sales-us"  # the probe
+    assert fetch.breaker.state == CircuitBreaker.CLOSED
+
+
+def test_a_failed_probe_opens_the_breaker_again(sim, t):
+    fetch = protected(sim, t, retries=0, failures=1, cooldown=10)
+    sim.fault(status=500, count=2)
+    with pytest.raises(ZipteamsServerError):
+        fetch("acme", "sales-us")
+    t.wall.advance(10)
+    with pytest.raises(ZipteamsServerError):
+        fetch("acme", "sales-us")
+    with pytest.raises(BreakerOpen):
+        fetch("acme", "sales-us")
+
+
+def test_cached_tokens_are_served_while_the_breaker_is_open(make_app, sim):
+    client = make_app(GATEWAY_BREAKER_FAILURES="1", ZIPTEAMS_RETRIES="0").test_client()
+    alice = user_headers("alice@acme.example")
+    assert client.get("/", headers=alice).status_code == 200
+    sim.fault(status=500, count=1)
+    assert client.get("/", headers=user_headers("bob@acme.example")).status_code == 502
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/", headers=user_headers("bob@acme.example")).status_code == 503  # fast fail
+    assert client.get("/", headers=alice).status_code == 200  # cached: served as usual
+
+
+# ------------------------------------------------------------ rate limiting
+def test_local_rate_limit_refuses_before_zipteams_would(sim, t):
+    fetch = protected(sim, t, per_minute=3)
+    for sub in ("a", "b", "c"):
+        fetch("acme", sub)
+    with pytest.raises(ZipteamsThrottled) as info:
+        fetch("acme", "d")
+    assert info.value.status_code == 503 and 1 <= info.value.retry_after <= 60
+    assert sim.stats()["token_requests"] == 3
+    t.wall.advance(61)
+    assert fetch("acme", "d").subtenant == "d"
+
+
+def test_rate_limit_is_split_between_workers_without_redis():
+    assert RateLimiter(30, shared=None, processes=4, name="p").local_limit == 7
+
+
+def test_a_429_stops_token_requests_for_the_wait_it_names(sim, t):
+    fetch = protected(sim, t)
+    sim.fault(status=429, message="Rate limit exceeded. Try again in 20 seconds.", count=1)
+    with pytest.raises(ZipteamsRateLimited):
+        fetch("acme", "a")
+    with pytest.raises(ZipteamsThrottled) as info:
+        fetch("acme", "b")
+    assert info.value.retry_after == 20
+    assert sim.stats()["token_requests"] == 1
+    t.wall.advance(20)
+    assert fetch("acme", "b").subtenant == "b"
+
+
+def test_a_429_back_off_is_shared_through_redis(sim, t, redis_server):
+    shared_a = Shared(redis_server.url, SECRET_KEY, namespace="x", clock=t.wall)
+    shared_b = Shared(redis_server.url, SECRET_KEY, namespace="x", clock=t.wall)
+    a = protected(sim, t, shared=shared_a)
+    b = protected(sim, t, shared=shared_b)
+    sim.fault(status=429, count=1)
+    with pytest.raises(ZipteamsRateLimited):
+        a("acme", "a")
+    with pytest.raises(ZipteamsThrottled):
+        b("acme", "b")
+    assert sim.stats()["token_requests"] == 1
+
+
+# ----------------------------------------------------- shared single fetch
+def test_processes_sharing_redis_fetch_each_token_once(redis_server):
+    sim = start_sim()
+    try:
+        loaders = []
+        for _ in range(4):  # four "processes", each with its own cache and connections
+            client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=5)
+            shared = Shared(redis_server.url, SECRET_KEY, namespace="p")
+            loader = SharedLoader(lambda te, st, c=client: c.fetch_token(te, st), shared,
+                                  margin=lambda tok: serve_window(tok, FakeClock().now, 60)[0])
+            loaders.append(TokenCache(loader, margin=60))
+        sim.fault(delay=0.5, count=1)
+        barrier = threading.Barrier(40)
+
+        def first_request(i):
+            barrier.wait()
+            return loaders[i % 4].get("acme", "sales-us").value
+
+        with ThreadPoolExecutor(40) as pool:
+            values = set(pool.map(first_request, range(40)))
+        assert len(values) == 1
+        assert sim.stats()["token_requests"] == 1
+    finally:
+        sim.server.stop()
+
+
+def test_shared_refresh_is_done_once(redis_server):
+    clock = FakeClock()
+    sim = start_sim(clock=clock, token_ttl=1000)
+    try:
+        caches = []
+        for _ in range(3):
+            client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=5, clock=clock)
+            shared = Shared(redis_server.url, SECRET_KEY, namespace="p", clock=clock)
+            loader = SharedLoader(lambda te, st, c=client: c.fetch_token(te, st), shared,
+                                  margin=lambda tok: serve_window(tok, clock(), 60)[0], clock=clock)
+            caches.append(TokenCache(loader, margin=60, clock=clock, spawn=lambda job: job()))
+        first = {c.get("acme", "s").value for c in caches}
+        assert len(first) == 1 and sim.stats()["token_requests"] == 1
+        clock.advance(0.75 * 940 + 1)
+        for c in caches:
+            c.get("acme", "s")  # each triggers its (inline) refresh
+        assert sim.stats()["token_requests"] == 2
+        assert len({c.peek("acme", "s").value for c in caches}) == 1
+    finally:
+        sim.server.stop()
+
+
+def test_without_redis_each_process_fetches_for_itself(sim):
+    client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=5)
+    shared = Shared("redis://127.0.0.1:1/0", SECRET_KEY, namespace="p")
+    loader = SharedLoader(lambda te, st: client.fetch_token(te, st), shared,
+                          margin=lambda tok: serve_window(tok, FakeClock().now, 60)[0])
+    assert loader("acme", "s").subtenant == "s"
+    assert sim.stats()["token_requests"] == 1
+
+
+def test_the_half_open_probe_is_not_retried(sim, t):
+    fetch = protected(sim, t, retries=2, failures=1, cooldown=10)
+    sim.fault(status=500, count=10)
+    with pytest.raises(ZipteamsServerError):
+        fetch("acme", "sales-us")  # three attempts, then open
+    t.wall.advance(10)
+    with pytest.raises(ZipteamsServerError):
+        fetch("acme", "sales-us")  # the probe: one attempt
+    assert sim.stats()["token_requests"] == 4

@@ -1,0 +1,86 @@
+"""The shared Redis tier against a real redis-server: encrypted, locked, fail-soft."""
+import redis as redis_lib
+
+from conftest import JWT_SHAPE, SECRET_KEY, FakeClock, free_port
+from gateway.shared import Shared
+
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJ0ZW5hbnRJZCI6ImEifQ.c2lnbmF0dXJl"
+
+
+def make(url, **kw):
+    return Shared(url, SECRET_KEY, namespace="partner-a", **kw)
+
+
+def test_tokens_round_trip_and_are_encrypted_at_rest(redis_server):
+    shared = make(redis_server.url)
+    shared.put_token("acme", "sales", TOKEN, expires_at=FakeClock().now + 60)
+    assert shared.get_token("acme", "sales") == TOKEN
+    raw = redis_lib.Redis.from_url(redis_server.url)
+    values = [raw.get(k) for k in raw.keys("*")]
+    assert values and all(TOKEN.encode() not in v and not JWT_SHAPE.search(v) for v in values)
+    assert all(b"acme" not in k or b"token:" in k for k in raw.keys("*"))
+
+
+def test_entries_expire_with_the_token(redis_server):
+    shared = make(redis_server.url)
+    shared.put_token("acme", "sales", TOKEN, expires_at=FakeClock().now + 0.2)
+    ttl = redis_lib.Redis.from_url(redis_server.url).pttl(next(iter(redis_lib.Redis.from_url(redis_server.url).keys("*token*"))))
+    assert 0 < ttl <= 200
+
+
+def test_an_entry_moved_to_another_key_or_another_secret_does_not_decrypt(redis_server):
+    shared = make(redis_server.url)
+    shared.put_token("acme", "sales", TOKEN, expires_at=FakeClock().now + 60)
+    raw = redis_lib.Redis.from_url(redis_server.url)
+    [key] = raw.keys("*token:acme/sales")
+    raw.set(key.replace(b"acme/sales", b"acme/other"), raw.get(key))
+    assert shared.get_token("acme", "other") is None
+    other_secret = Shared(redis_server.url, SECRET_KEY + "-rotated", namespace="partner-a")
+    assert other_secret.get_token("acme", "sales") is None
+
+
+def test_partners_sharing_a_redis_do_not_see_each_other(redis_server):
+    make(redis_server.url).put_token("acme", "sales", TOKEN, expires_at=FakeClock().now + 60)
+    other = Shared(redis_server.url, SECRET_KEY, namespace="partner-b")
+    assert other.get_token("acme", "sales") is None
+
+
+def test_lock_is_exclusive_and_released_only_by_its_holder(redis_server):
+    a, b = make(redis_server.url), make(redis_server.url)
+    ident = a.acquire("acme", "sales")
+    assert ident and b.acquire("acme", "sales") is None and b.locked("acme", "sales")
+    b.release("acme", "sales", "not-the-holder")
+    assert b.acquire("acme", "sales") is None
+    a.release("acme", "sales", ident)
+    assert b.acquire("acme", "sales")
+
+
+def test_shared_rate_window(redis_server):
+    a, b = make(redis_server.url), make(redis_server.url)
+    assert [a.admit("p", 3), b.admit("p", 3), a.admit("p", 3)] == [0, 0, 0]
+    wait = b.admit("p", 3)
+    assert 59 < wait <= 60
+
+
+def test_redis_down_fails_soft_and_logs_once(caplog):
+    clock = [100.0]
+    shared = make(f"redis://127.0.0.1:{free_port()}/0", monotonic=lambda: clock[0])
+    assert shared.get_token("acme", "sales") is None
+    assert not shared.available
+    shared.put_token("acme", "sales", TOKEN, expires_at=FakeClock().now + 60)  # skipped, no error
+    assert shared.admit("p", 3) is None
+    clock[0] += 6
+    assert shared.get_token("acme", "sales") is None
+    warnings = [r for r in caplog.records if "redis unavailable" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_redis_coming_back_is_used_again(redis_server):
+    clock = [100.0]
+    shared = make(redis_server.url, monotonic=lambda: clock[0])
+    redis_server.stop()
+    assert shared.get_token("acme", "sales") is None and not shared.available
+    redis_server.start()
+    clock[0] += 6
+    shared.put_token("acme", "sales", TOKEN, expires_at=FakeClock().now + 60)
+    assert shared.get_token("acme", "sales") == TOKEN
