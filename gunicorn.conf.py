@@ -1,7 +1,18 @@
 """gunicorn settings for production: ``gunicorn wsgi:app`` picks this file up."""
 import os
+import shutil
+import tempfile
 
-from gateway.config import env_int
+# Prometheus multiprocess mode: every worker writes its samples to one directory,
+# and a scrape of /metrics adds them up. This must come before anything imports
+# prometheus_client (gateway.logs does), so the master and every worker inherit it.
+_created_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _created_metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
+
+from gateway.config import env_int  # noqa: E402 - after the metrics directory is set
+from gateway.logs import gunicorn_logconfig  # noqa: E402
 
 bind = f"0.0.0.0:{env_int('PORT', 8000)}"
 # Threaded workers: a request mostly waits on Zipteams or the dashboard.
@@ -20,5 +31,25 @@ header_map = "drop"
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info").lower()
+# gunicorn's own lines in the gateway's format, so a JSON log stays all JSON.
+logconfig_dict = gunicorn_logconfig(os.environ.get("GATEWAY_LOG_FORMAT", "json").lower(), loglevel)
 # Several gateways may run on one host (and in the tests); none needs the control socket.
 control_socket_disable = True
+
+def on_starting(server):
+    """Samples from an earlier run must not be added to this one's."""
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.remove(os.path.join(path, name))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _created_metrics_dir:
+        shutil.rmtree(_created_metrics_dir, ignore_errors=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from flask import (Blueprint, abort, current_app, g, redirect, render_template, request,
                    session, url_for)
 
-from . import security
+from . import audit, security
 from .errors import Unauthenticated
 from .tenants import normalize_email
 
@@ -50,7 +50,8 @@ def start_session(user: User) -> None:
     session["csrf"] = secrets.token_urlsafe(24)
     session["email"] = user.email
     session["groups"] = list(user.groups)
-    logger.info("login email=%s mode=%s", user.email, current_app.config["GATEWAY_AUTH_MODE"])
+    audit.event("login", email=user.email, mode=current_app.config["GATEWAY_AUTH_MODE"],
+                groups=len(user.groups))
 
 
 def _user_from_headers() -> User | None:
@@ -75,7 +76,7 @@ def _user_from_headers() -> User | None:
 def load_user() -> None:
     """Set ``g.user`` from the proxy's headers (header mode) or the session (demo)."""
     g.user = None
-    if request.endpoint in ("static", "embed.healthz"):
+    if request.endpoint in ("static", "ops.healthz", "ops.readyz", "ops.metrics"):
         return
     if current_app.config["GATEWAY_AUTH_MODE"] == "header":
         user = _user_from_headers()
@@ -111,7 +112,7 @@ def login():
     """Demo login: pick one of the users named in the tenants file."""
     if current_app.config["GATEWAY_AUTH_MODE"] != "demo":
         abort(404)
-    rules = current_app.extensions["rules"]
+    rules = current_app.extensions["rules"].current()
     next_url = security.safe_next(request.values.get("next"))
     if request.method == "POST":
         security.require_csrf()
@@ -128,7 +129,7 @@ def login():
 def logout():
     security.require_csrf()
     if g.user is not None:
-        logger.info("logout email=%s", g.user.email)
+        audit.event("logout", email=g.user.email)
     session.clear()
     target = current_app.config["GATEWAY_LOGOUT_URL"]
     if target:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlencode
 
-from flask import Blueprint, current_app, g, jsonify, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
 
-from . import security, tokens
+from . import audit, security, tokens
 from .auth import login_required
 from .errors import NotLinked
 from .tenants import Match
@@ -31,7 +31,7 @@ class NeedsChoice(Exception):
 def user_matches() -> list[Match]:
     """Every subtenant the signed-in user matches, computed once per request."""
     if "matches" not in g:
-        g.matches = current_app.extensions["rules"].match(g.user.email, g.user.groups)
+        g.matches = current_app.extensions["rules"].current().match(g.user.email, g.user.groups)
     return g.matches
 
 
@@ -41,8 +41,7 @@ def current_subtenant() -> Match:
         return g.subtenant_match
     matches = user_matches()
     if not matches:
-        logger.info("subtenant denied email=%s groups=%d reason=no-rule-matches",
-                    g.user.email, len(g.user.groups))
+        audit.event("subtenant_denied", email=g.user.email, groups=len(g.user.groups), reason="no rule matches")
         raise NotLinked("user matches no subtenant rule")
     chosen = session.get("subtenant")
     match = next((m for m in matches if m.key == chosen), None)
@@ -69,8 +68,8 @@ def index():
         src = current_app.config["ZIPTEAMS_DASHBOARD_URL"] + "?" + urlencode({"token": token.value})
     else:
         src = url_for("proxy.dashboard", path="")
-    logger.info("embed viewed email=%s tenant=%s subtenant=%s rule=%r",
-                g.user.email, sub.tenant, sub.id, match.reason)
+    audit.event("embed_viewed", email=g.user.email, tenant=sub.tenant, subtenant=sub.id,
+                rule=match.reason, mode=current_app.config["GATEWAY_EMBED_MODE"])
     return render_template("embed.html", user=g.user, subtenant=sub, frame_src=src,
                            can_switch=len(user_matches()) > 1)
 
@@ -84,18 +83,15 @@ def select():
     if request.method == "POST":
         security.require_csrf()
         choice = request.form.get("subtenant", "")
-        if not any(m.key == choice for m in matches):
+        match = next((m for m in matches if m.key == choice), None)
+        if match is None:
             # Not one of theirs: refused the same way as having no link at all.
-            logger.warning("subtenant selection refused email=%s", g.user.email)
+            audit.event("subtenant_denied", email=g.user.email, reason="selected a subtenant not matched")
             raise NotLinked("selected a subtenant the user does not match")
         session["subtenant"] = choice
-        logger.info("subtenant selected email=%s subtenant=%s", g.user.email, choice)
+        audit.event("subtenant_resolved", email=g.user.email, subtenant=choice, rule=match.reason,
+                    how="selected")
         return redirect(url_for("embed.index"))
     return render_template("select.html", user=g.user, matches=matches,
                            current=session.get("subtenant"))
 
-
-@bp.route("/healthz")
-def healthz():
-    """Liveness: the process answers. Never calls Zipteams."""
-    return jsonify(status="ok")

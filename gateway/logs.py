@@ -19,6 +19,7 @@ import uuid
 
 from flask import Blueprint, Flask, current_app, g, has_request_context, request
 
+from . import metrics
 from .auth import peer_is_trusted
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "message": record.getMessage(),
         }
+        fields = getattr(record, "audit", None)
+        if fields:
+            entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -95,6 +99,23 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
+def gunicorn_logconfig(fmt: str, level: str) -> dict:
+    """gunicorn's own log lines in the same format as ours (for gunicorn.conf.py)."""
+    formatter = {"()": "gateway.logs.JsonFormatter"} if fmt == "json" else {
+        "format": "%(asctime)s %(levelname)s %(name)s [-] %(message)s"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"gateway": formatter},
+        "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "gateway",
+                                "stream": "ext://sys.stdout"}},
+        # The app installs its own root handler (configure()); gunicorn must not add one.
+        "root": {"level": "INFO", "handlers": []},
+        "loggers": {"gunicorn.error": {"handlers": ["stdout"], "level": level.upper(), "propagate": False},
+                    "gunicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False}},
+    }
+
+
 def init_app(app: Flask) -> None:
     if not app.config.get("TESTING"):
         configure(app.config["GATEWAY_LOG_LEVEL"], app.config["GATEWAY_LOG_FORMAT"])
@@ -116,7 +137,10 @@ def assign_request_id() -> None:
 def log_request(response):
     response.headers["X-Request-Id"] = g.get("request_id", "-")
     if request.endpoint != "static":
-        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        route = request.endpoint or "unmatched"
+        metrics.REQUESTS.labels(route, str(response.status_code)).inc()
+        metrics.REQUEST_SECONDS.labels(route).observe(elapsed)
         logger.info("request method=%s path=%s endpoint=%s status=%s ms=%.1f",
-                    request.method, request.path[:200], request.endpoint, response.status_code, elapsed)
+                    request.method, request.path[:200], route, response.status_code, elapsed * 1000)
     return response

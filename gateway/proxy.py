@@ -23,7 +23,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-from . import tokens
+from . import audit, tokens
 from .auth import login_required, peer_is_trusted
 from .embed import NeedsChoice, current_subtenant
 from .errors import ChoiceNeeded, CsrfRejected, NotFound, PayloadTooLarge, UpstreamFailure, UpstreamTimeout
@@ -374,11 +374,15 @@ def _small_body(upstream, token: str, ph: str) -> bytes | None:
 @login_required
 def dashboard(path: str):
     proxy: DashboardProxy = current_app.extensions["proxy"]
-    rest = upstream_path(raw_request_uri())
-    if request.method not in ("GET", "HEAD", "OPTIONS") and \
-            request.headers.get("Sec-Fetch-Site") not in (None, "same-origin", "none"):
-        # Our session cookie must not let another site drive the dashboard.
-        raise CsrfRejected("cross-site request to the dashboard")
+    try:
+        rest = upstream_path(raw_request_uri())
+        if request.method not in ("GET", "HEAD", "OPTIONS") and \
+                request.headers.get("Sec-Fetch-Site") not in (None, "same-origin", "none"):
+            # Our session cookie must not let another site drive the dashboard.
+            raise CsrfRejected("cross-site request to the dashboard")
+    except (NotFound, CsrfRejected) as exc:
+        audit.event("proxy_refused", email=g.user.email, method=request.method, reason=exc.detail)
+        raise
     try:
         match = current_subtenant()
     except NeedsChoice:

@@ -18,6 +18,7 @@ import jwt
 import requests
 from requests.adapters import HTTPAdapter
 
+from . import metrics
 from .errors import ServiceBusy, UpstreamFailure, UpstreamTimeout
 
 logger = logging.getLogger(__name__)
@@ -228,8 +229,11 @@ class ZipteamsClient:
                 outcome = exc.code
             raise
         finally:
+            elapsed = time.monotonic() - started
+            metrics.ZIPTEAMS_CALLS.labels(outcome).inc()
+            metrics.ZIPTEAMS_SECONDS.observe(elapsed)
             logger.info("zipteams token request tenant=%s subtenant=%s outcome=%s ms=%.1f",
-                        tenant, subtenant, outcome, (time.monotonic() - started) * 1000)
+                        tenant, subtenant, outcome, elapsed * 1000)
 
     def _read(self, response: requests.Response, tenant: str, subtenant: str) -> DashboardToken:
         where = {"tenant": tenant, "subtenant": subtenant, "upstream_status": response.status_code}

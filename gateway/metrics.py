@@ -1,0 +1,45 @@
+"""Prometheus metrics, correct under gunicorn's several worker processes.
+
+gunicorn.conf.py points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory
+before the app is loaded; each worker then writes its samples there and a
+scrape of ``/metrics`` adds them up. Outside gunicorn (tests, the demo) the
+process's own registry is served.
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+REQUESTS = Counter("gateway_requests_total", "HTTP requests answered, by route and status.",
+                   ["route", "status"])
+REQUEST_SECONDS = Histogram("gateway_request_seconds", "Time to answer a request (until the body starts).",
+                            ["route"], buckets=LATENCY_BUCKETS)
+TOKEN_CACHE = Counter("gateway_token_cache_total",
+                      "Token cache look-ups and refreshes: hit, miss, refresh, refresh_failure, shared_hit.",
+                      ["result"])
+ZIPTEAMS_CALLS = Counter("gateway_zipteams_requests_total",
+                         "Token requests sent to Zipteams, by outcome.", ["outcome"])
+ZIPTEAMS_SECONDS = Histogram("gateway_zipteams_request_seconds", "Token request latency.",
+                             buckets=LATENCY_BUCKETS)
+ZIPTEAMS_REFUSED = Counter("gateway_zipteams_refused_total",
+                           "Token requests not sent, to protect Zipteams: rate_limit, backoff, breaker.",
+                           ["reason"])
+BREAKER_STATE = Gauge("gateway_breaker_state", "Circuit breaker toward Zipteams: 0 closed, 1 half-open, 2 open.",
+                      multiprocess_mode="livemax")
+REDIS_ERRORS = Counter("gateway_redis_errors_total", "Failed calls to the shared Redis cache.")
+RULES_RELOADS = Counter("gateway_rules_reloads_total", "Tenant file reloads, by result.", ["result"])
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text for a scrape, and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,47 @@
+"""Operations endpoints: liveness, readiness and Prometheus metrics. None calls Zipteams."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request
+
+from . import metrics
+from .auth import peer_is_trusted
+from .protection import CircuitBreaker
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.route("/healthz")
+def healthz():
+    """Liveness: the process answers."""
+    return jsonify(status="ok")
+
+
+@bp.route("/readyz")
+def readyz():
+    """Readiness: settings and tenant rules loaded, and the breaker toward Zipteams closed."""
+    rules = current_app.extensions["rules"].current()
+    breaker = current_app.extensions["breaker"]
+    state = breaker.state
+    reasons = []
+    if not len(rules):
+        reasons.append("no tenant rules loaded")
+    if state != CircuitBreaker.CLOSED:
+        reasons.append(f"breaker toward Zipteams is {CircuitBreaker.NAMES[state]}")
+    body = {"status": "ready" if not reasons else "not ready", "rules": len(rules),
+            "breaker": CircuitBreaker.NAMES[state]}
+    shared = current_app.extensions["shared"]
+    if shared is not None:
+        # Informational only: the gateway serves without Redis.
+        body["shared_cache"] = "available" if shared.available else "unavailable"
+    if reasons:
+        body["reasons"] = reasons
+    return jsonify(body), 200 if not reasons else 503
+
+
+@bp.route("/metrics")
+def metrics_endpoint():
+    """Prometheus text, for the addresses in GATEWAY_METRICS_ALLOW only."""
+    if not peer_is_trusted(request.remote_addr, current_app.config["GATEWAY_METRICS_ALLOW"]):
+        abort(404)  # not even its existence is shown to others
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})

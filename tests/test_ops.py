@@ -1,0 +1,175 @@
+"""Operations: health, readiness, metrics access, rules reload, JSON logs and audit, admin CLI."""
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import API_KEY, API_SECRET, DATA, JWT_SHAPE, ROOT, SECRET_KEY, user_headers
+from gateway.logs import JsonFormatter, RequestIdFilter
+
+
+class Ticks:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_healthz_and_readyz(client, sim):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json() == {"status": "ready", "rules": 3, "breaker": "closed"}
+    assert sim.stats()["token_requests"] == 0
+
+
+def test_metrics_only_for_allowed_peers(client):
+    assert client.get("/metrics").status_code == 200
+    outsider = client.get("/metrics", environ_base={"REMOTE_ADDR": "198.51.100.4"})
+    assert outsider.status_code == 404
+
+
+def test_metrics_count_cache_hits_and_zipteams_calls(client):
+    from prometheus_client import REGISTRY
+
+    def value(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0
+
+    before = (value("gateway_token_cache_total", result="hit"), value("gateway_zipteams_requests_total", outcome="ok"))
+    for _ in range(3):
+        client.get("/", headers=user_headers("alice@acme.example"))
+    assert value("gateway_zipteams_requests_total", outcome="ok") - before[1] == 1
+    assert value("gateway_token_cache_total", result="hit") - before[0] == 2
+    assert "gateway_request_seconds_bucket" in client.get("/metrics").get_data(as_text=True)
+
+
+# ------------------------------------------------------------- rules reload
+@pytest.fixture
+def rules_file(tmp_path):
+    path = tmp_path / "tenants.toml"
+    shutil.copy(DATA / "tenants.toml", path)
+    return path
+
+
+def rewrite(path, text):
+    path.write_text(text)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a visibly newer mtime
+
+
+def test_a_valid_change_takes_effect_without_restart(make_app, rules_file):
+    ticks = Ticks()
+    client = make_app(GATEWAY_TENANTS_FILE=str(rules_file), MONOTONIC=ticks).test_client()
+    zed = user_headers("zed@newcorp.example")
+    assert client.get("/", headers=zed).status_code == 403
+    rewrite(rules_file, rules_file.read_text() + '\n[[subtenant]]\ntenant = "new"\nid = "corp"\n'
+                                                  'name = "New Corp"\nemail_domains = ["newcorp.example"]\n')
+    assert client.get("/", headers=zed).status_code == 403  # not checked again yet
+    ticks.now += 5
+    response = client.get("/", headers=zed)
+    assert response.status_code == 200 and "New Corp" in response.get_data(as_text=True)
+
+
+def test_an_invalid_change_is_refused_and_the_old_rules_stay(make_app, rules_file, caplog):
+    ticks = Ticks()
+    client = make_app(GATEWAY_TENANTS_FILE=str(rules_file), MONOTONIC=ticks).test_client()
+    rewrite(rules_file, '[[subtenant]]\ntenant = "x"\nid = "y"\nname = "n"\nemail = ["typo@x.example"]\n')
+    ticks.now += 5
+    assert client.get("/", headers=user_headers("alice@acme.example")).status_code == 200
+    [record] = [r for r in caplog.records if "tenants file change refused" in r.getMessage()]
+    assert "unknown key(s) email" in record.getMessage()
+
+
+def test_a_removed_subtenant_is_lost_at_the_next_request(make_app, rules_file):
+    ticks = Ticks()
+    client = make_app(GATEWAY_TENANTS_FILE=str(rules_file), MONOTONIC=ticks).test_client()
+    alice = user_headers("alice@acme.example")
+    assert "Sales EMEA" in client.get("/", headers=alice).get_data(as_text=True)
+    rewrite(rules_file, rules_file.read_text().replace('emails = ["alice@acme.example"]\n', ""))
+    ticks.now += 5
+    assert client.get("/", headers=alice).status_code == 403
+
+
+# ------------------------------------------------------------- logs, audit
+def test_json_log_lines_carry_request_id_and_audit_fields(client):
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record))
+
+    handler = Keep()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger().addHandler(handler)
+    try:
+        response = client.get("/", headers=user_headers("alice@acme.example"))
+    finally:
+        logging.getLogger().removeHandler(handler)
+    entries = [json.loads(line) for line in records]
+    events = {e.get("event"): e for e in entries if "event" in e}
+    assert {"login", "token_fetched", "embed_viewed"} <= set(events)
+    assert events["embed_viewed"]["rule"] == "email alice@acme.example"
+    assert len(events["token_fetched"]["fingerprint"]) == 12
+    ours = [e for e in entries if not e["logger"].startswith(("gateway.sim", "urllib3"))]
+    assert ours and all(e["request_id"] == response.headers["X-Request-Id"] for e in ours)
+    assert not any(JWT_SHAPE.search(line.encode()) or API_SECRET in line for line in records)
+
+
+# --------------------------------------------------------------------- CLI
+def flask_cli(sim, *args, **env):
+    full = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PYTHONPATH": str(ROOT),
+            "ZIPTEAMS_API_KEY": API_KEY, "ZIPTEAMS_API_SECRET": API_SECRET,
+            "ZIPTEAMS_API_URL": sim.api_url, "ZIPTEAMS_DASHBOARD_URL": sim.dashboard_url,
+            "GATEWAY_SECRET_KEY": SECRET_KEY, "GATEWAY_TENANTS_FILE": str(DATA / "tenants.toml"),
+            "GATEWAY_LOG_LEVEL": "WARNING", **env}
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "gateway", *args],
+                          cwd=ROOT, env=full, capture_output=True, text=True, timeout=60)
+
+
+def test_cli_check_makes_one_token_request_and_never_prints_the_token(sim):
+    result = flask_cli(sim, "check", "--subtenant", "acme/sales-us")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "token request for acme/sales-us: ok" in out and "'subTenantId': 'sales-us'" in out
+    assert "expires:" in out and "fingerprint:" in out
+    assert not JWT_SHAPE.search((out + result.stderr).encode()) and API_SECRET not in out + result.stderr
+    assert sim.stats()["token_requests"] == 1
+
+
+def test_cli_check_fails_with_exit_1_when_zipteams_refuses(sim):
+    result = flask_cli(sim, "check", ZIPTEAMS_API_SECRET="wrong-secret")
+    assert result.returncode == 1 and "FAILED (zipteams_forbidden)" in result.stderr
+    assert "wrong-secret" not in result.stdout + result.stderr
+
+
+def test_cli_check_exit_3_on_invalid_settings(sim):
+    result = flask_cli(sim, "check", ZIPTEAMS_TIMEOUT="-1")
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines()[-1].startswith("gateway: cannot start: ZIPTEAMS_TIMEOUT")
+
+
+def test_cli_check_unknown_subtenant_is_usage_error(sim):
+    assert flask_cli(sim, "check", "--subtenant", "nope/nope").returncode == 2
+
+
+def test_cli_explain(sim):
+    many = flask_cli(sim, "explain", "Bob@ACME.example", "--groups", "emea")
+    assert many.returncode == 0
+    assert "matches acme/sales-emea (Sales EMEA) by group emea" in many.stdout
+    assert "matches acme/sales-us (Sales US) by email bob@acme.example" in many.stdout
+    assert "a choice between 2 teams" in many.stdout
+    none = flask_cli(sim, "explain", "mallory@evil.example")
+    assert none.returncode == 1 and "not linked to a team" in none.stdout
+
+
+def test_cli_tenants_lists_the_rules(sim):
+    result = flask_cli(sim, "tenants")
+    assert result.returncode == 0
+    assert "3 subtenant rules" in result.stdout and "globex/ops  Globex Operations" in result.stdout
+    assert "email_domains: globex.example" in result.stdout
