@@ -6,6 +6,7 @@ tests and the demo pass ``test_config``, a mapping of the same names, instead.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway. Raises ConfigError or RulesError with one clear line."""
-    from .tenants import load_rules
+    from .tenants import RulesFile
 
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     # "//" must reach the proxy's path check (and be refused), not be merged into a redirect.
@@ -48,19 +49,26 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=None,  # the proxy enforces its own limit while streaming
         TEMPLATES_AUTO_RELOAD=False,
     )
-    app.extensions["rules"] = load_rules(app.config["GATEWAY_TENANTS_FILE"])
+    from . import metrics
+
+    app.extensions["rules"] = RulesFile(
+        app.config["GATEWAY_TENANTS_FILE"], app.config["GATEWAY_RULES_RELOAD"],
+        monotonic=app.config.get("MONOTONIC", time.monotonic),
+        on_reload=lambda result: metrics.RULES_RELOADS.labels(result).inc())
     app.jinja_env.globals["embed_mode"] = app.config["GATEWAY_EMBED_MODE"]
 
     # Order matters: request ids first, so every later line and page carries one.
-    from . import auth, embed, errors, logs, proxy, security, sessions, tokens
+    from . import auth, cli, embed, errors, logs, ops, proxy, security, sessions, tokens
 
     logs.init_app(app)
     sessions.init_app(app)
     errors.init_app(app)
     security.init_app(app)
     tokens.init_app(app)
+    app.register_blueprint(ops.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(embed.bp)
     if app.config["GATEWAY_EMBED_MODE"] == "proxy":
         proxy.init_app(app)
+    cli.init_app(app)
     return app

@@ -7,6 +7,7 @@ import secrets
 import sys
 
 from . import ROOT
+from . import config as settings
 
 
 def _partner(value: str) -> tuple[str, str]:
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="token requests per minute per partner (default unlimited)")
     sim.add_argument("--token-ttl", type=int, default=86400, help="token lifetime, seconds")
     sim.set_defaults(func=run_sim)
+
+    table = sub.add_parser("settings", help="print the settings table (Markdown) for the README")
+    table.set_defaults(func=lambda _args: print(settings.markdown_table(), end="") or 0)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

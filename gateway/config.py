@@ -120,6 +120,16 @@ def _frame_ancestors(raw: str) -> str:
     return value
 
 
+def _cache_url(raw: str) -> str:
+    value = raw.strip()
+    if value == "memory://":
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("must be memory:// or redis://host:port/db (rediss:// for TLS)")
+    return value
+
+
 def _token_in(raw: str) -> str:
     value = raw.strip()
     if value not in {"query:token", "header:Authorization"}:
@@ -180,6 +190,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_PROXY_MAX_BODY", "10485760",
             "Proxy mode: largest request body forwarded to the dashboard, in bytes; larger gets 413.",
             _positive_int),
+    Setting("ZIPTEAMS_MAX_RPM", "30",
+            "Most token requests per minute this gateway sends to Zipteams (shared by all workers "
+            "through Redis; split between workers without it), so it never provokes a 429.",
+            _positive_int),
+    Setting("ZIPTEAMS_RETRIES", "2",
+            "Retries, with backoff and jitter, after a connection error or a 5xx from Zipteams.",
+            _non_negative_int),
+    Setting("ZIPTEAMS_DEADLINE", "20",
+            "Seconds a token request may take in all, retries included.", _positive_float),
+    Setting("GATEWAY_BREAKER_FAILURES", "5",
+            "Consecutive Zipteams failures after which token requests fail fast for a cool-down.",
+            _positive_int),
+    Setting("GATEWAY_BREAKER_COOLDOWN", "30",
+            "Seconds the breaker stays open before one probe request is let through.", _positive_float),
+    Setting("GATEWAY_CACHE_URL", "memory://",
+            "Token cache shared by every worker and instance: memory:// (per process) or "
+            "redis://host:port/db.", _cache_url),
+    Setting("GATEWAY_METRICS_ALLOW", "127.0.0.1/32,::1/128",
+            "Comma-separated CIDRs allowed to read /metrics; everyone else gets 404.", _networks),
+    Setting("GATEWAY_RULES_RELOAD", "5",
+            "Seconds between checks of the tenants file for changes (0: never reload).",
+            _non_negative_int),
     Setting("GATEWAY_COOKIE_SECURE", "true",
             "Mark the session cookie Secure (HTTPS only). Turn off only for plain-HTTP local testing.", _bool),
     Setting("GATEWAY_TOKEN_MARGIN", "60",
@@ -189,8 +221,13 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_int),
     Setting("GATEWAY_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING or ERROR.",
             lambda raw: _choice("debug", "info", "warning", "error")(raw).upper()),
-    Setting("GATEWAY_LOG_FORMAT", "text", "Log line format: text or json (one object per line).",
-            _choice("text", "json")),
+    Setting("GATEWAY_LOG_FORMAT", "json", "Log line format: json (one object per line) or text.",
+            _choice("json", "text")),
+    Setting("PORT", "8000", "Port gunicorn listens on (all interfaces).", _positive_int),
+    Setting("WEB_CONCURRENCY", "2",
+            "gunicorn worker processes. Without Redis, ZIPTEAMS_MAX_RPM is split between them.",
+            _positive_int),
+    Setting("GATEWAY_THREADS", "8", "Threads per gunicorn worker.", _positive_int),
     Setting("GATEWAY_DEBUG", "false",
             "Development only: allows the demo login. Never set it in production.", _bool),
 )
@@ -245,3 +282,13 @@ def env_int(name: str, default: int, source: Mapping[str, str] | None = None) ->
         return _positive_int(raw)
     except ValueError:
         raise ConfigError(f"{name} {raw!r} is invalid: must be a whole number, 1 or more") from None
+
+
+def markdown_table() -> str:
+    """The README's settings table, generated from SETTINGS so the two cannot drift."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = "required" if s.required else (f"`{s.default}`" if s.default else "(empty)")
+        also = f" Also `{s.name}_FILE`." if s.secret else ""
+        rows.append(f"| `{s.name}` | {default} | {s.help}{also} |")
+    return "\n".join(rows) + "\n"

@@ -9,11 +9,17 @@ no match, no dashboard. Rules are compiled into lookup tables once, at load.
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import re
+import threading
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
+
+logger = logging.getLogger(__name__)
 
 # An id travels in an HTTP header and in "tenant/id" keys: visible ASCII, no '/'.
 _ID = re.compile(r"[!-.0-~]{1,128}")
@@ -192,3 +198,62 @@ def load_rules(path: str | Path) -> Rules:
     except tomllib.TOMLDecodeError as exc:
         raise RulesError(f"{path}: not valid TOML ({exc})") from None
     return parse_rules(data, str(path))
+
+
+class RulesFile:
+    """The tenants file, reloaded without a restart when it changes.
+
+    The file's identity (mtime, size, inode) is checked at most once every
+    ``interval`` seconds, by one thread while the others go on with the rules in
+    force. A valid new file takes effect at once; an invalid one is refused with
+    a log line naming the problem, and the old rules stay in force.
+    """
+
+    def __init__(self, path: str | Path, interval: float, *, monotonic: Callable[[], float] = time.monotonic,
+                 on_reload: Callable[[str], None] | None = None):
+        self.path = Path(path)
+        self.interval = interval
+        self._monotonic = monotonic
+        self._on_reload = on_reload or (lambda result: None)
+        self._lock = threading.Lock()
+        self._signature = self._stat()
+        self.rules = load_rules(self.path)
+        self._next_check = monotonic() + interval
+
+    def _stat(self):
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def current(self) -> Rules:
+        """The rules in force, after a cheap change check when one is due."""
+        if self.interval and self._monotonic() >= self._next_check and self._lock.acquire(blocking=False):
+            try:
+                self._next_check = self._monotonic() + self.interval
+                self._check()
+            finally:
+                self._lock.release()
+        return self.rules
+
+    def _check(self) -> None:
+        signature = self._stat()
+        if signature == self._signature:
+            return
+        self._signature = signature
+        if signature is None:
+            logger.error("tenants file %s has disappeared; keeping the %d rules in force",
+                         self.path, len(self.rules))
+            self._on_reload("refused")
+            return
+        try:
+            rules = load_rules(self.path)
+        except RulesError as exc:
+            logger.error("tenants file change refused, keeping the %d rules in force: %s",
+                         len(self.rules), exc)
+            self._on_reload("refused")
+            return
+        self.rules = rules
+        logger.warning("tenants file reloaded: %d subtenant rules in force", len(rules))
+        self._on_reload("loaded")
