@@ -29,20 +29,11 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import wait_for  # noqa: E402
 KEY, SECRET = "bench-key", secrets.token_urlsafe(24)
 PATH = "/dashboard/api/summary"
 
-
-def wait_for(pattern: str, log: Path, proc: subprocess.Popen, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(pattern, log.read_text(errors="replace"))
-        if match:
-            return match.group(1)
-        if proc.poll() is not None:
-            sys.exit(f"a benchmark server exited early:\n{log.read_text(errors='replace')}")
-        time.sleep(0.1)
-    sys.exit(f"a benchmark server did not start:\n{log.read_text(errors='replace')}")
 
 
 def start(args: list[str], env: dict, log: Path, pattern: str) -> tuple[subprocess.Popen, str]:

@@ -1,9 +1,20 @@
 """Friendly failures: each upstream fault gives its documented status and a plain page."""
 import pytest
 
-from conftest import free_port, user_headers
+from conftest import FakeClock, free_port, user_headers
 
 ALICE = user_headers("alice@acme.example")
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def client(make_app, clock):
+    # No retries here: each fault should surface as itself (retries are tested in test_protection).
+    return make_app(ZIPTEAMS_RETRIES="0", CLOCK=clock).test_client()
 
 
 @pytest.mark.parametrize("fault, status, code", [
@@ -16,7 +27,7 @@ ALICE = user_headers("alice@acme.example")
     ({"malformed": "not-jwt"}, 502, "zipteams_invalid_token"),
     ({"malformed": "wrong-subtenant"}, 502, "zipteams_invalid_token"),
 ])
-def test_each_fault_gives_its_status_and_a_plain_page_then_recovers(client, sim, fault, status, code):
+def test_each_fault_gives_its_status_and_a_plain_page_then_recovers(client, sim, clock, fault, status, code):
     sim.fault(count=1, **fault)
     response = client.get("/", headers=ALICE)
     text = response.get_data(as_text=True)
@@ -24,6 +35,10 @@ def test_each_fault_gives_its_status_and_a_plain_page_then_recovers(client, sim,
     assert response.mimetype == "text/html"
     assert f'data-code="{code}"' in text and response.headers["X-Request-Id"] in text
     assert "Traceback" not in text and "upstream_status" not in text
+    if status == 503:
+        # A 429 names a wait; no token request goes out before it has passed.
+        assert client.get("/", headers=ALICE).status_code == 503
+        clock.advance(int(response.headers["Retry-After"]) + 1)
     assert client.get("/", headers=ALICE).status_code == 200
 
 
@@ -41,7 +56,7 @@ def test_rate_limit_without_a_named_wait_defaults_to_60(client, sim):
 
 
 def test_timeout_becomes_504(make_app, sim):
-    client = make_app(ZIPTEAMS_TIMEOUT="0.3").test_client()
+    client = make_app(ZIPTEAMS_TIMEOUT="0.3", ZIPTEAMS_RETRIES="0").test_client()
     sim.fault(delay=1, count=1)
     response = client.get("/", headers=ALICE)
     assert response.status_code == 504 and "took too long" in response.get_data(as_text=True)
@@ -49,7 +64,7 @@ def test_timeout_becomes_504(make_app, sim):
 
 
 def test_refused_connection_becomes_502(make_app):
-    client = make_app(ZIPTEAMS_API_URL=f"http://127.0.0.1:{free_port()}/api/v1").test_client()
+    client = make_app(ZIPTEAMS_API_URL=f"http://127.0.0.1:{free_port()}/api/v1", ZIPTEAMS_RETRIES="0").test_client()
     response = client.get("/", headers=ALICE)
     assert response.status_code == 502 and "dashboard is unavailable" in response.get_data(as_text=True)
 

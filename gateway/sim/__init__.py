@@ -43,6 +43,7 @@ class SimState:
         with self.lock:
             self.token_requests = 0
             self.by_subtenant: collections.Counter = collections.Counter()
+            self.statuses: collections.Counter = collections.Counter()
             self.dashboard_paths: list[str] = []
             self.faults: list[dict] = []
             self.windows: dict[str, collections.deque] = {}
@@ -95,6 +96,13 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
         with state.lock:
             state.minted.add(value)
         return value
+
+    @app.after_request
+    def count_status(response):
+        if request.path == TOKEN_PATH:
+            with state.lock:
+                state.statuses[str(response.status_code)] += 1
+        return response
 
     @app.get(TOKEN_PATH)
     def token():
@@ -184,8 +192,15 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
     def stats():
         with state.lock:
             return jsonify(token_requests=state.token_requests, by_subtenant=dict(state.by_subtenant),
+                           statuses=dict(state.statuses),
                            dashboard_paths=list(state.dashboard_paths),
                            pending_faults=[dict(f) for f in state.faults])
+
+    @app.delete("/_sim/faults")
+    def clear_faults():
+        with state.lock:
+            state.faults.clear()
+        return jsonify(ok=True, pending=0)
 
     @app.post("/_sim/faults")
     def faults():
