@@ -40,12 +40,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             "GATEWAY_AUTH_MODE=demo is only for `python -m gateway demo` or GATEWAY_DEBUG=true; "
             "use header mode behind your SSO proxy in production")
 
+    secure = app.config["GATEWAY_COOKIE_SECURE"]
     app.config.update(
         SECRET_KEY=app.config["GATEWAY_SECRET_KEY"],
-        SESSION_COOKIE_NAME="zg_session",
+        SECRET_KEY_FALLBACKS=list(app.config["GATEWAY_SECRET_KEY_FALLBACKS"]),
+        # __Host-: the browser refuses it unless Secure, Path=/ and no Domain.
+        SESSION_COOKIE_NAME="__Host-zg_session" if secure else "zg_session",
         SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=app.config["GATEWAY_COOKIE_SECURE"],
+        SESSION_COOKIE_SAMESITE=app.config["GATEWAY_COOKIE_SAMESITE"],
+        SESSION_COOKIE_PARTITIONED=app.config["GATEWAY_COOKIE_SAMESITE"] == "None",
+        SESSION_COOKIE_SECURE=secure,
+        SESSION_COOKIE_PATH="/",
+        SESSION_COOKIE_DOMAIN=None,
         MAX_CONTENT_LENGTH=None,  # the proxy enforces its own limit while streaming
         TEMPLATES_AUTO_RELOAD=False,
     )
@@ -58,17 +64,22 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.jinja_env.globals["embed_mode"] = app.config["GATEWAY_EMBED_MODE"]
 
     # Order matters: request ids first, so every later line and page carries one.
-    from . import auth, cli, embed, errors, logs, ops, proxy, security, sessions, tokens
+    from . import auth, cli, embed, errors, logs, ops, proxy, security, sessions, state, tokens
 
     logs.init_app(app)
     sessions.init_app(app)
     errors.init_app(app)
     security.init_app(app)
     tokens.init_app(app)
+    state.init_app(app)
     app.register_blueprint(ops.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(embed.bp)
     if app.config["GATEWAY_EMBED_MODE"] == "proxy":
         proxy.init_app(app)
+    if app.config["GATEWAY_AUTH_MODE"] == "oidc":
+        from . import oidc
+
+        oidc.init_app(app)
     cli.init_app(app)
     return app

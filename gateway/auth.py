@@ -1,34 +1,68 @@
 """Who the user is: login modes, the session, ``login_required`` and logout.
 
-``header`` mode trusts identity headers (``X-Forwarded-Email`` and
-``X-Forwarded-Groups`` by default) only from peers in
-``GATEWAY_TRUSTED_PROXIES``; they are read on every request, so the proxy stays
-the authority and a changed identity drops the old session. ``demo`` mode is a
-login page listing the tenants file's users, for ``python -m gateway demo``.
+- ``header``: behind an authenticating proxy. Identity comes from the proxy on
+  every request: a signed assertion JWT when ``GATEWAY_ASSERTION_HEADER`` is
+  set (plain identity headers are then ignored), otherwise identity headers,
+  believed only from peers in ``GATEWAY_TRUSTED_PROXIES`` (and only with
+  ``GATEWAY_PROXY_SECRET`` when one is set). A changed identity drops the old
+  session.
+- ``oidc``: the gateway logs users in at the partner's IdP (``gateway.oidc``).
+- ``jwt``: the partner's app hands a user over with a short-lived signed JWT at
+  ``/sso/jwt``; each ``jti`` works once, across all workers.
+- ``demo``: a login page listing the tenants file's users, for the demo only.
+
+Sessions are signed cookies renewed at every login (no fixation), ended by an
+idle timeout, an absolute lifetime, or logout, which also revokes the session id
+server-side so that a copied cookie is refused afterwards.
 """
 from __future__ import annotations
 
 import functools
+import hmac
 import ipaddress
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 
 from flask import (Blueprint, abort, current_app, g, redirect, render_template, request,
                    session, url_for)
 
 from . import audit, security
-from .errors import Unauthenticated
+from .assertions import AssertionRejected, JwtVerifier
+from .errors import GatewayError, Unauthenticated
 from .tenants import normalize_email
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
+
+HANDOFF_MAX_LIFETIME = 300
+SEEN_GRANULARITY = 60  # rewrite the cookie's last-seen time at most once a minute
+OPEN_ENDPOINTS = frozenset({"static", "ops.healthz", "ops.readyz", "ops.metrics_endpoint"})
+
+
+class HandoffRejected(GatewayError):
+    status_code = 401
+    code = "handoff_rejected"
+    title = "This sign-in link did not work"
+    message = "The link that brought you here is invalid, expired or was already used."
+    hint = "Go back to the page you came from and open the dashboard again."
+
+
+class SessionEnded(Unauthenticated):
+    code = "session_ended"
+    title = "Your session has ended"
+    message = "You were signed out, or were away for a while, so the dashboard is no longer shown."
+    hint = "Sign in again to continue."
+    action_url = "/login"
+    action_text = "Sign in again"
 
 
 @dataclass(frozen=True)
 class User:
     email: str
     groups: tuple[str, ...] = ()
+    subject: str | None = None  # (issuer, sub) for OIDC users; email is for rules, not identity
 
 
 @functools.lru_cache(maxsize=1024)
@@ -43,63 +77,155 @@ def peer_is_trusted(addr: str | None, networks) -> bool:
     return any(ip in net for net in networks)
 
 
-def start_session(user: User) -> None:
+def _now() -> float:
+    return current_app.config.get("CLOCK", time.time)()
+
+
+def start_session(user: User, **extra) -> None:
     """Begin a fresh session for ``user``: nothing from before login survives (no fixation)."""
     session.clear()
-    session["sid"] = secrets.token_urlsafe(16)
-    session["csrf"] = secrets.token_urlsafe(24)
-    session["email"] = user.email
-    session["groups"] = list(user.groups)
+    now = int(_now())
+    session.update(sid=secrets.token_urlsafe(16), csrf=secrets.token_urlsafe(24), email=user.email,
+                   groups=list(user.groups), iat=now, seen=now, **extra)
+    if user.subject:
+        session["subject"] = user.subject
     audit.event("login", email=user.email, mode=current_app.config["GATEWAY_AUTH_MODE"],
                 groups=len(user.groups))
 
 
-def _user_from_headers() -> User | None:
+def end_session(reason: str) -> None:
+    """Forget the session here and revoke its id everywhere."""
+    sid = session.get("sid")
+    if sid:
+        current_app.extensions["state"].revoke_session(sid, current_app.config["GATEWAY_SESSION_MAX"])
+    session.clear()
+    logger.info("session ended reason=%s", reason)
+
+
+def _session_problem() -> str | None:
+    """Why the current session may not be used any more, if it may not."""
+    sid = session.get("sid")
+    if not sid:
+        return None
     cfg = current_app.config
-    raw = request.headers.get(cfg["GATEWAY_USER_HEADER"])
-    if raw is None:
-        return None
+    now = _now()
+    started, seen = session.get("iat"), session.get("seen")
+    if not isinstance(started, int) or not isinstance(seen, int):
+        return "malformed"
+    if now - started > cfg["GATEWAY_SESSION_MAX"]:
+        return "max-lifetime"
+    if now - seen > cfg["GATEWAY_SESSION_IDLE"]:
+        return "idle"
+    if current_app.extensions["state"].session_revoked(sid):
+        return "revoked"
+    if now - seen >= SEEN_GRANULARITY:
+        session["seen"] = int(now)
+    return None
+
+
+# ------------------------------------------------------------------ header mode
+def _verifier(name: str, **kwargs) -> JwtVerifier:
+    verifier = current_app.extensions.get(name)
+    if verifier is None:
+        verifier = current_app.extensions[name] = JwtVerifier(**kwargs)
+    return verifier
+
+
+def _user_from_proxy() -> User | None:
+    cfg = current_app.config
     if not peer_is_trusted(request.remote_addr, cfg["GATEWAY_TRUSTED_PROXIES"]):
-        # Anyone can type a header; only the proxy's count.
-        logger.warning("identity header ignored: peer %s is not a trusted proxy", request.remote_addr)
+        if request.headers.get(cfg["GATEWAY_USER_HEADER"]) is not None or (
+                cfg["GATEWAY_ASSERTION_HEADER"] and request.headers.get(cfg["GATEWAY_ASSERTION_HEADER"])):
+            # Anyone can type a header; only the proxy's count.
+            logger.warning("identity header ignored: peer %s is not a trusted proxy", request.remote_addr)
         return None
-    email = normalize_email(raw)
+    if cfg["GATEWAY_PROXY_SECRET"]:
+        sent = request.headers.get(cfg["GATEWAY_PROXY_SECRET_HEADER"], "")
+        if not hmac.compare_digest(sent.encode(), cfg["GATEWAY_PROXY_SECRET"].encode()):
+            logger.warning("identity ignored: the proxy secret header is missing or wrong")
+            return None
+    if cfg["GATEWAY_ASSERTION_HEADER"]:
+        return _user_from_assertion(request.headers.get(cfg["GATEWAY_ASSERTION_HEADER"], ""))
+    values = request.headers.getlist(cfg["GATEWAY_USER_HEADER"])
+    if not values:
+        return None
+    if len(values) > 1:
+        logger.warning("identity ignored: %d %s headers", len(values), cfg["GATEWAY_USER_HEADER"])
+        return None
+    email = normalize_email(values[0])
     if email is None:
         logger.warning("identity header ignored: not one well-formed email address")
         return None
     groups_raw = request.headers.get(cfg["GATEWAY_GROUPS_HEADER"], "")
-    groups = tuple(dict.fromkeys(x.strip() for x in groups_raw.split(",") if x.strip()))
-    return User(email, groups)
+    return User(email, tuple(dict.fromkeys(x.strip() for x in groups_raw.split(",") if x.strip())))
+
+
+def _claims_user(claims: dict, email_claim: str, groups_claim: str) -> User | None:
+    email = claims.get(email_claim)
+    email = normalize_email(email) if isinstance(email, str) else None
+    if email is None:
+        return None
+    groups = claims.get(groups_claim) or []
+    if isinstance(groups, str):
+        groups = [groups]
+    if not isinstance(groups, list):
+        groups = []
+    return User(email, tuple(dict.fromkeys(str(x) for x in groups if isinstance(x, (str, int)))))
+
+
+def _user_from_assertion(token: str) -> User | None:
+    if not token:
+        return None
+    cfg = current_app.config
+    verifier = _verifier("assertion_verifier", audience=cfg["GATEWAY_ASSERTION_AUDIENCE"],
+                         issuer=cfg["GATEWAY_ASSERTION_ISSUER"], jwks_url=cfg["GATEWAY_ASSERTION_JWKS_URL"])
+    try:
+        claims = verifier.verify(token)
+    except AssertionRejected as exc:
+        logger.warning("identity assertion refused: %s", exc.reason)
+        return None
+    return _claims_user(claims, "email", "groups")
 
 
 @bp.before_app_request
 def load_user() -> None:
-    """Set ``g.user`` from the proxy's headers (header mode) or the session (demo)."""
+    """Set ``g.user`` for this request, ending a session that may not be used any more."""
     g.user = None
-    if request.endpoint in ("static", "ops.healthz", "ops.readyz", "ops.metrics"):
+    if request.endpoint in OPEN_ENDPOINTS:
         return
+    problem = _session_problem()
+    if problem == "revoked":
+        session.clear()
+        g.session_ended = problem
+    elif problem:
+        end_session(problem)
+        g.session_ended = problem
     if current_app.config["GATEWAY_AUTH_MODE"] == "header":
-        user = _user_from_headers()
+        user = _user_from_proxy()
         if user is None:
             # Without the proxy vouching for this request, a cookie alone is not enough.
             session.clear()
             return
-        if session.get("email") != user.email:
+        if session.get("email") != user.email or "sid" not in session:
             start_session(user)
         elif tuple(session.get("groups", ())) != user.groups:
             session["groups"] = list(user.groups)
         g.user = user
     elif "email" in session and "sid" in session:
-        g.user = User(session["email"], tuple(session.get("groups", ())))
+        g.user = User(session["email"], tuple(session.get("groups", ())), session.get("subject"))
 
 
 def login_required(view):
-    """Refuse anonymous requests: 401 page, or the demo login page for a browser."""
+    """Refuse anonymous requests: 401 page, or the login page for a browser in demo/OIDC mode."""
 
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
         if g.user is None:
-            if current_app.config["GATEWAY_AUTH_MODE"] == "demo" and request.method == "GET":
+            mode = current_app.config["GATEWAY_AUTH_MODE"]
+            if g.get("session_ended"):
+                # Said plainly, not a silent bounce to a login page (and never inside the frame).
+                raise SessionEnded(f"session ended: {g.session_ended}")
+            if mode in ("demo", "oidc") and request.method == "GET" and request.endpoint != "proxy.dashboard":
                 return redirect(url_for("auth.login", next=security.safe_next(request.full_path)))
             raise Unauthenticated("no identity on the request")
         return view(*args, **kwargs)
@@ -107,13 +233,19 @@ def login_required(view):
     return wrapped
 
 
+# ------------------------------------------------------------------ login pages
 @bp.route("/login", methods=("GET", "POST"))
 def login():
-    """Demo login: pick one of the users named in the tenants file."""
-    if current_app.config["GATEWAY_AUTH_MODE"] != "demo":
+    """Demo: pick a user from the tenants file. OIDC: off to the IdP."""
+    mode = current_app.config["GATEWAY_AUTH_MODE"]
+    next_url = security.safe_next(request.values.get("next"))
+    if mode == "oidc":
+        from .oidc import begin_login
+
+        return begin_login(next_url)
+    if mode != "demo":
         abort(404)
     rules = current_app.extensions["rules"].current()
-    next_url = security.safe_next(request.values.get("next"))
     if request.method == "POST":
         security.require_csrf()
         email = normalize_email(request.form.get("email", ""))
@@ -125,13 +257,55 @@ def login():
     return render_template("login.html", users=rules.users(), next_url=next_url)
 
 
+@bp.route("/sso/jwt")
+def handoff():
+    """JWT hand-off from the partner's app: verify, use the jti once, start a session."""
+    cfg = current_app.config
+    if cfg["GATEWAY_AUTH_MODE"] != "jwt":
+        abort(404)
+    verifier = _verifier("handoff_verifier", audience=cfg["GATEWAY_HANDOFF_AUDIENCE"],
+                         issuer=cfg["GATEWAY_HANDOFF_ISSUER"], secret=cfg["GATEWAY_HANDOFF_SECRET"],
+                         jwks_url=cfg["GATEWAY_HANDOFF_JWKS_URL"], max_lifetime=HANDOFF_MAX_LIFETIME,
+                         clock=current_app.config.get("CLOCK", time.time))
+    try:
+        claims = verifier.verify(request.args.get("jwt", ""))
+    except AssertionRejected as exc:
+        audit.event("login_refused", mode="jwt", reason=exc.reason)
+        raise HandoffRejected(exc.reason) from None
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti:
+        audit.event("login_refused", mode="jwt", reason="missing jti")
+        raise HandoffRejected("missing jti")
+    ttl = max(1.0, claims["exp"] - _now()) + 60
+    if not current_app.extensions["state"].use_once(f"{cfg['GATEWAY_HANDOFF_ISSUER']}|{jti}", ttl):
+        audit.event("login_refused", mode="jwt", reason="jti replayed")
+        raise HandoffRejected("jti already used")
+    user = _claims_user(claims, "email", "groups")
+    if user is None:
+        audit.event("login_refused", mode="jwt", reason="no well-formed email claim")
+        raise HandoffRejected("no well-formed email claim")
+    start_session(user)
+    return redirect(security.safe_next(request.args.get("return_to")))
+
+
 @bp.route("/logout", methods=("POST",))
 def logout():
     security.require_csrf()
     if g.user is not None:
         audit.event("logout", email=g.user.email)
-    session.clear()
+    end_session("logout")
+    if current_app.config["GATEWAY_AUTH_MODE"] == "oidc":
+        from .oidc import idp_logout_url
+
+        target = idp_logout_url()
+        if target:
+            return redirect(target)
     target = current_app.config["GATEWAY_LOGOUT_URL"]
     if target:
         return redirect(target)
+    return render_template("signed_out.html")
+
+
+@bp.route("/signed-out")
+def signed_out():
     return render_template("signed_out.html")

@@ -87,6 +87,33 @@ def _secret(min_length: int) -> Callable[[str], str]:
     return parse
 
 
+def _optional_secret(min_length: int) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw and len(raw) < min_length:
+            raise ValueError(f"must be at least {min_length} characters long")
+        return raw
+
+    return parse
+
+
+def _fallback_keys(raw: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    if any(len(k) < 32 for k in keys):
+        raise ValueError("every key must be at least 32 characters long")
+    return keys
+
+
+def _optional_url(raw: str) -> str:
+    return _http_url(raw) if raw.strip() else ""
+
+
+def _samesite(raw: str) -> str:
+    value = raw.strip().capitalize()
+    if value not in ("Lax", "Strict", "None"):
+        raise ValueError("must be Lax, Strict or None")
+    return value
+
+
 def _non_empty(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must not be empty")
@@ -167,8 +194,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_TENANTS_FILE", None, "Path of the TOML file with the subtenant rules.",
             _non_empty, required=True),
     Setting("GATEWAY_AUTH_MODE", "header",
-            "How users are identified: header (behind an authenticating proxy) or demo (demo only).",
-            _choice("header", "demo")),
+            "How users sign in: header (behind an authenticating proxy), oidc (the gateway logs them in "
+            "at your IdP), jwt (hand-off from your own app), or demo (demo only).",
+            _choice("header", "oidc", "jwt", "demo")),
     Setting("GATEWAY_USER_HEADER", "X-Forwarded-Email",
             "Header mode: request header carrying the user's email.", _header_name),
     Setting("GATEWAY_GROUPS_HEADER", "X-Forwarded-Groups",
@@ -176,6 +204,52 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_TRUSTED_PROXIES", "127.0.0.1/32,::1/128",
             "Header mode: comma-separated CIDRs of the proxies allowed to send identity headers.",
             _networks),
+    Setting("GATEWAY_ASSERTION_HEADER", "",
+            "Header mode: header carrying a signed identity JWT (e.g. X-Pomerium-Jwt-Assertion, "
+            "Cf-Access-Jwt-Assertion). When set, only the verified JWT counts; plain identity headers are ignored.",
+            lambda raw: _header_name(raw) if raw.strip() else ""),
+    Setting("GATEWAY_ASSERTION_JWKS_URL", "", "Header mode: JWKS URL with the keys that sign the assertion.",
+            _optional_url),
+    Setting("GATEWAY_ASSERTION_AUDIENCE", "", "Header mode: required aud of the assertion.", str),
+    Setting("GATEWAY_ASSERTION_ISSUER", "", "Header mode: required iss of the assertion.", str),
+    Setting("GATEWAY_PROXY_SECRET", "",
+            "Header mode: a shared secret the proxy must send in GATEWAY_PROXY_SECRET_HEADER (optional).",
+            _optional_secret(16), secret=True),
+    Setting("GATEWAY_PROXY_SECRET_HEADER", "X-Gateway-Proxy-Secret",
+            "Header mode: the header that carries GATEWAY_PROXY_SECRET.", _header_name),
+    Setting("GATEWAY_PUBLIC_URL", "",
+            "The gateway's external base URL (e.g. https://insights.partner.example). Required in oidc mode: "
+            "absolute URLs we generate never come from the request's Host header.", _optional_url),
+    Setting("OIDC_ISSUER", "", "OIDC mode: your IdP's issuer URL (discovery from /.well-known/openid-configuration).",
+            _optional_url),
+    Setting("OIDC_CLIENT_ID", "", "OIDC mode: the gateway's client id at the IdP.", str),
+    Setting("OIDC_CLIENT_SECRET", "", "OIDC mode: the gateway's client secret at the IdP.",
+            _optional_secret(1), secret=True),
+    Setting("OIDC_SCOPES", "openid email profile", "OIDC mode: scopes to request (must include openid).", str),
+    Setting("OIDC_EMAIL_CLAIM", "email", "OIDC mode: ID token claim with the user's email.", str),
+    Setting("OIDC_GROUPS_CLAIM", "groups", "OIDC mode: ID token claim with the user's groups (a list).", str),
+    Setting("OIDC_REQUIRE_VERIFIED_EMAIL", "false",
+            "OIDC mode: refuse users whose email_verified claim is not true.", _bool),
+    Setting("GATEWAY_HANDOFF_SECRET", "",
+            "JWT mode: shared secret for HS256 hand-off tokens (at least 32 characters).",
+            _optional_secret(32), secret=True),
+    Setting("GATEWAY_HANDOFF_JWKS_URL", "",
+            "JWT mode: JWKS URL with your app's public keys for RS256/ES256 hand-off tokens.", _optional_url),
+    Setting("GATEWAY_HANDOFF_AUDIENCE", "", "JWT mode: required aud of hand-off tokens.", str),
+    Setting("GATEWAY_HANDOFF_ISSUER", "", "JWT mode: required iss of hand-off tokens.", str),
+    Setting("GATEWAY_SESSION_IDLE", "1800", "Seconds without a request after which a session ends.",
+            _positive_int),
+    Setting("GATEWAY_SESSION_MAX", "43200", "Seconds after sign-in at which a session ends regardless.",
+            _positive_int),
+    Setting("GATEWAY_SECRET_KEY_FALLBACKS", "",
+            "Previous GATEWAY_SECRET_KEY values, comma-separated, still accepted for existing sessions "
+            "during a key rotation.", _fallback_keys, secret=True),
+    Setting("GATEWAY_COOKIE_SAMESITE", "Lax",
+            "SameSite of the session cookie: Lax, Strict, or None (with Partitioned) when your site frames the gateway.",
+            _samesite),
+    Setting("GATEWAY_STATE_DB", "",
+            "Without Redis: SQLite file shared by this host's workers for logout revocations and single-use "
+            "hand-off ids (default: a file in the system temp directory). With Redis, Redis holds them.", str),
     Setting("GATEWAY_LOGOUT_URL", "",
             "Where to send the browser after sign-out (e.g. your proxy's /oauth2/sign_out). Empty: a signed-out page.",
             str),
@@ -271,7 +345,35 @@ def load(source: Mapping[str, str] | None = None) -> dict[str, Any]:
         except ValueError as exc:
             shown = "" if setting.secret else f" {raw!r}"
             raise ConfigError(f"{setting.name}{shown} is invalid: {exc}") from None
+    _check_together(config)
     return config
+
+
+def _check_together(config: dict[str, Any]) -> None:
+    """Settings that only make sense in combination."""
+    mode = config["GATEWAY_AUTH_MODE"]
+    need = {
+        "oidc": ("OIDC_ISSUER", "OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET", "GATEWAY_PUBLIC_URL"),
+        "jwt": ("GATEWAY_HANDOFF_AUDIENCE", "GATEWAY_HANDOFF_ISSUER"),
+    }.get(mode, ())
+    for name in need:
+        if not config[name]:
+            raise ConfigError(f"{name} is required when GATEWAY_AUTH_MODE={mode}: {BY_NAME[name].help}")
+    if mode == "oidc" and "openid" not in config["OIDC_SCOPES"].split():
+        raise ConfigError("OIDC_SCOPES must include openid")
+    if mode == "jwt" and bool(config["GATEWAY_HANDOFF_SECRET"]) == bool(config["GATEWAY_HANDOFF_JWKS_URL"]):
+        raise ConfigError("GATEWAY_AUTH_MODE=jwt needs exactly one of GATEWAY_HANDOFF_SECRET (HS256) "
+                          "or GATEWAY_HANDOFF_JWKS_URL (RS256/ES256)")
+    if config["GATEWAY_ASSERTION_HEADER"] and not config["GATEWAY_ASSERTION_JWKS_URL"]:
+        raise ConfigError("GATEWAY_ASSERTION_HEADER needs GATEWAY_ASSERTION_JWKS_URL to verify it")
+    if config["GATEWAY_ASSERTION_HEADER"] and not (config["GATEWAY_ASSERTION_AUDIENCE"]
+                                                   and config["GATEWAY_ASSERTION_ISSUER"]):
+        raise ConfigError("GATEWAY_ASSERTION_HEADER needs GATEWAY_ASSERTION_AUDIENCE and "
+                          "GATEWAY_ASSERTION_ISSUER: an assertion meant for another app must not count")
+    if config["GATEWAY_COOKIE_SAMESITE"] == "None" and not config["GATEWAY_COOKIE_SECURE"]:
+        raise ConfigError("GATEWAY_COOKIE_SAMESITE=None needs GATEWAY_COOKIE_SECURE=true (browsers require it)")
+    if config["GATEWAY_SESSION_IDLE"] > config["GATEWAY_SESSION_MAX"]:
+        raise ConfigError("GATEWAY_SESSION_IDLE must not be longer than GATEWAY_SESSION_MAX")
 
 
 def env_int(name: str, default: int, source: Mapping[str, str] | None = None) -> int:

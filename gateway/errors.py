@@ -24,6 +24,8 @@ class GatewayError(Exception):
     title = "Something went wrong"
     message = "The gateway ran into a problem it did not expect."
     hint = "Try again in a moment. If it keeps happening, contact support and quote the request id."
+    action_url = "/"
+    action_text = "Back to the dashboard"
 
     def __init__(self, detail: str | None = None, *, retry_after: int | None = None):
         # ``detail`` is for logs and operators; it must never hold a secret or token.
@@ -124,7 +126,7 @@ def wants_json() -> bool:
 
 
 def render_error(status: int, code: str, title: str, message: str, hint: str,
-                 retry_after: int | None = None):
+                 retry_after: int | None = None, action: tuple[str, str] = ("/", "Back to the dashboard")):
     request_id = getattr(g, "request_id", None)
     if wants_json():
         body = {"error": {"status": status, "code": code, "title": title, "message": message,
@@ -135,7 +137,7 @@ def render_error(status: int, code: str, title: str, message: str, hint: str,
     else:
         response = make_response(render_template(
             "error.html", status=status, code=code, title=title, message=message, hint=hint,
-            retry_after=retry_after, request_id=request_id))
+            retry_after=retry_after, request_id=request_id, action_url=action[0], action_text=action[1]))
     response.status_code = status
     response.headers["Cache-Control"] = "no-store"
     if retry_after is not None:
@@ -146,7 +148,8 @@ def render_error(status: int, code: str, title: str, message: str, hint: str,
 def handle_gateway_error(exc: GatewayError):
     level = logging.WARNING if exc.status_code >= 500 else logging.INFO
     logger.log(level, "refused status=%s code=%s detail=%s", exc.status_code, exc.code, exc.detail)
-    return render_error(exc.status_code, exc.code, exc.title, exc.message, exc.hint, exc.retry_after)
+    return render_error(exc.status_code, exc.code, exc.title, exc.message, exc.hint, exc.retry_after,
+                        (exc.action_url, exc.action_text))
 
 
 def handle_http_exception(exc: HTTPException):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 import logging
 import secrets
 from urllib.parse import urlsplit
@@ -100,6 +101,11 @@ def require_csrf() -> None:
         raise CsrfRejected("missing or wrong CSRF token")
 
 
+# Percent-encoded controls, DEL and backslash: harmless to a browser, but not to
+# every proxy or framework that might decode the target on the way.
+_ENCODED_TRICK = re.compile(r"%(?:[01][0-9a-fA-F]|7[fF]|5[cC])")
+
+
 def safe_next(target: str | None) -> str:
     """``target`` if it is a same-origin relative path, else ``/``.
 
@@ -109,7 +115,9 @@ def safe_next(target: str | None) -> str:
     """
     if not target or not isinstance(target, str):
         return "/"
-    if any(ord(c) < 0x21 or c in "\\\x7f" for c in target):
+    # Only visible ASCII: browsers strip or reinterpret whitespace, controls and
+    # backslashes, and our own paths never need anything else.
+    if any(not 0x21 <= ord(c) <= 0x7e or c == "\\" for c in target) or _ENCODED_TRICK.search(target):
         return "/"
     if not target.startswith("/") or target.startswith("//"):
         return "/"

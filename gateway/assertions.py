@@ -1,0 +1,77 @@
+"""Verifying identity JWTs other systems send us: proxy assertions and app hand-offs.
+
+One verifier, strict by construction: an algorithm allow-list fixed by how the
+key is configured (HS256 for a shared secret; RS/ES/PS for JWKS keys), never
+``none`` and never an HMAC keyed with a public key; ``exp`` and ``iat``
+required, ``aud`` and ``iss`` checked, a small leeway for clocks, and for
+hand-offs a bound on how far ahead ``exp`` may be. JWKS keys are fetched and
+cached by PyJWT, refetched when an unknown ``kid`` appears (key rotation).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import jwt
+
+logger = logging.getLogger(__name__)
+
+ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
+LEEWAY = 30
+
+
+class AssertionRejected(Exception):
+    """The JWT does not prove anything. ``reason`` is safe to log (no token in it)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class JwtVerifier:
+    def __init__(self, *, audience: str, issuer: str, secret: str = "", jwks_url: str = "",
+                 max_lifetime: float | None = None, clock: Callable[[], float] = time.time):
+        if bool(secret) == bool(jwks_url):
+            raise ValueError("exactly one of secret or jwks_url")
+        self.audience, self.issuer, self.max_lifetime, self._clock = audience, issuer, max_lifetime, clock
+        self._secret = secret
+        self.algorithms = ("HS256",) if secret else ASYMMETRIC
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=5) if jwks_url else None
+
+    def __repr__(self) -> str:
+        return f"JwtVerifier(issuer={self.issuer!r}, audience={self.audience!r}, algorithms={self.algorithms})"
+
+    def verify(self, token: str) -> dict[str, Any]:
+        if not token or len(token) > 8192:
+            raise AssertionRejected("missing or oversized token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AssertionRejected("not a JWT") from None
+        alg = header.get("alg")
+        if alg not in self.algorithms:
+            raise AssertionRejected(f"algorithm {str(alg)[:10]!r} not allowed")
+        try:
+            key = self._secret if self._jwks is None else self._jwks.get_signing_key_from_jwt(token).key
+        except jwt.PyJWKClientError as exc:
+            raise AssertionRejected(f"no usable signing key ({type(exc).__name__})") from None
+        try:
+            claims = jwt.decode(token, key, algorithms=list(self.algorithms), audience=self.audience,
+                                issuer=self.issuer, leeway=LEEWAY,
+                                options={"require": ["exp", "iat", "aud", "iss"]})
+        except jwt.ExpiredSignatureError:
+            raise AssertionRejected("expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AssertionRejected("not valid yet (nbf/iat in the future)") from None
+        except jwt.InvalidAudienceError:
+            raise AssertionRejected("wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise AssertionRejected("wrong issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AssertionRejected(f"missing claim {exc.claim}") from None
+        except jwt.PyJWTError as exc:
+            raise AssertionRejected(f"invalid ({type(exc).__name__})") from None
+        if self.max_lifetime is not None and claims["exp"] - self._clock() > self.max_lifetime + LEEWAY:
+            raise AssertionRejected("exp too far ahead")
+        return claims

@@ -1,0 +1,148 @@
+"""Security state every worker must agree on: revoked sessions and used hand-off ids.
+
+A signed cookie stays valid until it expires, so logging out must also record
+the session id as revoked where every worker looks; a hand-off JWT's ``jti``
+must be usable once across all workers. With Redis configured that is Redis
+(shared by every instance); otherwise an SQLite file on this host
+(``GATEWAY_STATE_DB``), which every worker of this instance shares. Unlike the
+token cache, this state is not optional: if it cannot be reached, the answer
+is "revoked" / "already used", never a silent yes.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+
+class StateUnavailable(Exception):
+    pass
+
+
+class SqliteState:
+    """Per-host state in one SQLite file (WAL: many readers, one writer at a time)."""
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.time):
+        self.path = path
+        self._clock = clock
+        self._local = threading.local()
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS marks (key TEXT PRIMARY KEY, until REAL NOT NULL)")
+
+    def __repr__(self) -> str:
+        return f"SqliteState({self.path!r})"
+
+    def _connect(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", None) != os.getpid():
+            db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+            self._local.db, self._local.pid = db, os.getpid()
+        return db
+
+    def mark(self, key: str, ttl: float) -> bool:
+        """Record ``key`` until ``ttl`` seconds from now; False if it was already recorded."""
+        now = self._clock()
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT until FROM marks WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] > now:
+                db.execute("COMMIT")
+                return False
+            db.execute("INSERT OR REPLACE INTO marks (key, until) VALUES (?, ?)", (key, now + ttl))
+            if hash(key) % 64 == 0:  # now and then, forget what has expired
+                db.execute("DELETE FROM marks WHERE until <= ?", (now,))
+            db.execute("COMMIT")
+            return True
+        except sqlite3.Error as exc:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise StateUnavailable(str(exc)) from None
+
+    def marked(self, key: str) -> bool:
+        try:
+            row = self._connect().execute("SELECT until FROM marks WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StateUnavailable(str(exc)) from None
+        return row is not None and row[0] > self._clock()
+
+
+class RedisState:
+    """The same marks in Redis, shared by every instance."""
+
+    def __init__(self, url: str, namespace: str):
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._errors = (redis.RedisError, OSError)
+        self._ns = "zg:" + hashlib.sha256(namespace.encode()).hexdigest()[:16] + ":state:"
+
+    def __repr__(self) -> str:
+        return "RedisState()"
+
+    def mark(self, key: str, ttl: float) -> bool:
+        try:
+            return bool(self._redis.set(self._ns + key, b"1", nx=True, px=max(1, int(ttl * 1000))))
+        except self._errors as exc:
+            raise StateUnavailable(type(exc).__name__) from None
+
+    def marked(self, key: str) -> bool:
+        try:
+            return bool(self._redis.exists(self._ns + key))
+        except self._errors as exc:
+            raise StateUnavailable(type(exc).__name__) from None
+
+
+class SecurityState:
+    """Revocations and single-use ids; fails closed."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def revoke_session(self, sid: str, ttl: float) -> None:
+        try:
+            self.backend.mark("sid:" + sid, ttl)
+        except StateUnavailable as exc:
+            logger.error("could not record a logout revocation (%s): the session cookie is cleared "
+                         "in this browser, but a copy could be replayed until it expires", exc)
+
+    def session_revoked(self, sid: str) -> bool:
+        try:
+            return self.backend.marked("sid:" + sid)
+        except StateUnavailable as exc:
+            logger.error("revocation list unavailable (%s): refusing the session to be safe", exc)
+            return True
+
+    def use_once(self, ident: str, ttl: float) -> bool:
+        """True the first time ``ident`` is seen (within ``ttl``), False on every replay."""
+        try:
+            return self.backend.mark("jti:" + ident, ttl)
+        except StateUnavailable as exc:
+            logger.error("single-use store unavailable (%s): refusing the hand-off to be safe", exc)
+            return False
+
+
+def default_db_path(secret_key: str) -> str:
+    """A per-deployment file in the temp directory (the same for every worker of it)."""
+    tag = hashlib.sha256(secret_key.encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"zipteams-gateway-{tag}.sqlite3")
+
+
+def init_app(app) -> None:
+    cfg = app.config
+    if cfg["GATEWAY_CACHE_URL"] != "memory://":
+        backend = RedisState(cfg["GATEWAY_CACHE_URL"], cfg["ZIPTEAMS_API_URL"] + "|" + cfg["ZIPTEAMS_API_KEY"])
+    else:
+        backend = SqliteState(cfg["GATEWAY_STATE_DB"] or default_db_path(cfg["GATEWAY_SECRET_KEY"]),
+                              clock=cfg.get("CLOCK", time.time))
+    app.extensions["state"] = SecurityState(backend)
