@@ -345,6 +345,65 @@ def redis_server(_redis_session):
         _redis_session.start()
 
 
+# -------------------------------------------------------------- signing keys
+class KeyServer:
+    """Signing keys and a live JWKS endpoint serving their public halves (rotation-ready)."""
+
+    def __init__(self):
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from werkzeug.wrappers import Request, Response
+
+        self.keys: dict[str, tuple[str, object]] = {}  # kid -> (alg, private key)
+        self.published: list[str] = []
+        self.add("rsa-1", "RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        self.add("ec-1", "ES256", ec.generate_private_key(ec.SECP256R1()))
+
+        @Request.application
+        def serve(request):
+            import json as _json
+
+            return Response(_json.dumps({"keys": [self.jwk(kid) for kid in self.published]}),
+                            mimetype="application/json")
+
+        self.server = ServerThread(serve).start()
+        self.url = self.server.url + "/jwks.json"
+
+    def add(self, kid, alg, private_key, publish=True):
+        self.keys[kid] = (alg, private_key)
+        if publish:
+            self.published.append(kid)
+
+    def jwk(self, kid):
+        import json as _json
+
+        from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+        alg, key = self.keys[kid]
+        algo = RSAAlgorithm if alg.startswith("RS") else ECAlgorithm
+        jwk = _json.loads(algo.to_jwk(key.public_key()))
+        jwk.update(kid=kid, alg=alg, use="sig")
+        return jwk
+
+    def sign(self, claims: dict, kid: str = "rsa-1", **headers) -> str:
+        import jwt as _jwt
+
+        alg, key = self.keys[kid]
+        return _jwt.encode(claims, key, algorithm=alg, headers={"kid": kid, **headers})
+
+    def public_pem(self, kid: str = "rsa-1") -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return self.keys[kid][1].public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@pytest.fixture(scope="session")
+def keys():
+    server = KeyServer()
+    yield server
+    server.server.stop()
+
+
 # ---------------------------------------------------------------- ordering
 def pytest_collection_modifyitems(items):
     """The leak scan runs last, after every other test has produced output."""

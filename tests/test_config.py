@@ -40,7 +40,7 @@ def test_missing_required_setting_is_one_clear_line(name):
     ("ZIPTEAMS_API_URL", "ftp://x", "must be an http:// or https:// URL"),
     ("ZIPTEAMS_API_URL", "https://u:p@x", "must not carry credentials"),
     ("GATEWAY_TRUSTED_PROXIES", "10.0.0.0/8,nonsense", "'nonsense' is not an IP address"),
-    ("GATEWAY_AUTH_MODE", "magic", "must be one of header, demo"),
+    ("GATEWAY_AUTH_MODE", "magic", "must be one of header, oidc, jwt, demo"),
     ("GATEWAY_EMBED_MODE", "popup", "must be one of proxy, iframe"),
     ("GATEWAY_FRAME_ANCESTORS", "'self'; script-src *", "space-separated list"),
     ("GATEWAY_USER_HEADER", "X Email", "must be an HTTP header name"),
