@@ -10,9 +10,10 @@ back on the way in, so no token ever reaches the browser.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
-import secrets
 import time
 from typing import Iterator
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -25,8 +26,9 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from . import audit, tokens
 from .auth import login_required, peer_is_trusted
-from .embed import NeedsChoice, current_subtenant
-from .errors import ChoiceNeeded, CsrfRejected, NotFound, PayloadTooLarge, UpstreamFailure, UpstreamTimeout
+from .embed import NeedsChoice, current_subtenant, user_matches
+from .errors import (ChoiceNeeded, CsrfRejected, NotFound, NotLinked, PayloadTooLarge, UpstreamFailure,
+                     UpstreamTimeout)
 from .zipteams import DashboardToken
 
 logger = logging.getLogger(__name__)
@@ -122,12 +124,32 @@ def raw_request_uri() -> str:
 
 
 # ---------------------------------------------------------------- placeholders
-def placeholder() -> str:
-    """This session's stand-in for the token; stable across token renewals."""
-    value = session.get("tph")
-    if not value:
-        value = session["tph"] = "zgtoken-" + secrets.token_hex(16)
-    return value
+PLACEHOLDER = re.compile(r"zgtoken-[0-9a-f]{32}")
+
+
+def placeholder_for(key: str) -> str:
+    """This session's stand-in for subtenant ``key``'s token; stable across token renewals.
+
+    Derived (HMAC of the session id and the subtenant), so nothing is stored, and
+    different for each subtenant, so a page keeps talking to the team it was
+    rendered for even after another tab switches the session to another team.
+    """
+    secret = current_app.config["SECRET_KEY"].encode()
+    digest = hmac.new(secret, f"{session['sid']}|{key}".encode(), hashlib.sha256).hexdigest()
+    return "zgtoken-" + digest[:32]
+
+
+def bound_match(matches):
+    """The subtenant a request's placeholder names (its page was rendered for it), if any."""
+    found = PLACEHOLDER.search(request.environ.get("QUERY_STRING", "")) or \
+        PLACEHOLDER.search(request.path) or PLACEHOLDER.search(request.headers.get("Authorization", ""))
+    if not found:
+        return None
+    for match in matches:
+        if hmac.compare_digest(placeholder_for(match.key), found.group(0)):
+            return match
+    # Forged, from another session, or for a team the user no longer belongs to.
+    raise NotLinked("placeholder names no subtenant of this user")
 
 
 def swap_in(text: str, ph: str, token: str) -> str:
@@ -202,12 +224,11 @@ def _dashboard_cookies() -> str:
 
 def _forward_query(ph: str, token: str, proxy: DashboardProxy) -> str:
     query = request.environ.get("QUERY_STRING", "")
-    query = swap_in(query, ph, token)
-    if proxy.token_in != "query:token":
-        return query
-    # The token parameter is ours to set; everything else goes through byte for byte.
-    pieces = [p for p in query.split("&") if p.split("=", 1)[0] != "token"] if query else []
-    pieces.append("token=" + token)
+    # The token parameter is ours to set (or, with header:Authorization, to leave out);
+    # everything else goes through byte for byte, placeholders swapped back.
+    pieces = [swap_in(p, ph, token) for p in query.split("&") if p.split("=", 1)[0] != "token"] if query else []
+    if proxy.token_in == "query:token":
+        pieces.append("token=" + token)
     return "&".join(pieces)
 
 
@@ -383,13 +404,15 @@ def dashboard(path: str):
     except (NotFound, CsrfRejected) as exc:
         audit.event("proxy_refused", email=g.user.email, method=request.method, reason=exc.detail)
         raise
-    try:
-        match = current_subtenant()
-    except NeedsChoice:
-        raise ChoiceNeeded("dashboard request before a subtenant was chosen") from None
+    match = bound_match(user_matches())
+    if match is None:
+        try:
+            match = current_subtenant()
+        except NeedsChoice:
+            raise ChoiceNeeded("dashboard request before a subtenant was chosen") from None
     sub = match.subtenant
     cache = tokens.cache()
-    ph = placeholder()
+    ph = placeholder_for(match.key)
     body = _request_body(proxy)
     token = cache.get(sub.tenant, sub.id)
     upstream = _forward(proxy, rest, ph, token, body)

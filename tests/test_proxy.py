@@ -42,7 +42,7 @@ def echo(pc, method="GET", path="/dashboard/api/echo", **kwargs):
 def test_embed_page_frames_the_gateways_own_dashboard_path(pc):
     page = pc.get("/", headers=ALICE)
     assert page.status_code == 200
-    assert 'src="/dashboard/"' in page.get_data(as_text=True)
+    assert re.search(r'src="/dashboard/\?token=zgtoken-[0-9a-f]{32}"', page.get_data(as_text=True))
     assert "frame-src 'self'" in page.headers["Content-Security-Policy"]
     assert_no_jwt(page)
 
@@ -79,6 +79,28 @@ def test_placeholder_is_swapped_back_in_the_query_in_header_token_mode(make_app,
     assert pc.get(f"/dashboard/app.css?token={ph}", headers=ALICE).status_code == 200
     seen = pc.get("/dashboard/api/echo?x=1", headers=ALICE).get_json()
     assert seen["query"] == "x=1" and seen["authorization_seen"] is True
+
+
+def test_each_page_stays_bound_to_the_team_it_was_rendered_for(pc, sim):
+    bob = user_headers("bob@acme.example", "emea")
+    picker = pc.get("/select", headers=bob).get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', picker).group(1)
+    pc.post("/select", data={"subtenant": "acme/sales-emea", "csrf_token": csrf}, headers=bob)
+    emea_page = pc.get("/", headers=bob).get_data(as_text=True)
+    emea_ph = PH.search(emea_page).group(0)
+    # Another tab switches the session to Sales US...
+    pc.post("/select", data={"subtenant": "acme/sales-us", "csrf_token": csrf}, headers=bob)
+    # ...the first tab's dashboard keeps asking for, and getting, Sales EMEA.
+    seen = pc.get("/dashboard/api/summary", headers={**bob, "Authorization": f"Bearer {emea_ph}"}).get_json()
+    assert seen["subtenant"] == "sales-emea"
+    assert pc.get("/dashboard/api/summary", headers=bob).get_json()["subtenant"] == "sales-us"
+
+
+def test_a_placeholder_for_a_team_the_user_lost_or_from_another_session_is_refused(pc, proxy_app):
+    ph = PH.search(pc.get("/dashboard/", headers=ALICE).get_data(as_text=True)).group(0)
+    other = proxy_app.test_client()
+    response = other.get(f"/dashboard/api/summary?token={ph}", headers=user_headers("bob@acme.example"))
+    assert response.status_code == 403
 
 
 def test_placeholder_belongs_to_the_session(pc, proxy_app):
