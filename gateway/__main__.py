@@ -21,7 +21,8 @@ def run_sim(args: argparse.Namespace) -> int:
     from .sim import create_sim_app
     from .sim.server import ServerThread
 
-    app = create_sim_app(dict(args.partner), rate_limit=args.rate_limit, token_ttl=args.token_ttl)
+    app = create_sim_app(dict(args.partner), rate_limit=args.rate_limit, token_ttl=args.token_ttl,
+                         poll_ms=args.poll_ms)
     server = ServerThread(app, args.host, args.port)
     print(f"Zipteams stand-in listening on {server.url} "
           f"(token API {server.url}/api/v1, dashboard {server.url}/dashboard/)", flush=True)
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--rate-limit", type=int, default=None, metavar="N",
                      help="token requests per minute per partner (default unlimited)")
     sim.add_argument("--token-ttl", type=int, default=86400, help="token lifetime, seconds")
+    sim.add_argument("--poll-ms", type=int, default=15000, help="how often the dashboard refreshes its data")
     sim.set_defaults(func=run_sim)
 
     table = sub.add_parser("settings", help="print the settings table (Markdown) for the README")

@@ -38,7 +38,9 @@ bp = Blueprint("auth", __name__)
 
 HANDOFF_MAX_LIFETIME = 300
 SEEN_GRANULARITY = 60  # rewrite the cookie's last-seen time at most once a minute
-OPEN_ENDPOINTS = frozenset({"static", "ops.healthz", "ops.readyz", "ops.metrics_endpoint"})
+OPEN_ENDPOINTS = frozenset({"static", "ops.healthz", "ops.readyz", "ops.metrics_endpoint", "embed.brand_css"})
+# Asked by open pages on a timer: they must not keep an idle session alive.
+PASSIVE_ENDPOINTS = frozenset({"embed.session_status"})
 
 
 class HandoffRejected(GatewayError):
@@ -118,7 +120,7 @@ def _session_problem() -> str | None:
         return "idle"
     if current_app.extensions["state"].session_revoked(sid):
         return "revoked"
-    if now - seen >= SEEN_GRANULARITY:
+    if now - seen >= SEEN_GRANULARITY and request.endpoint not in PASSIVE_ENDPOINTS:
         session["seen"] = int(now)
     return None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -111,6 +112,38 @@ def _samesite(raw: str) -> str:
     value = raw.strip().capitalize()
     if value not in ("Lax", "Strict", "None"):
         raise ValueError("must be Lax, Strict or None")
+    return value
+
+
+def _luminance(hex_color: str) -> float:
+    def channel(c: int) -> float:
+        c = c / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+def _brand_color(raw: str) -> str:
+    value = raw.strip().lower()
+    if not re.fullmatch(r"#[0-9a-f]{6}", value):
+        raise ValueError("must be a colour like #1f4e8c")
+    # The header shows white text on this colour: WCAG 2.1 AA asks for 4.5:1.
+    contrast = 1.05 / (_luminance(value) + 0.05)
+    if contrast < 4.5:
+        raise ValueError(f"is too light for white text (contrast {contrast:.1f}:1, WCAG AA needs 4.5:1)")
+    return value
+
+
+def _logo_url(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        return ""
+    if value.startswith("/") and not value.startswith("//"):
+        return value
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or any(c in value for c in "\"'<> "):
+        raise ValueError("must be an https:// URL or a path on this site such as /static/logo.svg")
     return value
 
 
@@ -250,6 +283,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_STATE_DB", "",
             "Without Redis: SQLite file shared by this host's workers for logout revocations and single-use "
             "hand-off ids (default: a file in the system temp directory). With Redis, Redis holds them.", str),
+    Setting("GATEWAY_BRAND_NAME", "Zipteams Insights", "Name shown in the page header and titles.",
+            lambda raw: raw.strip()[:60] or "Zipteams Insights"),
+    Setting("GATEWAY_BRAND_LOGO_URL", "",
+            "Logo in the page header: an https:// URL or a path on this site (empty: the name only).", _logo_url),
+    Setting("GATEWAY_BRAND_COLOR", "#1f4e8c",
+            "Header colour (#rrggbb); must keep white text readable (WCAG AA, 4.5:1).", _brand_color),
     Setting("GATEWAY_LOGOUT_URL", "",
             "Where to send the browser after sign-out (e.g. your proxy's /oauth2/sign_out). Empty: a signed-out page.",
             str),

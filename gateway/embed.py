@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlencode
 
-from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
+from flask import (Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session,
+                   url_for)
 
 from . import audit, security, tokens
 from .auth import login_required
@@ -53,6 +54,21 @@ def current_subtenant() -> Match:
     return match
 
 
+def frame_src(match: Match) -> tuple[str, float]:
+    """The iframe's URL for this subtenant, and when the token behind it stops being served."""
+    sub = match.subtenant
+    cache = tokens.cache()
+    token = cache.get(sub.tenant, sub.id)
+    if current_app.config["GATEWAY_EMBED_MODE"] == "iframe":
+        src = current_app.config["ZIPTEAMS_DASHBOARD_URL"] + "?" + urlencode({"token": token.value})
+    else:
+        from .proxy import placeholder_for
+
+        # The placeholder binds this frame to this subtenant, whatever other tabs choose later.
+        src = url_for("proxy.dashboard", path="") + "?token=" + placeholder_for(match.key)
+    return src, cache.serve_until(token)
+
+
 @bp.route("/")
 @login_required
 def index():
@@ -63,15 +79,44 @@ def index():
     sub = match.subtenant
     # Fetching here, not only in the frame, turns an upstream failure into a
     # full error page instead of a broken frame.
-    token = tokens.cache().get(sub.tenant, sub.id)
-    if current_app.config["GATEWAY_EMBED_MODE"] == "iframe":
-        src = current_app.config["ZIPTEAMS_DASHBOARD_URL"] + "?" + urlencode({"token": token.value})
-    else:
-        src = url_for("proxy.dashboard", path="")
+    src, serve_until = frame_src(match)
     audit.event("embed_viewed", email=g.user.email, tenant=sub.tenant, subtenant=sub.id,
                 rule=match.reason, mode=current_app.config["GATEWAY_EMBED_MODE"])
-    return render_template("embed.html", user=g.user, subtenant=sub, frame_src=src,
-                           can_switch=len(user_matches()) > 1)
+    return render_template("embed.html", user=g.user, subtenant=sub, subtenant_key=match.key, frame_src=src,
+                           serve_until=int(serve_until), matches=user_matches())
+
+
+@bp.route("/embed/frame")
+@login_required
+def renew_frame():
+    """Iframe mode: a fresh dashboard URL for a long-open page, for the team it shows."""
+    if current_app.config["GATEWAY_EMBED_MODE"] != "iframe":
+        abort(404)
+    match = next((m for m in user_matches() if m.key == request.args.get("subtenant")), None)
+    if match is None:
+        raise NotLinked("renewal for a subtenant the user does not match")
+    src, serve_until = frame_src(match)
+    return jsonify(src=src, serve_until=int(serve_until))
+
+
+@bp.route("/session/status")
+def session_status():
+    """For open pages: is this session still good, and which team does it have now?
+
+    Never extends the session (see auth.OPEN_ENDPOINTS): a page asking is not a person using it.
+    """
+    if g.user is None:
+        return jsonify(active=False, reason=g.get("session_ended") or "signed-out"), 401
+    return jsonify(active=True, subtenant=session.get("subtenant"))
+
+
+@bp.route("/brand.css")
+def brand_css():
+    """The partner's colour as a stylesheet: the CSP allows no inline styles."""
+    color = current_app.config["GATEWAY_BRAND_COLOR"]
+    response = current_app.response_class(f":root {{ --brand: {color}; }}\n", mimetype="text/css")
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
 
 
 @bp.route("/select", methods=("GET", "POST"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, jsonify, make_response, render_template, request
+from flask import Flask, current_app, g, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class ServiceBusy(GatewayError):
     code = "dashboard_busy"
     title = "The dashboard is busy"
     message = "The dashboard service asked us to slow down."
-    hint = "Wait a minute and reload the page."
+    hint = "Reload the page once the wait is over."
 
 
 class UpstreamFailure(GatewayError):
@@ -128,6 +128,8 @@ def wants_json() -> bool:
 def render_error(status: int, code: str, title: str, message: str, hint: str,
                  retry_after: int | None = None, action: tuple[str, str] = ("/", "Back to the dashboard")):
     request_id = getattr(g, "request_id", None)
+    if action[0] == "/login":
+        action = (current_app.jinja_env.globals.get("signin_url", "/"), action[1])
     if wants_json():
         body = {"error": {"status": status, "code": code, "title": title, "message": message,
                           "hint": hint, "request_id": request_id}}

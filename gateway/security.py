@@ -15,12 +15,12 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("security", __name__)
 
 
-def build_csp(frame_src: str, frame_ancestors: str) -> str:
+def build_csp(frame_src: str, frame_ancestors: str, img_src: str = "'self' data:") -> str:
     return "; ".join((
         "default-src 'none'",
         "script-src 'self'",
         "style-src 'self'",
-        "img-src 'self' data:",
+        f"img-src {img_src}",
         "connect-src 'self'",
         f"frame-src {frame_src}",
         "form-action 'self'",
@@ -36,8 +36,22 @@ def init_app(app: Flask) -> None:
         frame_src = f"{parts.scheme}://{parts.netloc}"
     else:
         frame_src = "'self'"
+    img_src = "'self' data:"
+    logo = cfg["GATEWAY_BRAND_LOGO_URL"]
+    if logo.startswith("https://"):
+        parts = urlsplit(logo)
+        img_src += f" https://{parts.netloc}"
     # Computed once: the same for every page the gateway renders.
-    app.extensions["csp"] = build_csp(frame_src, cfg["GATEWAY_FRAME_ANCESTORS"])
+    app.extensions["csp"] = build_csp(frame_src, cfg["GATEWAY_FRAME_ANCESTORS"], img_src)
+    # Origins a framed page may report its status to (postMessage): the explicit ones
+    # in frame-ancestors, and our own for 'self'.
+    app.jinja_env.globals["parent_origins"] = " ".join(
+        "self" if source == "'self'" else source for source in cfg["GATEWAY_FRAME_ANCESTORS"].split()
+        if source == "'self'" or re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d+)?", source))
+    app.jinja_env.globals["brand"] = {"name": cfg["GATEWAY_BRAND_NAME"], "logo": logo}
+    # Where "sign in again" leads: our login page where we have one, else the start page
+    # (behind an SSO proxy or a partner app, that is where a new sign-in begins).
+    app.jinja_env.globals["signin_url"] = "/login" if cfg["GATEWAY_AUTH_MODE"] in ("demo", "oidc") else "/"
     app.extensions["page_headers"] = _STATIC + (("Content-Security-Policy", app.extensions["csp"]),
                                                 ("Cache-Control", "no-store"))
     app.jinja_env.globals["csrf_token"] = ensure_csrf
@@ -47,7 +61,7 @@ def init_app(app: Flask) -> None:
 @bp.after_app_request
 def set_security_headers(response):
     headers = response.headers
-    if request.endpoint == "static":
+    if request.endpoint in ("static", "embed.brand_css"):
         defaults = _STATIC
     elif g.get("proxied"):
         # The dashboard's own page: keep its CSP and caching rules, but only our
@@ -59,7 +73,7 @@ def set_security_headers(response):
     for name, value in defaults:
         if name not in headers:
             headers[name] = value
-    if request.endpoint != "static":
+    if request.endpoint not in ("static", "embed.brand_css"):
         vary = headers.get("Vary")
         if not vary:
             headers["Vary"] = "Cookie"

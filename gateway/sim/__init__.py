@@ -77,7 +77,7 @@ class SimState:
 
 def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
                    token_ttl: int = 86400, clock: Callable[[], float] = time.time,
-                   signing_key: bytes | None = None) -> Flask:
+                   signing_key: bytes | None = None, poll_ms: int = 15000) -> Flask:
     """The stand-in as a WSGI app. ``partners`` maps API key to API secret."""
     app = Flask(__name__, static_folder=None)
     state = SimState(clock)
@@ -185,7 +185,7 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
 
     from .dashboard import register
 
-    register(app, state)
+    register(app, state, poll_ms)
 
     # ------------------------------------------------------------- control
     @app.get("/_sim/stats")

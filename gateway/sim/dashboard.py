@@ -30,7 +30,7 @@ PAGE = """<!doctype html>
 """
 
 
-def register(app: Flask, state) -> None:
+def register(app: Flask, state, poll_ms: int = 15000) -> None:
     def claims() -> dict:
         return request.environ["sim.claims"]
 
@@ -41,7 +41,7 @@ def register(app: Flask, state) -> None:
     def page():
         c = claims()
         boot = dumps({"token": token(), "tenant": c["tenantId"], "subtenant": c["subTenantId"],
-                      "api": "api/summary"})
+                      "api": "api/summary", "poll": poll_ms})
         # "</" inside a script block would end it early.
         boot = boot.replace("</", "<\\/")
         html = PAGE.format(token=escape(token()), bootstrap=boot, tenant=escape(c["tenantId"]),

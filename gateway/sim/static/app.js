@@ -27,5 +27,5 @@
   }
   load();
   // Dashboards poll: a long-open page keeps asking for fresh numbers.
-  setInterval(load, Number(new URLSearchParams(location.search).get("poll") || 15000));
+  setInterval(load, Number(boot.poll) || 15000);
 })();
