@@ -1,0 +1,323 @@
+"""The end user's experience in a real Chromium: the branded page, errors people understand,
+status events for a framing partner page, several tabs, session end, and long-open tabs.
+
+Screenshots of every page at desktop and phone widths land in test-artifacts/.
+"""
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from werkzeug.wrappers import Request, Response
+
+from conftest import ROOT, base_config, start_sim
+from gateway import create_app
+from gateway.sim.server import ServerThread
+from test_browser import CHROMIUM, browser  # noqa: F401  (the module-scoped Chromium fixture)
+
+ARTIFACTS = ROOT / "test-artifacts"
+WIDTHS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+BRAND = dict(GATEWAY_BRAND_NAME="Acme Portal", GATEWAY_BRAND_COLOR="#0b5d3b")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"Chromium not installed at {CHROMIUM}"),
+]
+
+
+class Console:
+    def __init__(self, page):
+        self.lines = []
+        page.on("console", lambda m: self.lines.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: self.lines.append(f"pageerror: {e}"))
+
+    def csp_violations(self):
+        return [line for line in self.lines if "Content Security Policy" in line or line.startswith("pageerror")]
+
+
+@pytest.fixture
+def servers(sim):
+    started = []
+
+    def start(sim_=None, **settings):
+        target = sim_ or sim
+        config = base_config(target, GATEWAY_COOKIE_SECURE="false", GATEWAY_EMBED_MODE="proxy", **BRAND)
+        config.update(settings)
+        server = ServerThread(create_app(config)).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def shot(page, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def identity(email, groups=""):
+    return {"X-Forwarded-Email": email, "X-Forwarded-Groups": groups}
+
+
+def wait_ready(page, timeout=15000):
+    frame = page.frame_locator("iframe#dashboard")
+    frame.locator("#app[data-state=ready]").wait_for(timeout=timeout)
+    return frame
+
+
+# ------------------------------------------------------------- the page
+@pytest.mark.parametrize("width", sorted(WIDTHS))
+def test_branded_embed_page(browser, servers, width):  # noqa: F811
+    server = servers()
+    context = browser.new_context(viewport=WIDTHS[width], extra_http_headers=identity("alice@acme.example"))
+    page = context.new_page()
+    console = Console(page)
+    page.goto(server.url + "/")
+    assert page.locator("html").get_attribute("lang") == "en"
+    wait_ready(page)
+    assert page.get_by_test_id("loading").is_hidden()
+    assert page.locator(".brand-name").inner_text() == "Acme Portal"
+    assert page.get_by_test_id("subtenant").inner_text() == "Sales EMEA"
+    header_bg = page.evaluate("getComputedStyle(document.querySelector('.bar')).backgroundColor")
+    assert header_bg == "rgb(11, 93, 59)"
+    # Full height, no double scrollbars, nothing wider than the screen.
+    assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    frame_box = page.locator("iframe#dashboard").bounding_box()
+    assert frame_box["y"] + frame_box["height"] >= WIDTHS[width]["height"] - 2
+    # Keyboard: the skip link first, then the header's controls.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent.trim()") == "Sign out"
+    shot(page, f"embed-{width}")
+    assert console.csp_violations() == []
+    context.close()
+
+
+@pytest.mark.parametrize("width", sorted(WIDTHS))
+def test_team_picker_and_switcher(browser, servers, width):  # noqa: F811
+    server = servers()
+    context = browser.new_context(viewport=WIDTHS[width], extra_http_headers=identity("bob@acme.example", "emea"))
+    page = context.new_page()
+    console = Console(page)
+    page.goto(server.url + "/")
+    assert page.url.endswith("/select")
+    shot(page, f"picker-{width}")
+    page.get_by_role("button", name="Sales EMEA").click()
+    wait_ready(page)
+    select = page.get_by_test_id("subtenant-select")
+    assert select.input_value() == "acme/sales-emea"
+    select.select_option("acme/sales-us")  # switches at once (the form submits on change)
+    page.wait_for_url(server.url + "/")
+    frame = wait_ready(page)
+    assert frame.locator("#app").get_attribute("data-subtenant") == "sales-us"
+    shot(page, f"switcher-{width}")
+    assert console.csp_violations() == []
+    context.close()
+
+
+# --------------------------------------------------------------- errors
+def make_error(status, sim, servers):
+    """A server and the request that makes it answer ``status``, as a browser would meet it."""
+    if status == 401:
+        return servers(), {}, "/", "You are not signed in"
+    if status == 403:
+        return servers(), identity("mallory@evil.example"), "/", "not linked to a team"
+    if status == 404:
+        return servers(), identity("alice@acme.example"), "/no-such-page", "Page not found"
+    if status == 413:
+        return servers(GATEWAY_PROXY_MAX_BODY="1000"), identity("alice@acme.example"), "413", "too large"
+    if status == 503:
+        sim.fault(status=429, message="Rate limit exceeded. Try again in 42 seconds.", count=1)
+        return servers(ZIPTEAMS_RETRIES="0"), identity("alice@acme.example"), "/", "about 42 seconds"
+    if status == 502:
+        sim.fault(status=500, count=1)
+        return servers(ZIPTEAMS_RETRIES="0"), identity("alice@acme.example"), "/", "dashboard is unavailable"
+    if status == 504:
+        sim.fault(delay=1.5, count=1)
+        return servers(ZIPTEAMS_TIMEOUT="0.5", ZIPTEAMS_RETRIES="0"), identity("alice@acme.example"), "/", "took too long"
+    raise AssertionError(status)
+
+
+@pytest.mark.parametrize("width", sorted(WIDTHS))
+@pytest.mark.parametrize("status", [401, 403, 404, 413, 503, 502, 504])
+def test_error_pages_say_what_happened_and_what_to_do(browser, servers, sim, status, width):  # noqa: F811
+    server, headers, path, words = make_error(status, sim, servers)
+    context = browser.new_context(viewport=WIDTHS[width], extra_http_headers=headers)
+    page = context.new_page()
+    console = Console(page)
+    if path == "413":
+        page.goto(server.url + "/healthz")
+        with page.expect_navigation():
+            page.evaluate("""url => { const f = document.createElement('form'); f.method = 'post';
+                f.action = url; f.enctype = 'text/plain'; const t = document.createElement('textarea');
+                t.name = 'x'; t.value = 'y'.repeat(5000); f.appendChild(t); document.body.appendChild(f); f.submit(); }""",
+                          server.url + "/dashboard/api/upload")
+        response_status = int(page.locator("main").get_attribute("data-status"))
+    else:
+        response_status = page.goto(server.url + path).status
+    assert response_status == status
+    text = page.locator("main").inner_text()
+    assert words in text
+    request_id = page.locator("main code").inner_text()
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    assert page.locator(".brand-name").inner_text() == "Acme Portal"
+    assert page.locator("main a.button").count() == 1
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    shot(page, f"error-{status}-{width}")
+    assert console.csp_violations() == []
+    context.close()
+
+
+# ------------------------------------------------ a partner page framing us
+@pytest.fixture
+def partner_page():
+    pages = {}
+
+    @Request.application
+    def serve(request):
+        target = request.args.get("src", "")
+        html = f"""<!doctype html><html lang="en"><body><h1>Partner portal</h1>
+<script>window.events = []; window.addEventListener('message', e => window.events.push({{origin: e.origin, data: e.data}}));</script>
+<iframe id="gw" src="{target}" style="width:100%;height:600px"></iframe></body></html>"""
+        return Response(html, mimetype="text/html")
+
+    for name in ("allowed", "other"):
+        pages[name] = ServerThread(serve).start()
+    yield pages
+    for server in pages.values():
+        server.stop()
+
+
+def test_status_events_reach_only_the_allowed_parent(browser, servers, partner_page):  # noqa: F811
+    allowed = partner_page["allowed"].url
+    server = servers(GATEWAY_FRAME_ANCESTORS=f"'self' {allowed}")
+    context = browser.new_context(viewport=WIDTHS["desktop"])
+    results = {}
+    for case, path, headers in [("ready", "/", identity("alice@acme.example")),
+                                ("error", "/no-such-page", identity("alice@acme.example")),
+                                ("session-ended", "/", {})]:
+        context.set_extra_http_headers(headers)
+        page = context.new_page()
+        page.goto(f"{allowed}/?src={server.url}{path}")
+        page.wait_for_function("window.events.length > 0", timeout=15000)
+        results[case] = page.evaluate("window.events")
+        if case == "ready":
+            shot(page, "framed-by-partner-desktop")
+        page.close()
+    for case, events in results.items():
+        [event] = [e for e in events if e["data"]["type"] == case]
+        assert event["origin"] == server.url
+        assert event["data"]["source"] == "zipteams-gateway" and re.fullmatch(r"[0-9a-f]{32}", event["data"]["requestId"])
+    assert results["ready"][0]["data"]["status"] == 200
+    assert results["error"][0]["data"]["status"] == 404
+    assert results["session-ended"][0]["data"]["status"] == 401
+    # A site not in GATEWAY_FRAME_ANCESTORS may not frame us, and hears nothing.
+    context.set_extra_http_headers(identity("alice@acme.example"))
+    page = context.new_page()
+    page.goto(f"{partner_page['other'].url}/?src={server.url}/")
+    time.sleep(1.5)
+    assert page.evaluate("window.events") == []
+    context.close()
+
+
+# ----------------------------------------------------------- several tabs
+def test_two_tabs_with_different_teams_each_keep_their_own(browser, servers):  # noqa: F811
+    fast = start_sim(poll_ms=700)
+    try:
+        server = servers(fast)
+        context = browser.new_context(viewport=WIDTHS["desktop"], extra_http_headers=identity("bob@acme.example", "emea"))
+        tab_a = context.new_page()
+        tab_a.goto(server.url + "/")
+        tab_a.get_by_role("button", name="Sales EMEA").click()
+        frame_a = wait_ready(tab_a)
+        tab_b = context.new_page()
+        tab_b.goto(server.url + "/")
+        tab_b.get_by_test_id("subtenant-select").select_option("acme/sales-us")
+        tab_b.wait_for_url(server.url + "/")
+        frame_b = wait_ready(tab_b)
+        assert frame_b.locator("#app").get_attribute("data-subtenant") == "sales-us"
+        before = float(frame_a.locator("#app").get_attribute("data-loaded-at"))
+        tab_a.wait_for_function("""() => { const d = document.getElementById('dashboard').contentDocument;
+            return Number(d.getElementById('app').dataset.loadedAt) > %f; }""" % (before + 1), timeout=10000)
+        # Tab A's dashboard went on refreshing after the switch, and still shows Sales EMEA.
+        assert frame_a.locator("#app").get_attribute("data-subtenant") == "sales-emea"
+        assert tab_a.get_by_test_id("subtenant").inner_text() == "Sales EMEA"
+        shot(tab_a, "two-tabs-a-emea-desktop")
+        shot(tab_b, "two-tabs-b-us-desktop")
+        context.close()
+    finally:
+        fast.server.stop()
+
+
+def test_signing_out_in_one_tab_ends_the_others(browser, servers, sim):  # noqa: F811
+    server = servers(GATEWAY_AUTH_MODE="demo", GATEWAY_DEBUG="true")
+    context = browser.new_context(viewport=WIDTHS["desktop"])
+    tab_a = context.new_page()
+    tab_a.goto(server.url + "/")
+    tab_a.get_by_role("button", name="alice@acme.example").click()
+    wait_ready(tab_a)
+    tab_b = context.new_page()
+    tab_b.goto(server.url + "/")
+    wait_ready(tab_b)
+    tab_b.get_by_role("button", name="Sign out").click()
+    tab_a.get_by_test_id("session-ended").wait_for(timeout=5000)
+    assert tab_a.locator("iframe#dashboard").is_hidden()
+    shot(tab_a, "session-ended-desktop")
+    # And the server agrees: the old session's next request is refused.
+    assert tab_a.evaluate("fetch('/session/status').then(r => r.status)") == 401
+    context.close()
+
+
+def test_sso_session_gone_shows_session_ended_not_a_broken_frame(browser, servers):  # noqa: F811
+    server = servers()
+    context = browser.new_context(viewport=WIDTHS["phone"], extra_http_headers=identity("alice@acme.example"))
+    page = context.new_page()
+    page.goto(server.url + "/")
+    wait_ready(page)
+    context.set_extra_http_headers({})  # the SSO proxy's session ended: no more identity
+    page.evaluate("document.getElementById('dashboard').contentWindow.location.reload()")
+    page.get_by_test_id("session-ended").wait_for(timeout=10000)
+    assert page.locator("iframe#dashboard").is_hidden()
+    shot(page, "session-ended-phone")
+    context.close()
+
+
+# --------------------------------------------------------- long-open tabs
+@pytest.mark.slow
+def test_a_tab_open_for_three_token_lifetimes_still_shows_live_data(browser, servers):  # noqa: F811
+    short = start_sim(token_ttl=60, poll_ms=5000)
+    try:
+        pages, samples = {}, {"proxy": [], "iframe": []}
+        for mode in ("proxy", "iframe"):
+            server = servers(short, GATEWAY_EMBED_MODE=mode)
+            context = browser.new_context(viewport=WIDTHS["desktop"], extra_http_headers=identity("alice@acme.example"))
+            page = context.new_page()
+            page.goto(server.url + "/")
+            wait_ready(page)
+            pages[mode] = page
+        started = time.monotonic()
+        while time.monotonic() - started < 185:
+            for mode, page in pages.items():
+                if page.locator("iframe#dashboard").is_hidden():
+                    state = "hidden"
+                else:  # the frame may be cross-origin (iframe mode): ask through Playwright
+                    app = page.frame_locator("iframe#dashboard").locator("#app")
+                    state = app.get_attribute("data-state", timeout=5000) if app.count() else "loading"
+                samples[mode].append(state)
+            time.sleep(5)
+        for mode, page in pages.items():
+            frame = wait_ready(page, timeout=20000)
+            loaded_at = float(frame.locator("#app").get_attribute("data-loaded-at"))
+            assert time.time() - loaded_at < 15, f"{mode}: data is stale"
+            assert frame.locator("#app").get_attribute("data-subtenant") == "sales-emea"
+            # Never an expired dashboard on screen: its data calls never failed.
+            assert "error" not in samples[mode], (mode, samples[mode])
+            shot(page, f"long-open-{mode}-desktop")
+        # Each mode went through at least three tokens.
+        assert short.stats()["token_requests"] >= 3
+    finally:
+        short.server.stop()
