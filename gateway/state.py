@@ -10,10 +10,13 @@ is "revoked" / "already used", never a silent yes.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import sqlite3
+import struct
 import tempfile
 import threading
 import time
@@ -26,6 +29,31 @@ class StateUnavailable(Exception):
     pass
 
 
+class Generation:
+    """A counter in a small shared memory-mapped file: bumped by writers, read for free."""
+
+    def __init__(self, path: str):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)
+            self._map = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+        self._path = path
+
+    def read(self) -> int:
+        return struct.unpack_from("<Q", self._map, 0)[0]
+
+    def bump(self) -> None:
+        with open(self._path, "rb+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # writers are rare: a file lock is plenty
+            try:
+                struct.pack_into("<Q", self._map, 0, self.read() + 1)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class SqliteState:
     """Per-host state in one SQLite file (WAL: many readers, one writer at a time)."""
 
@@ -33,6 +61,7 @@ class SqliteState:
         self.path = path
         self._clock = clock
         self._local = threading.local()
+        self._generation = Generation(path + ".gen")
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("CREATE TABLE IF NOT EXISTS marks (key TEXT PRIMARY KEY, until REAL NOT NULL)")
@@ -61,6 +90,7 @@ class SqliteState:
             if hash(key) % 64 == 0:  # now and then, forget what has expired
                 db.execute("DELETE FROM marks WHERE until <= ?", (now,))
             db.execute("COMMIT")
+            self._generation.bump()
             return True
         except sqlite3.Error as exc:
             try:
@@ -70,11 +100,26 @@ class SqliteState:
             raise StateUnavailable(str(exc)) from None
 
     def marked(self, key: str) -> bool:
+        # Asked on every request; written on logout and hand-off only. A verdict is
+        # reused while no process has marked anything since (one memory read of the
+        # shared generation counter) and until the mark it saw would expire.
+        version = self._generation.read()
+        verdicts = getattr(self._local, "verdicts", None)
+        if verdicts is None or self._local.version != version:
+            verdicts = self._local.verdicts = {}
+            self._local.version = version
+        cached = verdicts.get(key)
+        now = self._clock()
+        if cached is not None and (cached == 0.0 or cached > now):
+            return cached != 0.0
         try:
             row = self._connect().execute("SELECT until FROM marks WHERE key = ?", (key,)).fetchone()
         except sqlite3.Error as exc:
             raise StateUnavailable(str(exc)) from None
-        return row is not None and row[0] > self._clock()
+        until = row[0] if row is not None and row[0] > now else 0.0
+        if len(verdicts) < 10000:
+            verdicts[key] = until
+        return until != 0.0
 
 
 class RedisState:
