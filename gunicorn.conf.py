@@ -12,7 +12,6 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
 
 from gateway.config import env_int  # noqa: E402 - after the metrics directory is set
-from gateway.logs import gunicorn_logconfig  # noqa: E402
 
 bind = f"0.0.0.0:{env_int('PORT', 8000)}"
 # Threaded workers: a request mostly waits on Zipteams or the dashboard.
@@ -32,7 +31,7 @@ accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info").lower()
 # gunicorn's own lines in the gateway's format, so a JSON log stays all JSON.
-logconfig_dict = gunicorn_logconfig(os.environ.get("GATEWAY_LOG_FORMAT", "json").lower(), loglevel)
+logger_class = "gateway.logs.GunicornLogger"
 # Several gateways may run on one host (and in the tests); none needs the control socket.
 control_socket_disable = True
 

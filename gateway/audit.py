@@ -13,5 +13,18 @@ logger = logging.getLogger("gateway.audit")
 
 
 def event(name: str, **fields) -> None:
-    text = " ".join(f"{k}={v}" for k, v in fields.items())
-    logger.info("%s %s", name, text, extra={"audit": {"event": name, **fields}})
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    logger.info("%s %s", name, _Fields(fields), extra={"audit": {"event": name, **fields}})
+
+
+class _Fields:
+    """key=value text, built only if a text formatter asks for the message."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict):
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.fields.items())

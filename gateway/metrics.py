@@ -21,6 +21,7 @@ REQUEST_SECONDS = Histogram("gateway_request_seconds", "Time to answer a request
 TOKEN_CACHE = Counter("gateway_token_cache_total",
                       "Token cache look-ups and refreshes: hit, miss, refresh, refresh_failure, shared_hit.",
                       ["result"])
+TOKEN_CACHE_HIT = TOKEN_CACHE.labels("hit")  # the hot one, looked up once
 ZIPTEAMS_CALLS = Counter("gateway_zipteams_requests_total",
                          "Token requests sent to Zipteams, by outcome.", ["outcome"])
 ZIPTEAMS_SECONDS = Histogram("gateway_zipteams_request_seconds", "Token request latency.",
@@ -32,6 +33,19 @@ BREAKER_STATE = Gauge("gateway_breaker_state", "Circuit breaker toward Zipteams:
                       multiprocess_mode="livemax")
 REDIS_ERRORS = Counter("gateway_redis_errors_total", "Failed calls to the shared Redis cache.")
 RULES_RELOADS = Counter("gateway_rules_reloads_total", "Tenant file reloads, by result.", ["result"])
+
+
+_children: dict = {}
+
+
+def count_request(route: str, status: int, seconds: float) -> None:
+    """Count one answered request; the labelled children are looked up once each."""
+    key = (route, status)
+    pair = _children.get(key)
+    if pair is None:
+        pair = _children[key] = (REQUESTS.labels(route, str(status)), REQUEST_SECONDS.labels(route))
+    pair[0].inc()
+    pair[1].observe(seconds)
 
 
 def render() -> tuple[bytes, str]:

@@ -99,7 +99,7 @@ class TokenCache:
                 if refresh:
                     self._refreshing.add(key)
         if entry is not None:
-            metrics.TOKEN_CACHE.labels("hit").inc()
+            metrics.TOKEN_CACHE_HIT.inc()
             if refresh:
                 # Started outside the lock: the refresh takes it to store its result.
                 self._spawn(lambda: self._refresh(key, entry))
