@@ -75,6 +75,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(embed.bp)
+    app.extensions["embed_pages"] = embed.PageCache()
     if app.config["GATEWAY_EMBED_MODE"] == "proxy":
         proxy.init_app(app)
     if app.config["GATEWAY_AUTH_MODE"] == "oidc":
@@ -82,4 +83,29 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
         oidc.init_app(app)
     cli.init_app(app)
+    _fixed_urls(app)
     return app
+
+
+def _fixed_urls(app: Flask) -> None:
+    """URLs every page uses, worked out once instead of on every render.
+
+    Static files carry a content hash, so browsers may keep them as long as they like.
+    """
+    import hashlib
+
+    from flask import url_for
+
+    def versioned(filename: str) -> str:
+        digest = hashlib.sha256((Path(app.static_folder) / filename).read_bytes()).hexdigest()[:10]
+        return url_for("static", filename=filename, v=digest)
+
+    with app.test_request_context():
+        app.jinja_env.globals["urls"] = {
+            "css": versioned("gateway.css"), "js": versioned("gateway.js"),
+            "brand_css": url_for("embed.brand_css", v=app.config["GATEWAY_BRAND_COLOR"].lstrip("#")),
+            "select": url_for("embed.select"), "logout": url_for("auth.logout"),
+            "login": url_for("auth.login"), "index": url_for("embed.index"),
+            "dashboard": url_for("proxy.dashboard", path="") if "proxy" in app.blueprints else "",
+        }
+    app.config["SEND_FILE_MAX_AGE_DEFAULT"] = 31536000

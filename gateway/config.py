@@ -65,6 +65,21 @@ def _dashboard_url(raw: str) -> str:
     return _http_url(raw) + "/"
 
 
+class NetworkSet(tuple):
+    """A tuple of IP networks whose hash is computed once (it keys a per-request cache)."""
+
+    def __new__(cls, networks):
+        self = super().__new__(cls, networks)
+        self._hash = hash(tuple(str(n) for n in self))
+        return self
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return tuple.__eq__(self, other)
+
+
 def _networks(raw: str) -> tuple:
     nets = []
     for item in raw.split(","):
@@ -75,7 +90,7 @@ def _networks(raw: str) -> tuple:
             nets.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
             raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
-    return tuple(nets)
+    return NetworkSet(nets)
 
 
 def _secret(min_length: int) -> Callable[[str], str]:

@@ -7,7 +7,10 @@ subtenants they match, so nothing a browser sends can reach another team.
 from __future__ import annotations
 
 import logging
+import threading
 from urllib.parse import urlencode
+
+from cachetools import LRUCache
 
 from flask import (Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session,
                    url_for)
@@ -65,7 +68,7 @@ def frame_src(match: Match) -> tuple[str, float]:
         from .proxy import placeholder_for
 
         # The placeholder binds this frame to this subtenant, whatever other tabs choose later.
-        src = url_for("proxy.dashboard", path="") + "?token=" + placeholder_for(match.key)
+        src = current_app.jinja_env.globals["urls"]["dashboard"] + "?token=" + placeholder_for(match.key)
     return src, cache.serve_until(token)
 
 
@@ -82,8 +85,44 @@ def index():
     src, serve_until = frame_src(match)
     audit.event("embed_viewed", email=g.user.email, tenant=sub.tenant, subtenant=sub.id,
                 rule=match.reason, mode=current_app.config["GATEWAY_EMBED_MODE"])
-    return render_template("embed.html", user=g.user, subtenant=sub, subtenant_key=match.key, frame_src=src,
-                           serve_until=int(serve_until), matches=user_matches())
+    return render_embed(g.user, match, src, int(serve_until), user_matches())
+
+
+_REQUEST_ID_MARK = "\x00request-id\x00"
+
+
+class PageCache:
+    """A small thread-safe LRU of rendered pages."""
+
+    def __init__(self, size: int = 4096):
+        self._pages: LRUCache = LRUCache(size)
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            return self._pages.get(key)
+
+    def __setitem__(self, key, html: str) -> None:
+        with self._lock:
+            self._pages[key] = html
+
+
+def render_embed(user, match: Match, src: str, serve_until: int, matches: list[Match]) -> str:
+    """The embed page, rendered once per distinct content and reused.
+
+    Everything on it is fixed for a session and team but the request id, which is
+    put in per response. The key holds every input of the template.
+    """
+    key = (user.email, match.key, match.subtenant.name, src, serve_until, security.ensure_csrf(),
+           tuple((m.key, m.subtenant.name) for m in matches))
+    pages = current_app.extensions["embed_pages"]
+    html = pages.get(key)
+    if html is None:
+        html = render_template("embed.html", user=user, subtenant=match.subtenant, subtenant_key=match.key,
+                               frame_src=src, serve_until=serve_until, matches=matches,
+                               request_id=_REQUEST_ID_MARK)
+        pages[key] = html
+    return html.replace(_REQUEST_ID_MARK, g.request_id)
 
 
 @bp.route("/embed/frame")

@@ -73,6 +73,7 @@ class DashboardProxy:
         self.upstream_base_path = parts.path
         self.max_body = max_body
         self.token_in = token_in
+        self.drop_request: frozenset = DROP_REQUEST | HOP_BY_HOP
         # One pool for the one upstream origin: no per-request URL parsing or pool look-up.
         self.pool = urllib3.connection_from_url(base_url, maxsize=pool_size, block=False, retries=False,
                                                 timeout=urllib3.Timeout(connect=timeout, read=timeout))
@@ -83,9 +84,12 @@ class DashboardProxy:
 
 def init_app(app) -> None:
     cfg = app.config
-    app.extensions["proxy"] = DashboardProxy(
+    proxy = app.extensions["proxy"] = DashboardProxy(
         cfg["ZIPTEAMS_DASHBOARD_URL"], timeout=cfg["ZIPTEAMS_TIMEOUT"],
         max_body=cfg["GATEWAY_PROXY_MAX_BODY"], token_in=cfg["GATEWAY_PROXY_TOKEN_IN"])
+    # Never forwarded, worked out once: ours, credentials, hop-by-hop, the identity headers.
+    proxy.drop_request = frozenset(DROP_REQUEST | HOP_BY_HOP | {
+        cfg["GATEWAY_USER_HEADER"].lower(), cfg["GATEWAY_GROUPS_HEADER"].lower()})
     app.register_blueprint(bp)
 
 
@@ -134,9 +138,13 @@ def placeholder_for(key: str) -> str:
     different for each subtenant, so a page keeps talking to the team it was
     rendered for even after another tab switches the session to another team.
     """
-    secret = current_app.config["SECRET_KEY"].encode()
-    digest = hmac.new(secret, f"{session['sid']}|{key}".encode(), hashlib.sha256).hexdigest()
-    return "zgtoken-" + digest[:32]
+    known = g.setdefault("placeholders", {})
+    value = known.get(key)
+    if value is None:
+        secret = current_app.config["SECRET_KEY"].encode()
+        digest = hmac.new(secret, f"{session['sid']}|{key}".encode(), hashlib.sha256).hexdigest()
+        value = known[key] = "zgtoken-" + digest[:32]
+    return value
 
 
 def bound_match(matches):
@@ -186,10 +194,10 @@ class Scrubber:
 # ------------------------------------------------------------------ outgoing
 def _forward_headers(ph: str, token: str, proxy: DashboardProxy) -> dict[str, str]:
     cfg = current_app.config
-    drop = set(DROP_REQUEST) | HOP_BY_HOP | {cfg["GATEWAY_USER_HEADER"].lower(),
-                                             cfg["GATEWAY_GROUPS_HEADER"].lower()}
+    drop = proxy.drop_request
     connection = request.headers.get("Connection", "")
-    drop.update(h.strip().lower() for h in connection.split(",") if h.strip())
+    if connection:
+        drop = drop | {h.strip().lower() for h in connection.split(",") if h.strip()}
     headers: dict[str, str] = {}
     for name, value in request.headers.items():
         lower = name.lower()
