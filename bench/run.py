@@ -1,0 +1,247 @@
+"""The gateway's own cost, measured against bare baselines in one run.
+
+Starts the stand-in, the gateway under gunicorn as in production, and two
+baselines written for comparison (bench/bare_page.py: a bare Flask app that
+renders a page of the same size from a session; bench/bare_proxy.py: a bare
+Flask + requests streaming proxy), each under gunicorn with the same worker
+settings. Then, with wrk at a fixed concurrency on loopback:
+
+- embed page requests/s and p50/p99 (warm token cache, signed-in users) vs the bare page
+- a proxied small JSON call: p50/p99 and requests/s, vs the bare proxy and the direct call
+- a cold herd: N concurrent first requests for one subtenant, and the token requests the
+  stand-in saw (memory cache: one per process; Redis: one in total, when redis-server exists)
+- resident memory per gateway worker after the run
+- time from ``import wsgi`` to the first answered request
+
+Prints one table and writes bench/results.json. Needs Debian's wrk.
+Usage: python bench/run.py [--quick] [--connections 32] [--duration 10]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import free_port, wait_for  # noqa: E402
+
+KEY, SECRET = "bench-key", secrets.token_urlsafe(24)
+SECRET_KEY = secrets.token_urlsafe(40)
+EMAIL = "user@us.acme.example"
+
+
+class Servers:
+    def __init__(self, tmp: Path, workers: int, threads: int):
+        self.tmp, self.workers, self.threads = tmp, workers, threads
+        self.procs: list[subprocess.Popen] = []
+
+    def gunicorn(self, name: str, app: str, env: dict, workers: int | None = None) -> tuple[subprocess.Popen, str]:
+        log = self.tmp / f"{name}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--log-level", "info",
+             "--bind", "127.0.0.1:0", "--workers", str(workers or self.workers), "--threads", str(self.threads), app],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_LOG_FORMAT": "json", **env},
+            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        url = wait_for(r"Listening at: (http://127\.0\.0\.1:\d+)", log, proc)
+        deadline = time.monotonic() + 20
+        while log.read_text(errors="replace").count("Booting worker") < (workers or self.workers):
+            if time.monotonic() > deadline:
+                sys.exit(f"{name}: workers did not boot")
+            time.sleep(0.1)
+        return proc, url
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            self.stop(proc)
+
+
+def wrk(url: str, connections: int, duration: int, threads: int = 2, **env) -> dict:
+    result = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
+                             "-s", str(ROOT / "bench" / "report.lua"), url],
+                            capture_output=True, text=True, env={**os.environ, **env}, timeout=duration + 60)
+    match = re.search(r"WRK_JSON (\{.*\})", result.stdout)
+    if not match:
+        sys.exit(f"wrk failed on {url}:\n{result.stdout}\n{result.stderr}")
+    return json.loads(match.group(1))
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def workers_of(master: subprocess.Popen) -> list[int]:
+    with open(f"/proc/{master.pid}/task/{master.pid}/children") as fh:
+        return [int(p) for p in fh.read().split()]
+
+
+def herd(url: str, n: int, email: str) -> list[int]:
+    barrier = threading.Barrier(n)
+
+    def first(_):
+        with requests.Session() as http:
+            barrier.wait()
+            return http.get(url + "/", headers={"X-Forwarded-Email": email}, timeout=60).status_code
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(first, range(n)))
+
+
+def startup_seconds(env: dict) -> float:
+    code = ("import time; t = time.perf_counter(); import wsgi; "
+            "r = wsgi.app.test_client().get('/', headers={'X-Forwarded-Email': '%s'}); "
+            "assert r.status_code == 200, r.status_code; print('STARTUP', time.perf_counter() - t)" % EMAIL)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_LOG_LEVEL": "WARNING", **env})
+    match = re.search(r"STARTUP ([\d.]+)", out.stdout)
+    if not match:
+        sys.exit("start-up measurement failed:\n" + out.stdout + out.stderr)
+    return float(match.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short runs; finishes in under 2 minutes")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--herd", type=int, default=200)
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    duration = 5 if args.quick else args.duration
+    tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    tenants = tmp / "tenants.toml"
+    tenants.write_text('[[subtenant]]\ntenant = "acme"\nid = "sales-us"\nname = "Sales US"\n'
+                       'email_domains = ["us.acme.example"]\n')
+    servers = Servers(tmp, args.workers, args.threads)
+    results: dict = {"machine": {"cpus": os.cpu_count(), "arch": platform.machine(),
+                                 "python": platform.python_version()},
+                     "settings": {"connections": args.connections, "seconds_per_run": duration,
+                                  "workers": args.workers, "threads": args.threads}}
+    try:
+        # One worker: the stand-in keeps its counters and faults in memory.
+        _, sim_url = servers.gunicorn("sim", f"gateway.sim:create_sim_app({{{KEY!r}: {SECRET!r}}})", {}, workers=1)
+        env = {"ZIPTEAMS_API_KEY": KEY, "ZIPTEAMS_API_SECRET": SECRET, "ZIPTEAMS_API_URL": sim_url + "/api/v1",
+               "ZIPTEAMS_DASHBOARD_URL": sim_url + "/dashboard/", "GATEWAY_SECRET_KEY": SECRET_KEY,
+               "GATEWAY_TENANTS_FILE": str(tenants), "GATEWAY_COOKIE_SECURE": "false",
+               "GATEWAY_STATE_DB": str(tmp / "state.db"), "WEB_CONCURRENCY": str(args.workers)}
+        gateway, gw_url = servers.gunicorn("gateway", "wsgi:app", env)
+        page_bytes = len(requests.get(gw_url + "/", headers={"X-Forwarded-Email": EMAIL}).content)
+        _, page_url = servers.gunicorn("bare_page", "bench.bare_page:app",
+                                       {"GATEWAY_SECRET_KEY": SECRET_KEY, "BENCH_PAGE_BYTES": str(page_bytes)})
+        _, proxy_url = servers.gunicorn("bare_proxy", "bench.bare_proxy:app", env)
+
+        # Signed-in users: one session cookie each for the gateway and the bare page.
+        gw_http = requests.Session()
+        gw_http.get(gw_url + "/", headers={"X-Forwarded-Email": EMAIL})
+        gw_cookie = "; ".join(f"{k}={v}" for k, v in gw_http.cookies.items())
+        bare_http = requests.Session()
+        bare_http.get(page_url + "/login")
+        bare_cookie = "; ".join(f"{k}={v}" for k, v in bare_http.cookies.items())
+        token = requests.get(sim_url + "/api/v1/partner/dashboard/auth/token", headers={
+            "x-api-key": KEY, "x-api-secret": SECRET, "x-tenant-id": "acme", "x-sub-tenant-id": "sales-us"}).json()["data"]["token"]
+
+        c = args.connections
+        # Interleaved, each pair back to back, so drift on a shared machine hits both alike.
+        results["embed_page"] = {
+            "bare_flask": wrk(page_url + "/", c, duration, BENCH_COOKIE=bare_cookie),
+            "gateway": wrk(gw_url + "/", c, duration, BENCH_EMAIL=EMAIL, BENCH_COOKIE=gw_cookie)}
+        results["proxied_json"] = {
+            "direct": wrk(f"{sim_url}/dashboard/api/summary?token={token}", c, duration),
+            "bare_proxy": wrk(proxy_url + "/dashboard/api/summary", c, duration),
+            "gateway": wrk(gw_url + "/dashboard/api/summary", c, duration, BENCH_EMAIL=EMAIL, BENCH_COOKIE=gw_cookie)}
+        results["rss_mb_per_worker"] = [round(rss_mb(pid), 1) for pid in workers_of(gateway)]
+        servers.stop(gateway)
+
+        # Cold herds: fresh gateways, empty caches.
+        requests.post(sim_url + "/_sim/reset")
+        herd_gw, herd_url = servers.gunicorn("herd_memory", "wsgi:app", {**env, "ZIPTEAMS_MAX_RPM": "1000"})
+        requests.post(sim_url + "/_sim/faults", json={"delay": 0.5, "count": args.workers})
+        statuses = herd(herd_url, args.herd, EMAIL)
+        results["cold_herd_memory"] = {"requests": args.herd, "ok": statuses.count(200), "processes": args.workers,
+                                       "token_requests": requests.get(sim_url + "/_sim/stats").json()["token_requests"]}
+        servers.stop(herd_gw)
+        if shutil.which("redis-server"):
+            port = free_port()
+            redis_proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                           "--appendonly", "no", "--dir", str(tmp)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            servers.procs.append(redis_proc)
+            time.sleep(0.5)
+            requests.post(sim_url + "/_sim/reset")
+            herd_gw, herd_url = servers.gunicorn("herd_redis", "wsgi:app", {
+                **env, "GATEWAY_CACHE_URL": f"redis://127.0.0.1:{port}/0", "ZIPTEAMS_MAX_RPM": "1000"})
+            requests.post(sim_url + "/_sim/faults", json={"delay": 0.5, "count": 1})
+            statuses = herd(herd_url, args.herd, EMAIL)
+            results["cold_herd_redis"] = {"requests": args.herd, "ok": statuses.count(200), "processes": args.workers,
+                                          "token_requests": requests.get(sim_url + "/_sim/stats").json()["token_requests"]}
+            servers.stop(herd_gw)
+        results["startup_seconds"] = round(min(startup_seconds(env) for _ in range(3)), 3)
+    finally:
+        servers.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    report(results)
+    args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def report(r: dict) -> None:
+    page, proxied = r["embed_page"], r["proxied_json"]
+    rows = [
+        ("embed page, bare Flask", page["bare_flask"]), ("embed page, gateway", page["gateway"]),
+        ("JSON call, direct", proxied["direct"]), ("JSON call, bare proxy", proxied["bare_proxy"]),
+        ("JSON call, gateway", proxied["gateway"]),
+    ]
+    print(f"{'':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, x in rows:
+        print(f"{name:<24}{x['rps']:>10.0f}{x['p50_ms']:>9.2f}{x['p99_ms']:>9.2f}{x['errors']:>8}")
+    ratio_rps = page["gateway"]["rps"] / page["bare_flask"]["rps"]
+    ratio_p99 = page["gateway"]["p99_ms"] / page["bare_flask"]["p99_ms"]
+    added_gw = proxied["gateway"]["p50_ms"] - proxied["direct"]["p50_ms"]
+    added_bare = proxied["bare_proxy"]["p50_ms"] - proxied["direct"]["p50_ms"]
+    r["verdicts"] = {
+        "embed_rps_ratio": round(ratio_rps, 3), "embed_p99_ratio": round(ratio_p99, 3),
+        "proxy_added_p50_ms": {"gateway": round(added_gw, 3), "bare_proxy": round(added_bare, 3)},
+        "proxy_rps_ratio": round(proxied["gateway"]["rps"] / proxied["bare_proxy"]["rps"], 3),
+    }
+    print(f"\nembed page: gateway/bare req/s {ratio_rps:.2f} (target >= 0.8), p99 ratio {ratio_p99:.2f} (target <= 1.5)")
+    print(f"proxied JSON: added p50 gateway {added_gw:.2f} ms vs bare proxy {added_bare:.2f} ms; "
+          f"req/s ratio {r['verdicts']['proxy_rps_ratio']:.2f} (target >= 1)")
+    for name in ("cold_herd_memory", "cold_herd_redis"):
+        if name in r:
+            h = r[name]
+            print(f"{name.replace('_', ' ')}: {h['ok']}/{h['requests']} answered 200, "
+                  f"{h['token_requests']} token request(s) for {h['processes']} processes")
+    print(f"resident memory per worker after the run: {r['rss_mb_per_worker']} MB (target < 60)")
+    print(f"import wsgi to first answered request: {r['startup_seconds']:.3f} s (target < 1)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
