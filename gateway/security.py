@@ -84,7 +84,7 @@ def set_security_headers(response):
 
 _STATIC = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
 _PROXIED = _STATIC + (("Content-Security-Policy", "frame-ancestors 'self'"),
-                      ("Cache-Control", "private, no-cache"))
+                      ("Cache-Control", "no-store"))
 
 
 def ensure_csrf() -> str:
