@@ -5,6 +5,8 @@ import argparse
 import logging
 import secrets
 import sys
+import tempfile
+from pathlib import Path
 
 from . import ROOT
 from . import config as settings
@@ -26,10 +28,7 @@ def run_sim(args: argparse.Namespace) -> int:
     server = ServerThread(app, args.host, args.port)
     print(f"Zipteams stand-in listening on {server.url} "
           f"(token API {server.url}/api/v1, dashboard {server.url}/dashboard/)", flush=True)
-    try:
-        server.server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    server.serve_until_interrupted()
     return 0
 
 
@@ -39,6 +38,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .sim.server import ServerThread
 
     key, secret = "demo-" + secrets.token_hex(6), secrets.token_urlsafe(24)
+    state_dir = tempfile.TemporaryDirectory(prefix="zipteams-demo-")
     sim = ServerThread(create_sim_app({key: secret}, token_ttl=args.token_ttl), "127.0.0.1", 0).start()
     app = create_app({
         "ZIPTEAMS_API_KEY": key,
@@ -51,17 +51,18 @@ def run_demo(args: argparse.Namespace) -> int:
         "GATEWAY_EMBED_MODE": args.mode,
         "GATEWAY_COOKIE_SECURE": "false",
         "GATEWAY_LOG_LEVEL": "INFO",
+        "GATEWAY_LOG_FORMAT": "text",  # a person reads this console
+        "GATEWAY_STATE_DB": str(Path(state_dir.name) / "state.db"),
         "DEMO_COMMAND": True,
     })
     server = ServerThread(app, args.host, args.port)
     print(f"Zipteams embed gateway demo ({args.mode} mode): open {server.url}/ in your browser.\n"
           f"Stand-in Zipteams at {sim.url}. Press Ctrl+C to stop.", flush=True)
     try:
-        server.server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.serve_until_interrupted()
     finally:
         sim.stop()
+        state_dir.cleanup()
     return 0
 
 

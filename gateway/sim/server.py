@@ -42,6 +42,13 @@ class ServerThread:
         self.server.server_close()
         self._thread.join(timeout=5)
 
+    def serve_until_interrupted(self) -> None:
+        """Serve in the calling thread until Ctrl+C (for the command line)."""
+        try:
+            self.server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
     def __enter__(self) -> "ServerThread":
         return self.start()
 
