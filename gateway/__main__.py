@@ -23,6 +23,9 @@ def run_sim(args: argparse.Namespace) -> int:
     from .sim import create_sim_app
     from .sim.server import ServerThread
 
+    # The demo's gateway sets up its own logging; the stand-in alone needs this.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
     app = create_sim_app(dict(args.partner), rate_limit=args.rate_limit, token_ttl=args.token_ttl,
                          poll_ms=args.poll_ms)
     server = ServerThread(app, args.host, args.port)
@@ -94,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     table.set_defaults(func=lambda _args: print(settings.markdown_table(), end="") or 0)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return args.func(args)
     except OSError as exc:
