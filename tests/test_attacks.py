@@ -13,7 +13,7 @@ import uuid
 import jwt
 import pytest
 
-from conftest import API_SECRET, JWT_SHAPE, SECRET_KEY, recording_session, user_headers
+from conftest import API_SECRET, JWT_SHAPE, recording_session, user_headers
 from gateway.security import safe_next
 
 ISS, AUD = "https://auth.partner.example", "zipteams-gateway"

@@ -119,7 +119,7 @@ def test_demo_login_lists_the_users_and_restores_the_page(demo):
 
 
 def test_demo_login_renews_the_session(demo):
-    page = demo.get("/login")
+    demo.get("/login")  # creates the pre-login session and its CSRF token
     with demo.session_transaction() as s:
         s["planted"] = "by-attacker"
         before = dict(s)

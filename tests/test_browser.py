@@ -3,7 +3,6 @@ reaches the browser anywhere: DOM, frame URLs, cookies, storage, or any response
 """
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest

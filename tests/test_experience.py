@@ -4,7 +4,6 @@ status events for a framing partner page, several tabs, session end, and long-op
 Screenshots of every page at desktop and phone widths land in test-artifacts/.
 """
 import re
-import threading
 import time
 from pathlib import Path
 

@@ -1,5 +1,4 @@
 """Runs last: the partner secret and the tokens never left the server, in any response or log line."""
-import re
 
 import pytest
 

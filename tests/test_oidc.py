@@ -4,7 +4,6 @@ import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import requests
 
 from conftest import recording_session
 

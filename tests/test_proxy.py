@@ -3,7 +3,6 @@ import hashlib
 import os
 import re
 import socket
-import time
 
 import pytest
 
