@@ -52,16 +52,17 @@ def init_app(app: Flask) -> None:
     # Where "sign in again" leads: our login page where we have one, else the start page
     # (behind an SSO proxy or a partner app, that is where a new sign-in begins).
     app.jinja_env.globals["signin_url"] = "/login" if cfg["GATEWAY_AUTH_MODE"] in ("demo", "oidc") else "/"
-    app.extensions["page_headers"] = _STATIC + (("Content-Security-Policy", app.extensions["csp"]),
-                                                ("Cache-Control", "no-store"))
+    app.extensions["page_headers"] = _STATIC + _with_lower((("Content-Security-Policy", app.extensions["csp"]),
+                                                            ("Cache-Control", "no-store")))
     app.jinja_env.globals["csrf_token"] = ensure_csrf
     app.register_blueprint(bp)
 
 
 @bp.after_app_request
 def set_security_headers(response):
-    headers = response.headers
-    if request.endpoint in ("static", "embed.brand_css"):
+    endpoint = request.endpoint
+    static = endpoint in ("static", "embed.brand_css")
+    if static:
         defaults = _STATIC
     elif g.get("proxied"):
         # The dashboard's own page: keep its CSP and caching rules, but only our
@@ -70,21 +71,28 @@ def set_security_headers(response):
     else:
         # Every page depends on who is signed in: never cache it, never share it.
         defaults = current_app.extensions["page_headers"]
-    for name, value in defaults:
-        if name not in headers:
-            headers[name] = value
-    if request.endpoint not in ("static", "embed.brand_css"):
-        vary = headers.get("Vary")
-        if not vary:
-            headers["Vary"] = "Cookie"
-        elif "cookie" not in vary.lower():
-            headers["Vary"] = vary + ", Cookie"
+    headers = response.headers
+    # One pass over the headers already set, then one extend: werkzeug's Headers
+    # scans its whole list on every lookup and set, and this runs on every response.
+    present = {name.lower() for name, _ in headers}
+    headers.extend([(name, value) for lower, name, value in defaults if lower not in present])
+    if not static:
+        if "vary" not in present:
+            headers.add("Vary", "Cookie")
+        else:
+            vary = headers.get("Vary", "")
+            if "cookie" not in vary.lower():
+                headers["Vary"] = f"{vary}, Cookie" if vary else "Cookie"
     return response
 
 
-_STATIC = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
-_PROXIED = _STATIC + (("Content-Security-Policy", "frame-ancestors 'self'"),
-                      ("Cache-Control", "no-store"))
+def _with_lower(pairs: tuple) -> tuple:
+    return tuple((name.lower(), name, value) for name, value in pairs)
+
+
+_STATIC = _with_lower((("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")))
+_PROXIED = _STATIC + _with_lower((("Content-Security-Policy", "frame-ancestors 'self'"),
+                                  ("Cache-Control", "no-store")))
 
 
 def ensure_csrf() -> str:

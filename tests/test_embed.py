@@ -42,6 +42,24 @@ def test_security_headers(client, sim):
     assert f"frame-src {sim.url}" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
 
 
+def test_security_headers_keep_what_a_response_set_and_add_cookie_to_vary(make_app):
+    app = make_app()
+
+    @app.route("/_test/own-headers")
+    def own_headers():
+        return "x", 200, {"Cache-Control": "private, max-age=5", "vary": "Accept-Encoding"}
+
+    @app.route("/_test/cookie-vary")
+    def cookie_vary():
+        return "x", 200, {"Vary": "cookie"}
+
+    headers = app.test_client().get("/_test/own-headers").headers
+    assert headers.getlist("Cache-Control") == ["private, max-age=5"]
+    assert headers.getlist("Vary") == ["Accept-Encoding, Cookie"]
+    assert headers.getlist("X-Content-Type-Options") == ["nosniff"]
+    assert app.test_client().get("/_test/cookie-vary").headers.getlist("Vary") == ["cookie"]
+
+
 def test_frame_ancestors_setting(make_app):
     client = make_app(GATEWAY_FRAME_ANCESTORS="https://portal.partner.example").test_client()
     csp = client.get("/", headers=user_headers("alice@acme.example")).headers["Content-Security-Policy"]
