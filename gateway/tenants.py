@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -67,10 +67,10 @@ class Subtenant:
     emails: frozenset[str] = frozenset()
     email_domains: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
+    key: str = field(init=False, repr=False, compare=False)  # "tenant/id", read on every request
 
-    @property
-    def key(self) -> str:
-        return f"{self.tenant}/{self.id}"
+    def __post_init__(self):
+        object.__setattr__(self, "key", f"{self.tenant}/{self.id}")
 
 
 @dataclass(frozen=True)
@@ -83,10 +83,18 @@ class Match:
         return self.subtenant.key
 
 
+MEMO_SIZE = 10_000
+
+
 class Rules:
-    """Compiled rules. ``match`` is a few dict look-ups, whatever the file's size."""
+    """Compiled rules. ``match`` is a few dict look-ups, whatever the file's size.
+
+    Rules never change once built (a reload builds new ones), so each user's
+    answer is remembered: every request asks again for the same few users.
+    """
 
     def __init__(self, subtenants: Iterable[Subtenant]):
+        self._memo: dict[tuple, tuple[Match, ...]] = {}
         self.subtenants: tuple[Subtenant, ...] = tuple(subtenants)
         self._order = {s.key: i for i, s in enumerate(self.subtenants)}
         self._by_key = {s.key: s for s in self.subtenants}
@@ -107,6 +115,15 @@ class Rules:
 
     def match(self, email: str | None, groups: Iterable[str] = ()) -> list[Match]:
         """Every subtenant the user matches, in file order, each with the first reason."""
+        memo_key = (email, tuple(groups))
+        known = self._memo.get(memo_key)
+        if known is None:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()  # bounded; clearing a dict is atomic for concurrent readers
+            known = self._memo[memo_key] = tuple(self._match(email, memo_key[1]))
+        return list(known)
+
+    def _match(self, email: str | None, groups: tuple[str, ...]) -> list[Match]:
         found: dict[str, Match] = {}
         address = normalize_email(email) if email else None
         if address is not None:

@@ -107,3 +107,28 @@ def test_bad_toml_and_missing_file(tmp_path):
 
 def test_demo_users_are_the_listed_emails(rules):
     assert rules.users() == ["alice@acme.example", "bob@acme.example"]
+
+
+def test_answers_are_remembered_per_user_but_never_shared_or_unbounded(rules, monkeypatch):
+    import gateway.tenants as tenants
+
+    first = rules.match("bob@acme.example", ["emea"])
+    first.clear()  # a caller changing its list changes nothing for the next one
+    again = rules.match("bob@acme.example", ("emea",))
+    assert [m.key for m in again] == ["acme/sales-emea", "acme/sales-us"]
+    assert [m.key for m in rules.match("bob@acme.example")] == ["acme/sales-us"]  # the groups are in the key
+    monkeypatch.setattr(tenants, "MEMO_SIZE", 3)
+    for n in range(10):
+        rules.match(f"user{n}@acme.example")
+    assert len(rules._memo) <= 3
+
+
+def test_a_reload_answers_from_the_new_rules_not_the_old_answers(tmp_path):
+    from gateway.tenants import load_rules as load
+
+    path = tmp_path / "t.toml"
+    path.write_text('[[subtenant]]\ntenant = "t1"\nid = "s1"\nname = "One"\nemails = ["a@x.example"]\n')
+    old = load(path)
+    assert [m.key for m in old.match("a@x.example")] == ["t1/s1"]
+    path.write_text('[[subtenant]]\ntenant = "t1"\nid = "s2"\nname = "Two"\nemails = ["a@x.example"]\n')
+    assert [m.key for m in load(path).match("a@x.example")] == ["t1/s2"]
