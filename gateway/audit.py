@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 
+from . import logs
+
 logger = logging.getLogger("gateway.audit")
 
 
 def event(name: str, **fields) -> None:
-    if not logger.isEnabledFor(logging.INFO):
-        return
-    logger.info("%s %s", name, _Fields(fields), extra={"audit": {"event": name, **fields}})
+    logs.info(logger, "%s %s", name, _Fields(fields), fields={"event": name, **fields})
 
 
 class _Fields:

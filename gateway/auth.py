@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import ipaddress
 import logging
 import secrets
 import time
@@ -31,6 +30,7 @@ from flask import (Blueprint, abort, current_app, g, redirect, render_template, 
 from . import audit, security
 from .assertions import AssertionRejected, JwtVerifier
 from .errors import GatewayError, Unauthenticated
+from .peers import peer_is_trusted
 from .tenants import normalize_email
 
 logger = logging.getLogger(__name__)
@@ -67,18 +67,6 @@ class User:
     subject: str | None = None  # (issuer, sub) for OIDC users; email is for rules, not identity
 
 
-@functools.lru_cache(maxsize=1024)
-def peer_is_trusted(addr: str | None, networks) -> bool:
-    """True when the connecting peer's address lies in one of ``networks`` (a tuple)."""
-    try:
-        ip = ipaddress.ip_address(addr or "")
-    except ValueError:
-        return False
-    if getattr(ip, "ipv4_mapped", None):
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks)
-
-
 def _now() -> float:
     return current_app.config.get("CLOCK", time.time)()
 
@@ -104,24 +92,25 @@ def end_session(reason: str) -> None:
     logger.info("session ended reason=%s", reason)
 
 
-def _session_problem() -> str | None:
+def _session_problem(sess, endpoint: str | None) -> str | None:
     """Why the current session may not be used any more, if it may not."""
-    sid = session.get("sid")
+    sid = sess.get("sid")
     if not sid:
         return None
-    cfg = current_app.config
-    now = _now()
-    started, seen = session.get("iat"), session.get("seen")
+    app = current_app._get_current_object()
+    cfg = app.config
+    now = cfg.get("CLOCK", time.time)()
+    started, seen = sess.get("iat"), sess.get("seen")
     if not isinstance(started, int) or not isinstance(seen, int):
         return "malformed"
     if now - started > cfg["GATEWAY_SESSION_MAX"]:
         return "max-lifetime"
     if now - seen > cfg["GATEWAY_SESSION_IDLE"]:
         return "idle"
-    if current_app.extensions["state"].session_revoked(sid):
+    if app.extensions["state"].session_revoked(sid):
         return "revoked"
-    if now - seen >= SEEN_GRANULARITY and request.endpoint not in PASSIVE_ENDPOINTS:
-        session["seen"] = int(now)
+    if now - seen >= SEEN_GRANULARITY and endpoint not in PASSIVE_ENDPOINTS:
+        sess["seen"] = int(now)
     return None
 
 
@@ -133,33 +122,40 @@ def _verifier(name: str, **kwargs) -> JwtVerifier:
     return verifier
 
 
-def _user_from_proxy() -> User | None:
-    cfg = current_app.config
-    if not peer_is_trusted(request.remote_addr, cfg["GATEWAY_TRUSTED_PROXIES"]):
-        if request.headers.get(cfg["GATEWAY_USER_HEADER"]) is not None or (
-                cfg["GATEWAY_ASSERTION_HEADER"] and request.headers.get(cfg["GATEWAY_ASSERTION_HEADER"])):
+def _user_from_proxy(req, cfg) -> User | None:
+    headers = req.headers
+    if not peer_is_trusted(req.remote_addr, cfg["GATEWAY_TRUSTED_PROXIES"]):
+        if headers.get(cfg["GATEWAY_USER_HEADER"]) is not None or (
+                cfg["GATEWAY_ASSERTION_HEADER"] and headers.get(cfg["GATEWAY_ASSERTION_HEADER"])):
             # Anyone can type a header; only the proxy's count.
-            logger.warning("identity header ignored: peer %s is not a trusted proxy", request.remote_addr)
+            logger.warning("identity header ignored: peer %s is not a trusted proxy", req.remote_addr)
         return None
     if cfg["GATEWAY_PROXY_SECRET"]:
-        sent = request.headers.get(cfg["GATEWAY_PROXY_SECRET_HEADER"], "")
+        sent = headers.get(cfg["GATEWAY_PROXY_SECRET_HEADER"], "")
         if not hmac.compare_digest(sent.encode(), cfg["GATEWAY_PROXY_SECRET"].encode()):
             logger.warning("identity ignored: the proxy secret header is missing or wrong")
             return None
     if cfg["GATEWAY_ASSERTION_HEADER"]:
-        return _user_from_assertion(request.headers.get(cfg["GATEWAY_ASSERTION_HEADER"], ""))
-    values = request.headers.getlist(cfg["GATEWAY_USER_HEADER"])
-    if not values:
+        return _user_from_assertion(headers.get(cfg["GATEWAY_ASSERTION_HEADER"], ""))
+    # A WSGI server joins repeated headers into one value ("a, b"), which is not
+    # one well-formed address and is refused below; get() reads the environ key
+    # directly, where getlist() would walk the whole environ on every request.
+    value = headers.get(cfg["GATEWAY_USER_HEADER"])
+    if value is None:
         return None
-    if len(values) > 1:
-        logger.warning("identity ignored: %d %s headers", len(values), cfg["GATEWAY_USER_HEADER"])
-        return None
-    email = normalize_email(values[0])
-    if email is None:
+    user = _identity(value, headers.get(cfg["GATEWAY_GROUPS_HEADER"], ""))
+    if user is None:
         logger.warning("identity header ignored: not one well-formed email address")
+    return user
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity(email_header: str, groups_header: str) -> User | None:
+    """The user the proxy's headers name; the same headers arrive with every request of a user."""
+    email = normalize_email(email_header)
+    if email is None:
         return None
-    groups_raw = request.headers.get(cfg["GATEWAY_GROUPS_HEADER"], "")
-    return User(email, tuple(dict.fromkeys(x.strip() for x in groups_raw.split(",") if x.strip())))
+    return User(email, tuple(dict.fromkeys(x.strip() for x in groups_header.split(",") if x.strip())))
 
 
 def _claims_user(claims: dict, email_claim: str, groups_claim: str) -> User | None:
@@ -192,29 +188,34 @@ def _user_from_assertion(token: str) -> User | None:
 @bp.before_app_request
 def load_user() -> None:
     """Set ``g.user`` for this request, ending a session that may not be used any more."""
-    g.user = None
-    if request.endpoint in OPEN_ENDPOINTS:
+    # The request-local objects are bound once: each proxy lookup costs, and this runs on every request.
+    ctx, req = g._get_current_object(), request._get_current_object()
+    ctx.user = None
+    endpoint = req.endpoint
+    if endpoint in OPEN_ENDPOINTS:
         return
-    problem = _session_problem()
+    sess = session._get_current_object()
+    problem = _session_problem(sess, endpoint)
     if problem == "revoked":
-        session.clear()
-        g.session_ended = problem
+        sess.clear()
+        ctx.session_ended = problem
     elif problem:
         end_session(problem)
-        g.session_ended = problem
-    if current_app.config["GATEWAY_AUTH_MODE"] == "header":
-        user = _user_from_proxy()
+        ctx.session_ended = problem
+    cfg = current_app.config
+    if cfg["GATEWAY_AUTH_MODE"] == "header":
+        user = _user_from_proxy(req, cfg)
         if user is None:
             # Without the proxy vouching for this request, a cookie alone is not enough.
-            session.clear()
+            sess.clear()
             return
-        if session.get("email") != user.email or "sid" not in session:
+        if sess.get("email") != user.email or "sid" not in sess:
             start_session(user)
-        elif tuple(session.get("groups", ())) != user.groups:
-            session["groups"] = list(user.groups)
-        g.user = user
-    elif "email" in session and "sid" in session:
-        g.user = User(session["email"], tuple(session.get("groups", ())), session.get("subject"))
+        elif tuple(sess.get("groups", ())) != user.groups:
+            sess["groups"] = list(user.groups)
+        ctx.user = user
+    elif "email" in sess and "sid" in sess:
+        ctx.user = User(sess["email"], tuple(sess.get("groups", ())), sess.get("subject"))
 
 
 def login_required(view):

@@ -15,7 +15,7 @@ from cachetools import LRUCache
 from flask import (Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session,
                    url_for)
 
-from . import audit, security, tokens
+from . import audit, security
 from .auth import login_required
 from .errors import NotLinked
 from .tenants import Match
@@ -34,18 +34,22 @@ class NeedsChoice(Exception):
 
 def user_matches() -> list[Match]:
     """Every subtenant the signed-in user matches, computed once per request."""
-    if "matches" not in g:
-        g.matches = current_app.extensions["rules"].current().match(g.user.email, g.user.groups)
-    return g.matches
+    ctx = g._get_current_object()
+    matches = ctx.get("matches")
+    if matches is None:
+        matches = ctx.matches = current_app.extensions["rules"].current().match(ctx.user.email, ctx.user.groups)
+    return matches
 
 
 def current_subtenant() -> Match:
     """The subtenant this request is for, rechecked against the rules; deny by default."""
-    if "subtenant_match" in g:
-        return g.subtenant_match
+    ctx = g._get_current_object()
+    match = ctx.get("subtenant_match")
+    if match is not None:
+        return match
     matches = user_matches()
     if not matches:
-        audit.event("subtenant_denied", email=g.user.email, groups=len(g.user.groups), reason="no rule matches")
+        audit.event("subtenant_denied", email=ctx.user.email, groups=len(ctx.user.groups), reason="no rule matches")
         raise NotLinked("user matches no subtenant rule")
     chosen = session.get("subtenant")
     match = next((m for m in matches if m.key == chosen), None)
@@ -53,22 +57,23 @@ def current_subtenant() -> Match:
         if len(matches) > 1:
             raise NeedsChoice(matches)
         match = matches[0]
-    g.subtenant_match = match
+    ctx.subtenant_match = match
     return match
 
 
 def frame_src(match: Match) -> tuple[str, float]:
     """The iframe's URL for this subtenant, and when the token behind it stops being served."""
     sub = match.subtenant
-    cache = tokens.cache()
+    app = current_app._get_current_object()
+    cache = app.extensions["tokens"]
     token = cache.get(sub.tenant, sub.id)
-    if current_app.config["GATEWAY_EMBED_MODE"] == "iframe":
-        src = current_app.config["ZIPTEAMS_DASHBOARD_URL"] + "?" + urlencode({"token": token.value})
+    if app.config["GATEWAY_EMBED_MODE"] == "iframe":
+        src = app.config["ZIPTEAMS_DASHBOARD_URL"] + "?" + urlencode({"token": token.value})
     else:
         from .proxy import placeholder_for
 
         # The placeholder binds this frame to this subtenant, whatever other tabs choose later.
-        src = current_app.jinja_env.globals["urls"]["dashboard"] + "?token=" + placeholder_for(match.key)
+        src = app.jinja_env.globals["urls"]["dashboard"] + "?token=" + placeholder_for(match.key)
     return src, cache.serve_until(token)
 
 
@@ -83,9 +88,10 @@ def index():
     # Fetching here, not only in the frame, turns an upstream failure into a
     # full error page instead of a broken frame.
     src, serve_until = frame_src(match)
-    audit.event("embed_viewed", email=g.user.email, tenant=sub.tenant, subtenant=sub.id,
+    user = g.user
+    audit.event("embed_viewed", email=user.email, tenant=sub.tenant, subtenant=sub.id,
                 rule=match.reason, mode=current_app.config["GATEWAY_EMBED_MODE"])
-    return render_embed(g.user, match, src, int(serve_until), user_matches())
+    return render_embed(user, match, src, int(serve_until), user_matches())
 
 
 _REQUEST_ID_MARK = "\x00request-id\x00"

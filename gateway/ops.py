@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
 from . import metrics
-from .auth import peer_is_trusted
+from .peers import peer_is_trusted
 from .protection import CircuitBreaker
 
 bp = Blueprint("ops", __name__)

@@ -25,10 +25,11 @@ from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from . import audit, tokens
-from .auth import login_required, peer_is_trusted
+from .auth import login_required
 from .embed import NeedsChoice, current_subtenant, user_matches
 from .errors import (ChoiceNeeded, CsrfRejected, NotFound, NotLinked, PayloadTooLarge, UpstreamFailure,
                      UpstreamTimeout)
+from .peers import peer_is_trusted
 from .zipteams import DashboardToken
 
 logger = logging.getLogger(__name__)

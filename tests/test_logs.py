@@ -1,0 +1,96 @@
+"""Log lines: the writer thread, and the direct path the per-request lines take."""
+import io
+import json
+import logging
+
+import pytest
+from flask import Flask, g
+
+from gateway import audit, logs
+
+
+@pytest.fixture
+def writer(monkeypatch):
+    """Our handler as the root logger's only one, writing into a buffer instead of stdout."""
+    def install(fmt: str):
+        stream = io.StringIO()
+        formatter = logs.JsonFormatter() if fmt == "json" else logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        handler = logs.BackgroundHandler(stream, formatter)
+        handler.addFilter(logs.RequestIdFilter())
+        monkeypatch.setattr(logging.root, "handlers", [handler])
+        monkeypatch.setattr(logs, "_direct", handler)
+        return handler, stream
+    yield install
+    logging.getLogger("gateway").setLevel(logging.NOTSET)
+
+
+def written(handler, stream) -> list[str]:
+    handler.drain()
+    return stream.getvalue().splitlines()
+
+
+def request_context():
+    app = Flask(__name__)
+    ctx = app.test_request_context("/")
+    ctx.push()
+    g.request_id = "rid-0123456789"
+    return ctx
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_the_direct_path_writes_what_logging_would(writer, fmt):
+    handler, stream = writer(fmt)
+    logging.getLogger("gateway").setLevel(logging.INFO)
+    log = logging.getLogger("gateway.audit")
+    ctx = request_context()
+    try:
+        fields = {"event": "embed_viewed", "email": "a@x.example", "groups": 2}
+        logs.info(log, "%s %s", "embed_viewed", "email=a@x.example groups=2", fields=fields)   # direct
+        log.info("%s %s", "embed_viewed", "email=a@x.example groups=2", extra={"audit": fields})  # logging
+    finally:
+        ctx.pop()
+    direct, through_logging = written(handler, stream)
+    if fmt == "json":
+        a, b = json.loads(direct), json.loads(through_logging)
+        assert a.pop("ts")[:16] == b.pop("ts")[:16]
+        assert a == b
+        assert a["request_id"] == "rid-0123456789" and a["event"] == "embed_viewed" and a["groups"] == 2
+    else:
+        # "2026-11-28 02:40:00,123 INFO gateway.audit [rid-...] embed_viewed email=..."
+        assert direct.split(" ", 2)[2] == through_logging.split(" ", 2)[2]
+        assert "[rid-0123456789] embed_viewed email=a@x.example groups=2" in direct
+
+
+def test_a_line_keeps_the_time_it_was_logged_not_the_time_it_was_written(writer, monkeypatch):
+    handler, stream = writer("json")
+    logging.getLogger("gateway").setLevel(logging.INFO)
+    with monkeypatch.context() as clock:
+        clock.setattr(logs.time, "time", lambda: 1_700_000_000.25)
+        logs.info(logging.getLogger("gateway.logs"), "request status=%s", 200)
+    [line] = written(handler, stream)
+    assert json.loads(line)["ts"] == "2023-11-14T22:13:20.250Z"
+
+
+def test_lines_below_the_level_are_not_written(writer):
+    handler, stream = writer("json")
+    logging.getLogger("gateway").setLevel(logging.WARNING)
+    logs.info(logging.getLogger("gateway.logs"), "request status=%s", 200)
+    audit.event("login", email="a@x.example")
+    assert written(handler, stream) == []
+
+
+def test_with_another_handler_attached_lines_go_through_logging(writer):
+    handler, stream = writer("json")
+    logging.getLogger("gateway").setLevel(logging.INFO)
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record)
+
+    logging.root.handlers.append(Keep())
+    audit.event("logout", email="a@x.example")
+    [record] = seen
+    assert record.name == "gateway.audit" and record.audit == {"event": "logout", "email": "a@x.example"}
+    assert json.loads(written(handler, stream)[0])["event"] == "logout"
