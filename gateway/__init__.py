@@ -65,6 +65,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     # Order matters: request ids first, so every later line and page carries one.
     from . import auth, cli, embed, errors, logs, ops, proxy, security, sessions, state, tokens
+    from .memo import Memo
 
     logs.init_app(app)
     sessions.init_app(app)
@@ -75,7 +76,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(embed.bp)
-    app.extensions["embed_pages"] = embed.PageCache()
+    app.extensions["embed_pages"] = Memo(4096)  # rendered embed pages (embed.render_embed)
     if app.config["GATEWAY_EMBED_MODE"] == "proxy":
         proxy.init_app(app)
     if app.config["GATEWAY_AUTH_MODE"] == "oidc":

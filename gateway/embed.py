@@ -7,10 +7,7 @@ subtenants they match, so nothing a browser sends can reach another team.
 from __future__ import annotations
 
 import logging
-import threading
 from urllib.parse import urlencode
-
-from cachetools import LRUCache
 
 from flask import (Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session,
                    url_for)
@@ -97,22 +94,6 @@ def index():
 _REQUEST_ID_MARK = "\x00request-id\x00"
 
 
-class PageCache:
-    """A small thread-safe LRU of rendered pages."""
-
-    def __init__(self, size: int = 4096):
-        self._pages: LRUCache = LRUCache(size)
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            return self._pages.get(key)
-
-    def __setitem__(self, key, html: str) -> None:
-        with self._lock:
-            self._pages[key] = html
-
-
 def render_embed(user, match: Match, src: str, serve_until: int, matches: list[Match]) -> str:
     """The embed page, rendered once per distinct content and reused.
 
@@ -127,7 +108,7 @@ def render_embed(user, match: Match, src: str, serve_until: int, matches: list[M
         html = render_template("embed.html", user=user, subtenant=match.subtenant, subtenant_key=match.key,
                                frame_src=src, serve_until=serve_until, matches=matches,
                                request_id=_REQUEST_ID_MARK)
-        pages[key] = html
+        pages.put(key, html)
     return html.replace(_REQUEST_ID_MARK, g.request_id)
 
 

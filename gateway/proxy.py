@@ -29,6 +29,7 @@ from .auth import login_required
 from .embed import NeedsChoice, current_subtenant, user_matches
 from .errors import (ChoiceNeeded, CsrfRejected, NotFound, NotLinked, PayloadTooLarge, UpstreamFailure,
                      UpstreamTimeout)
+from .memo import Memo
 from .peers import peer_is_trusted
 from .zipteams import DashboardToken
 
@@ -91,6 +92,8 @@ def init_app(app) -> None:
     # Never forwarded, worked out once: ours, credentials, hop-by-hop, the identity headers.
     proxy.drop_request = frozenset(DROP_REQUEST | HOP_BY_HOP | {
         cfg["GATEWAY_USER_HEADER"].lower(), cfg["GATEWAY_GROUPS_HEADER"].lower()})
+    # Each (session, subtenant) placeholder, derived once: every page and proxied call asks again.
+    app.extensions["placeholders"] = Memo(16384)
     app.register_blueprint(bp)
 
 
@@ -139,12 +142,14 @@ def placeholder_for(key: str) -> str:
     different for each subtenant, so a page keeps talking to the team it was
     rendered for even after another tab switches the session to another team.
     """
-    known = g.setdefault("placeholders", {})
-    value = known.get(key)
+    sid = session["sid"]
+    memo = current_app.extensions["placeholders"]
+    value = memo.get((sid, key))
     if value is None:
         secret = current_app.config["SECRET_KEY"].encode()
-        digest = hmac.new(secret, f"{session['sid']}|{key}".encode(), hashlib.sha256).hexdigest()
-        value = known[key] = "zgtoken-" + digest[:32]
+        digest = hmac.new(secret, f"{sid}|{key}".encode(), hashlib.sha256).hexdigest()
+        value = "zgtoken-" + digest[:32]
+        memo.put((sid, key), value)
     return value
 
 

@@ -9,11 +9,10 @@ cookie that would not verify.
 """
 from __future__ import annotations
 
-import threading
-
-from cachetools import TTLCache
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
+
+from .memo import Memo
 
 REMEMBER_SECONDS = 300
 REMEMBER_COOKIES = 4096
@@ -26,20 +25,17 @@ def _copy(data: dict) -> dict:
 
 class RememberingSessionInterface(SecureCookieSessionInterface):
     def __init__(self, maxsize: int = REMEMBER_COOKIES, ttl: float = REMEMBER_SECONDS):
-        self._verified: TTLCache = TTLCache(maxsize, ttl)
-        self._lock = threading.Lock()
+        self._verified = Memo(maxsize, ttl)
 
     def open_session(self, app: Flask, request):
         value = request.cookies.get(self.get_cookie_name(app))
         if value:
-            with self._lock:
-                data = self._verified.get(value)
+            data = self._verified.get(value)
             if data is not None:
                 return self.session_class(_copy(data))
         session = super().open_session(app, request)
         if value and session:
-            with self._lock:
-                self._verified[value] = _copy(session)
+            self._verified.put(value, _copy(session))
         return session
 
 

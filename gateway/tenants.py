@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .memo import Memo
+
 logger = logging.getLogger(__name__)
 
 # An id travels in an HTTP header and in "tenant/id" keys: visible ASCII, no '/'.
@@ -94,7 +96,7 @@ class Rules:
     """
 
     def __init__(self, subtenants: Iterable[Subtenant]):
-        self._memo: dict[tuple, tuple[Match, ...]] = {}
+        self._memo = Memo(MEMO_SIZE)
         self.subtenants: tuple[Subtenant, ...] = tuple(subtenants)
         self._order = {s.key: i for i, s in enumerate(self.subtenants)}
         self._by_key = {s.key: s for s in self.subtenants}
@@ -118,9 +120,8 @@ class Rules:
         memo_key = (email, tuple(groups))
         known = self._memo.get(memo_key)
         if known is None:
-            if len(self._memo) >= MEMO_SIZE:
-                self._memo.clear()  # bounded; clearing a dict is atomic for concurrent readers
-            known = self._memo[memo_key] = tuple(self._match(email, memo_key[1]))
+            known = tuple(self._match(email, memo_key[1]))
+            self._memo.put(memo_key, known)
         return list(known)
 
     def _match(self, email: str | None, groups: tuple[str, ...]) -> list[Match]:
