@@ -52,20 +52,45 @@ class Servers:
         self.procs: list[subprocess.Popen] = []
 
     def gunicorn(self, name: str, app: str, env: dict, workers: int | None = None) -> tuple[subprocess.Popen, str]:
+        """gunicorn with the production configuration (gunicorn.conf.py) on a free port."""
+        proc, log = self._start(name, app, env, workers or self.workers, "127.0.0.1:0")
+        return proc, wait_for(r"Listening at: (http://127\.0\.0\.1:\d+)", log, proc)
+
+    def reuse_port(self, name: str, app: str, env: dict) -> tuple[subprocess.Popen, str]:
+        """The same, plus ``--reuse-port``: each worker then listens on its own socket.
+
+        For the wrk runs. Without it the workers race to accept from one shared
+        socket, and on two busy cores the worker already serving usually wins:
+        wrk's 32 keep-alive connections then mostly land on one worker (32/0 and
+        31/1 splits were common) and the run measures that race, not the app.
+        With a socket per worker (SO_REUSEPORT) the kernel spreads the
+        connections by address hash. Not the production default: a worker that
+        exits drops the connections still queued on its socket, and port 0
+        cannot be shared.
+        """
+        port = free_port()
+        proc, _ = self._start(name, app, env, self.workers, f"127.0.0.1:{port}", "--reuse-port")
+        deadline = time.monotonic() + 20
+        while listening_sockets(port) < self.workers:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"{name}: workers did not start listening")
+            time.sleep(0.1)
+        return proc, f"http://127.0.0.1:{port}"
+
+    def _start(self, name: str, app: str, env: dict, workers: int, bind: str, *extra: str):
         log = self.tmp / f"{name}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--log-level", "info",
-             "--bind", "127.0.0.1:0", "--workers", str(workers or self.workers), "--threads", str(self.threads), app],
+             "--bind", bind, "--workers", str(workers), "--threads", str(self.threads), *extra, app],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_LOG_FORMAT": "json", **env},
             stdout=open(log, "wb"), stderr=subprocess.STDOUT)
         self.procs.append(proc)
-        url = wait_for(r"Listening at: (http://127\.0\.0\.1:\d+)", log, proc)
         deadline = time.monotonic() + 20
-        while log.read_text(errors="replace").count("Booting worker") < (workers or self.workers):
-            if time.monotonic() > deadline:
-                sys.exit(f"{name}: workers did not boot")
+        while log.read_text(errors="replace").count("Booting worker") < workers:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"{name}: workers did not boot:\n{log.read_text(errors='replace')}")
             time.sleep(0.1)
-        return proc, url
+        return proc, log
 
     def stop(self, proc: subprocess.Popen) -> None:
         if proc.poll() is None:
@@ -80,8 +105,8 @@ class Servers:
 ATTEMPTS = 4
 
 
-def connections_per_worker(workers: list[int], port: int) -> list[int]:
-    """How many established client connections each worker holds on ``port`` (from /proc)."""
+def _sockets_on(port: int, state: str) -> set[str]:
+    """Inodes of the local sockets on ``port`` in a /proc/net/tcp state (01 established, 0A listen)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -91,8 +116,24 @@ def connections_per_worker(workers: list[int], port: int) -> list[int]:
             continue
         for row in rows:
             fields = row.split()
-            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # ESTABLISHED
+            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(fields[9])
+    return inodes
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+
+
+def listening_sockets(port: int) -> int:
+    return len(_sockets_on(port, "0A"))
+
+
+def connections_per_worker(workers: list[int], port: int) -> list[int]:
+    """How many established client connections each worker holds on ``port`` (from /proc)."""
+    inodes = _sockets_on(port, "01")
     counts = []
     for pid in workers:
         held = 0
@@ -109,21 +150,23 @@ def connections_per_worker(workers: list[int], port: int) -> list[int]:
 def wrk_on(master: subprocess.Popen, url: str, connections: int, duration: int, threads: int, **env) -> dict:
     """wrk against one server, repeated if a worker got too few connections to keep busy.
 
-    gunicorn's workers accept from one shared socket, so which worker gets each
-    of wrk's keep-alive connections is a race, and the split holds for the whole
-    run. Often one worker grabs nearly all of them (32/0, 31/1 were common here)
-    and the other idles: that measures the race, not the app. A run in which a
-    worker holds fewer connections than it has threads (while there are enough
-    to go round) is repeated, up to ATTEMPTS times, by the same rule for every
-    target; the split and the attempts are recorded in the results.
+    The split of wrk's keep-alive connections between workers holds for the
+    whole run (see Servers.reuse_port). A run in which a worker holds fewer
+    connections than it has threads (while there are enough to go round) is
+    repeated, up to ATTEMPTS times, by the same rule for every target; the split
+    and the attempts are recorded in the results.
     """
     workers = workers_of(master)
     port = int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
     enough = min(threads, connections // max(1, len(workers)))
     for attempt in range(1, ATTEMPTS + 1):
         split: list[int] = []
+        before = sum(cpu_ticks(pid) for pid in [master.pid, *workers])
         result = wrk(url, connections, duration,
                      during=lambda: split.extend(connections_per_worker(workers, port)), **env)
+        ticks = sum(cpu_ticks(pid) for pid in [master.pid, *workers]) - before
+        # The server's own CPU time per answer: steadier than req/s on a shared machine.
+        result["cpu_ms_per_request"] = round(ticks * 1000 / os.sysconf("SC_CLK_TCK") / max(1, result["requests"]), 4)
         result["connections_per_worker"], result["attempts"] = split, attempt
         if len(workers) < 2 or not split or min(split) >= enough:
             break
@@ -132,7 +175,7 @@ def wrk_on(master: subprocess.Popen, url: str, connections: int, duration: int, 
 
 def median_of(runs: list[dict]) -> dict:
     """Each figure's median over the rounds, and the rounds themselves."""
-    out = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50_ms", "p99_ms")}
+    out = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request")}
     out["errors"] = sum(run["errors"] for run in runs)
     out["rounds"] = runs
     return out
@@ -222,11 +265,11 @@ def main() -> int:
                "ZIPTEAMS_DASHBOARD_URL": sim_url + "/dashboard/", "GATEWAY_SECRET_KEY": SECRET_KEY,
                "GATEWAY_TENANTS_FILE": str(tenants), "GATEWAY_COOKIE_SECURE": "false",
                "GATEWAY_STATE_DB": str(tmp / "state.db"), "WEB_CONCURRENCY": str(args.workers)}
-        gateway, gw_url = servers.gunicorn("gateway", "wsgi:app", env)
+        gateway, gw_url = servers.reuse_port("gateway", "wsgi:app", env)
         page_bytes = len(requests.get(gw_url + "/", headers={"X-Forwarded-Email": EMAIL}).content)
-        page_master, page_url = servers.gunicorn("bare_page", "bench.bare_page:app",
-                                       {"GATEWAY_SECRET_KEY": SECRET_KEY, "BENCH_PAGE_BYTES": str(page_bytes)})
-        proxy_master, proxy_url = servers.gunicorn("bare_proxy", "bench.bare_proxy:app", env)
+        page_master, page_url = servers.reuse_port("bare_page", "bench.bare_page:app",
+                                                   {"GATEWAY_SECRET_KEY": SECRET_KEY, "BENCH_PAGE_BYTES": str(page_bytes)})
+        proxy_master, proxy_url = servers.reuse_port("bare_proxy", "bench.bare_proxy:app", env)
 
         # Signed-in users: one session cookie each for the gateway and the bare page.
         gw_http = requests.Session()
@@ -304,9 +347,10 @@ def report(r: dict) -> None:
     rounds = r["settings"]["rounds"]
     print(f"medians of {rounds} interleaved rounds of {r['settings']['seconds_per_run']} s, "
           f"{r['settings']['connections']} connections")
-    print(f"{'':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"{'':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'CPU ms/req':>12}")
     for name, x in rows:
-        print(f"{name:<24}{x['rps']:>10.0f}{x['p50_ms']:>9.2f}{x['p99_ms']:>9.2f}{x['errors']:>8}")
+        print(f"{name:<24}{x['rps']:>10.0f}{x['p50_ms']:>9.2f}{x['p99_ms']:>9.2f}{x['errors']:>8}"
+              f"{x['cpu_ms_per_request']:>12.3f}")
     ratio_rps = page["gateway"]["rps"] / page["bare_flask"]["rps"]
     ratio_p99 = page["gateway"]["p99_ms"] / page["bare_flask"]["p99_ms"]
     per_round = [g["rps"] / b["rps"] for g, b in zip(page["gateway"]["rounds"], page["bare_flask"]["rounds"])]
