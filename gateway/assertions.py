@@ -6,6 +6,14 @@ key is configured (HS256 for a shared secret; RS/ES/PS for JWKS keys), never
 required, ``aud`` and ``iss`` checked, a small leeway for clocks, and for
 hand-offs a bound on how far ahead ``exp`` may be. JWKS keys are fetched and
 cached by PyJWT, refetched when an unknown ``kid`` appears (key rotation).
+
+A proxy sends its assertion with every request, usually the same one for a
+while, and checking a signature costs far more than the rest of a page view.
+With ``remember`` set, a token string that verified is trusted again for that
+many seconds, still refused once its ``exp`` has passed. The key is the exact
+string, so nothing unverified can hit; a key removed from the JWKS stops
+working within ``remember`` seconds (PyJWT's key cache already keeps keys for
+five minutes). Hand-offs are never remembered: each is used once.
 """
 from __future__ import annotations
 
@@ -14,6 +22,8 @@ import time
 from typing import Any, Callable
 
 import jwt
+
+from .memo import Memo
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +41,31 @@ class AssertionRejected(Exception):
 
 class JwtVerifier:
     def __init__(self, *, audience: str, issuer: str, secret: str = "", jwks_url: str = "",
-                 max_lifetime: float | None = None, clock: Callable[[], float] = time.time):
+                 max_lifetime: float | None = None, clock: Callable[[], float] = time.time,
+                 remember: float = 0.0, monotonic: Callable[[], float] = time.monotonic):
         if bool(secret) == bool(jwks_url):
             raise ValueError("exactly one of secret or jwks_url")
         self.audience, self.issuer, self.max_lifetime, self._clock = audience, issuer, max_lifetime, clock
         self._secret = secret
         self.algorithms = ("HS256",) if secret else ASYMMETRIC
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=5) if jwks_url else None
+        self._verified = Memo(2048, ttl=remember, clock=monotonic) if remember > 0 else None
 
     def __repr__(self) -> str:
         return f"JwtVerifier(issuer={self.issuer!r}, audience={self.audience!r}, algorithms={self.algorithms})"
 
     def verify(self, token: str) -> dict[str, Any]:
+        if self._verified is None:
+            return self._verify(token)
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify(token)
+            self._verified.put(token, claims)
+        elif claims["exp"] + LEEWAY <= self._clock():  # as PyJWT would judge it now
+            raise AssertionRejected("expired")
+        return dict(claims)
+
+    def _verify(self, token: str) -> dict[str, Any]:
         if not token or len(token) > 8192:
             raise AssertionRejected("missing or oversized token")
         try:

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
 
 HANDOFF_MAX_LIFETIME = 300
+ASSERTION_REMEMBER_SECONDS = 60  # a proxy's assertion, once verified (see gateway.assertions)
 SEEN_GRANULARITY = 60  # rewrite the cookie's last-seen time at most once a minute
 OPEN_ENDPOINTS = frozenset({"static", "ops.healthz", "ops.readyz", "ops.metrics_endpoint", "embed.brand_css"})
 # Asked by open pages on a timer: they must not keep an idle session alive.
@@ -176,7 +177,8 @@ def _user_from_assertion(token: str) -> User | None:
         return None
     cfg = current_app.config
     verifier = _verifier("assertion_verifier", audience=cfg["GATEWAY_ASSERTION_AUDIENCE"],
-                         issuer=cfg["GATEWAY_ASSERTION_ISSUER"], jwks_url=cfg["GATEWAY_ASSERTION_JWKS_URL"])
+                         issuer=cfg["GATEWAY_ASSERTION_ISSUER"], jwks_url=cfg["GATEWAY_ASSERTION_JWKS_URL"],
+                         remember=ASSERTION_REMEMBER_SECONDS)
     try:
         claims = verifier.verify(token)
     except AssertionRejected as exc:
