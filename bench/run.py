@@ -273,22 +273,29 @@ def main() -> int:
 
         # Signed-in users: one session cookie each for the gateway and the bare page.
         gw_http = requests.Session()
-        gw_http.get(gw_url + "/", headers={"X-Forwarded-Email": EMAIL})
-        gw_cookie = "; ".join(f"{k}={v}" for k, v in gw_http.cookies.items())
         bare_http = requests.Session()
         bare_http.get(page_url + "/login")
-        bare_cookie = "; ".join(f"{k}={v}" for k, v in bare_http.cookies.items())
+
+        def gw_user() -> dict:
+            # As a browser would: the gateway renews the cookie's last-seen time once a minute,
+            # and a client that kept sending the old cookie would be given a new one every time.
+            gw_http.get(gw_url + "/", headers={"X-Forwarded-Email": EMAIL})
+            return {"BENCH_EMAIL": EMAIL, "BENCH_COOKIE": "; ".join(f"{k}={v}" for k, v in gw_http.cookies.items())}
+
+        def bare_user() -> dict:
+            return {"BENCH_COOKIE": "; ".join(f"{k}={v}" for k, v in bare_http.cookies.items())}
+
         token = requests.get(sim_url + "/api/v1/partner/dashboard/auth/token", headers={
             "x-api-key": KEY, "x-api-secret": SECRET, "x-tenant-id": "acme", "x-sub-tenant-id": "sales-us"}).json()["data"]["token"]
 
         c = args.connections
         page_targets = {
-            "bare_flask": (page_master, page_url + "/", {"BENCH_COOKIE": bare_cookie}),
-            "gateway": (gateway, gw_url + "/", {"BENCH_EMAIL": EMAIL, "BENCH_COOKIE": gw_cookie})}
+            "bare_flask": (page_master, page_url + "/", bare_user),
+            "gateway": (gateway, gw_url + "/", gw_user)}
         json_targets = {
-            "direct": (sim_master, f"{sim_url}/dashboard/api/summary?token={token}", {}),
-            "bare_proxy": (proxy_master, proxy_url + "/dashboard/api/summary", {}),
-            "gateway": (gateway, gw_url + "/dashboard/api/summary", {"BENCH_EMAIL": EMAIL, "BENCH_COOKIE": gw_cookie})}
+            "direct": (sim_master, f"{sim_url}/dashboard/api/summary?token={token}", dict),
+            "bare_proxy": (proxy_master, proxy_url + "/dashboard/api/summary", dict),
+            "gateway": (gateway, gw_url + "/dashboard/api/summary", gw_user)}
         # Rounds, each running every target back to back and in turn first, so drift on a
         # shared machine and an unlucky share of connections between workers hit all alike;
         # each figure is the median over the rounds.
@@ -298,8 +305,8 @@ def main() -> int:
             for round_no in range(rounds):
                 shift = round_no % len(names)
                 for name in names[shift:] + names[:shift]:
-                    master, url, extra = targets[name]
-                    runs[name].append(wrk_on(master, url, c, duration, args.threads, **extra))
+                    master, url, user = targets[name]
+                    runs[name].append(wrk_on(master, url, c, duration, args.threads, **user()))
             results[section] = {name: median_of(runs[name]) for name in names}
         results["rss_mb_per_worker"] = [round(rss_mb(pid), 1) for pid in workers_of(gateway)]
         servers.stop(gateway)
