@@ -62,13 +62,11 @@ class ZipteamsForbidden(ZipteamsError):
     code = "zipteams_forbidden"
 
 
-class ZipteamsRateLimited(ZipteamsError, ServiceBusy):
+# The page class comes first, so that its status and words are the user's;
+# ZipteamsError still supplies __init__ (its tenant and subtenant).
+class ZipteamsRateLimited(ServiceBusy, ZipteamsError):
     """429: too many token requests; ``retry_after`` says for how long to stop."""
-    status_code = ServiceBusy.status_code
     code = "zipteams_rate_limited"
-    title = ServiceBusy.title
-    message = ServiceBusy.message
-    hint = ServiceBusy.hint
 
 
 class ZipteamsServerError(ZipteamsError):
@@ -96,13 +94,9 @@ class ZipteamsUnreachable(ZipteamsError):
     code = "zipteams_unreachable"
 
 
-class ZipteamsTimeout(ZipteamsError, UpstreamTimeout):
+class ZipteamsTimeout(UpstreamTimeout, ZipteamsError):
     """Zipteams did not connect or answer within the timeout."""
-    status_code = UpstreamTimeout.status_code
     code = "zipteams_timeout"
-    title = UpstreamTimeout.title
-    message = UpstreamTimeout.message
-    hint = UpstreamTimeout.hint
 
 
 # ---------------------------------------------------------------------- token
