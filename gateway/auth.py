@@ -100,7 +100,7 @@ def _session_problem(sess, endpoint: str | None) -> str | None:
         return None
     app = current_app._get_current_object()
     cfg = app.config
-    now = cfg.get("CLOCK", time.time)()
+    now = _now()
     started, seen = sess.get("iat"), sess.get("seen")
     if not isinstance(started, int) or not isinstance(seen, int):
         return "malformed"

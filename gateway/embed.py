@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 from flask import (Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session,
                    url_for)
 
-from . import audit, security
+from . import audit, security, tokens
 from .auth import login_required
 from .errors import NotLinked
 from .tenants import Match
@@ -62,7 +62,7 @@ def frame_src(match: Match) -> tuple[str, float]:
     """The iframe's URL for this subtenant, and when the token behind it stops being served."""
     sub = match.subtenant
     app = current_app._get_current_object()
-    cache = app.extensions["tokens"]
+    cache = tokens.cache()
     token = cache.get(sub.tenant, sub.id)
     if app.config["GATEWAY_EMBED_MODE"] == "iframe":
         src = app.config["ZIPTEAMS_DASHBOARD_URL"] + "?" + urlencode({"token": token.value})

@@ -56,9 +56,13 @@ class _RequestIds:
 new_request_id = _RequestIds()
 
 
+def current_request_id() -> str:
+    return g.get("request_id", "-") if has_request_context() else "-"
+
+
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        record.request_id = current_request_id()
         return True
 
 
@@ -77,18 +81,18 @@ def _timestamp(created: float) -> str:
 _JSON = json.JSONEncoder(ensure_ascii=False)
 
 
+def _entry(created: float, level: str, name: str, request_id: str, message: str, fields: dict | None) -> dict:
+    entry = {"ts": _timestamp(created), "level": level, "logger": name, "request_id": request_id,
+             "message": message}
+    if fields:
+        entry.update(fields)
+    return entry
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": _timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "request_id": getattr(record, "request_id", "-"),
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "audit", None)
-        if fields:
-            entry.update(fields)
+        entry = _entry(record.created, record.levelname.lower(), record.name,
+                       getattr(record, "request_id", "-"), record.getMessage(), getattr(record, "audit", None))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:  # formatted already, on the way through BackgroundHandler
@@ -98,11 +102,7 @@ class JsonFormatter(logging.Formatter):
     def format_line(self, line: tuple) -> str:
         """The same JSON for a line queued by ``info`` without a LogRecord."""
         created, name, msg, args, request_id, fields = line
-        entry = {"ts": _timestamp(created), "level": "info", "logger": name, "request_id": request_id,
-                 "message": msg % args if args else msg}
-        if fields:
-            entry.update(fields)
-        return _JSON.encode(entry)
+        return _JSON.encode(_entry(created, "info", name, request_id, msg % args if args else msg, fields))
 
 
 class BackgroundHandler(logging.Handler):
@@ -219,8 +219,7 @@ def info(log: logging.Logger, msg: str, *args, fields: dict | None = None) -> No
     handlers = logging.root.handlers
     if handler is not None and len(handlers) == 1 and handlers[0] is handler and not log.handlers:
         if log.isEnabledFor(logging.INFO):
-            handler.submit(log.name, msg, args, g.get("request_id", "-") if has_request_context() else "-",
-                           fields)
+            handler.submit(log.name, msg, args, current_request_id(), fields)
         return
     log.info(msg, *args, extra={"audit": fields} if fields else None)
 
