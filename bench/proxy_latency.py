@@ -29,23 +29,15 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import wait_for  # noqa: E402
+from bench.common import LISTENING, start_gunicorn, wait_for  # noqa: E402
 KEY, SECRET = "bench-key", secrets.token_urlsafe(24)
 PATH = "/dashboard/api/summary"
 
 
 
-def start(args: list[str], env: dict, log: Path, pattern: str) -> tuple[subprocess.Popen, str]:
-    out = open(log, "wb")
-    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-                            stdout=out, stderr=subprocess.STDOUT)
-    return proc, wait_for(pattern, log, proc)
-
-
 def gunicorn(app: str, env: dict, log: Path, threads: int) -> tuple[subprocess.Popen, str]:
-    return start([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--log-level", "info", "--bind",
-                  "127.0.0.1:0", "--workers", "1", "--threads", str(threads), app],
-                 env, log, r"Listening at: (http://127\.0\.0\.1:\d+)")
+    proc = start_gunicorn(app, env, log, workers=1, threads=threads)
+    return proc, wait_for(LISTENING, log, proc)
 
 
 def timed(session: requests.Session, url: str, headers: dict, n: int) -> list[float]:

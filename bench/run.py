@@ -39,7 +39,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import free_port, wait_for  # noqa: E402
+from bench.common import LISTENING, RedisServer, free_port, start_gunicorn, wait_for  # noqa: E402
 
 KEY, SECRET = "bench-key", secrets.token_urlsafe(24)
 SECRET_KEY = secrets.token_urlsafe(40)
@@ -53,8 +53,9 @@ class Servers:
 
     def gunicorn(self, name: str, app: str, env: dict, workers: int | None = None) -> tuple[subprocess.Popen, str]:
         """gunicorn with the production configuration (gunicorn.conf.py) on a free port."""
-        proc, log = self._start(name, app, env, workers or self.workers, "127.0.0.1:0")
-        return proc, wait_for(r"Listening at: (http://127\.0\.0\.1:\d+)", log, proc)
+        log = self.tmp / f"{name}.log"
+        proc = self._start(app, env, log, workers or self.workers)
+        return proc, wait_for(LISTENING, log, proc)
 
     def reuse_port(self, name: str, app: str, env: dict) -> tuple[subprocess.Popen, str]:
         """The same, plus ``--reuse-port``: each worker then listens on its own socket.
@@ -69,7 +70,7 @@ class Servers:
         cannot be shared.
         """
         port = free_port()
-        proc, _ = self._start(name, app, env, self.workers, f"127.0.0.1:{port}", "--reuse-port")
+        proc = self._start(app, env, self.tmp / f"{name}.log", self.workers, f"127.0.0.1:{port}", ("--reuse-port",))
         deadline = time.monotonic() + 20
         while listening_sockets(port) < self.workers:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -77,20 +78,12 @@ class Servers:
             time.sleep(0.1)
         return proc, f"http://127.0.0.1:{port}"
 
-    def _start(self, name: str, app: str, env: dict, workers: int, bind: str, *extra: str):
-        log = self.tmp / f"{name}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--log-level", "info",
-             "--bind", bind, "--workers", str(workers), "--threads", str(self.threads), *extra, app],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_LOG_FORMAT": "json", **env},
-            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    def _start(self, app: str, env: dict, log: Path, workers: int, bind: str = "127.0.0.1:0",
+               extra: tuple[str, ...] = ()) -> subprocess.Popen:
+        proc = start_gunicorn(app, {"GATEWAY_LOG_FORMAT": "json", **env}, log, workers=workers,
+                              threads=self.threads, bind=bind, extra=extra)
         self.procs.append(proc)
-        deadline = time.monotonic() + 20
-        while log.read_text(errors="replace").count("Booting worker") < workers:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"{name}: workers did not boot:\n{log.read_text(errors='replace')}")
-            time.sleep(0.1)
-        return proc, log
+        return proc
 
     def stop(self, proc: subprocess.Popen) -> None:
         if proc.poll() is None:
@@ -320,15 +313,11 @@ def main() -> int:
                                        "token_requests": requests.get(sim_url + "/_sim/stats").json()["token_requests"]}
         servers.stop(herd_gw)
         if shutil.which("redis-server"):
-            port = free_port()
-            redis_proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                           "--appendonly", "no", "--dir", str(tmp)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            servers.procs.append(redis_proc)
-            time.sleep(0.5)
+            redis = RedisServer(tmp).start()
+            servers.procs.append(redis.proc)
             requests.post(sim_url + "/_sim/reset")
             herd_gw, herd_url = servers.gunicorn("herd_redis", "wsgi:app", {
-                **env, "GATEWAY_CACHE_URL": f"redis://127.0.0.1:{port}/0", "ZIPTEAMS_MAX_RPM": "1000"})
+                **env, "GATEWAY_CACHE_URL": redis.url, "ZIPTEAMS_MAX_RPM": "1000"})
             requests.post(sim_url + "/_sim/faults", json={"delay": 0.5, "count": 1})
             statuses = herd(herd_url, args.herd, EMAIL)
             results["cold_herd_redis"] = {"requests": args.herd, "ok": statuses.count(200), "processes": args.workers,

@@ -28,30 +28,13 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import free_port, wait_for  # noqa: E402
+from bench.common import LISTENING, RedisServer, start_gunicorn, wait_for  # noqa: E402
 KEY, SECRET = "soak-key", "soak-" + secrets.token_urlsafe(24)
 JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+")
 DOCUMENTED = {200, 302, 401, 403, 404, 409, 413, 502, 503, 504}
 SUBTENANTS = 30
 
 
-
-
-class Redis:
-    def __init__(self, workdir: Path):
-        self.port, self.workdir, self.proc = free_port(), workdir, None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self):
-        self.proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(self.port), "--bind",
-                                      "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.3)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
 
 
 def main() -> int:
@@ -67,8 +50,7 @@ def main() -> int:
     tenants = tmp / "tenants.toml"
     tenants.write_text("\n".join(f'[[subtenant]]\ntenant = "soak"\nid = "team-{i}"\nname = "Team {i}"\n'
                                  f'email_domains = ["team{i}.example"]\n' for i in range(SUBTENANTS)))
-    redis = Redis(tmp)
-    redis.start()
+    redis = RedisServer(tmp).start()
     sim_log, gw_log = tmp / "sim.log", tmp / "gateway.log"
     sim = subprocess.Popen([sys.executable, "-m", "gateway", "sim", "--port", "0", "--partner",
                             f"{KEY}:{SECRET}", "--token-ttl", "12"], cwd=ROOT,
@@ -79,10 +61,8 @@ def main() -> int:
            "ZIPTEAMS_TIMEOUT": "2", "ZIPTEAMS_MAX_RPM": "600", "GATEWAY_SECRET_KEY": secrets.token_urlsafe(32),
            "GATEWAY_TENANTS_FILE": str(tenants), "GATEWAY_CACHE_URL": redis.url,
            "GATEWAY_BREAKER_COOLDOWN": "3", "GATEWAY_COOKIE_SECURE": "false", "GATEWAY_LOG_FORMAT": "json"}
-    gw = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", "127.0.0.1:0",
-                           "--workers", "4", "--threads", "16", "wsgi:app"], cwd=ROOT, env=env,
-                          stdout=open(gw_log, "wb"), stderr=subprocess.STDOUT)
-    gw_url = wait_for(r"Listening at: (http://127\.0\.0\.1:\d+)", gw_log, gw)
+    gw = start_gunicorn("wsgi:app", env, gw_log, workers=4, threads=16)
+    gw_url = wait_for(LISTENING, gw_log, gw)
     time.sleep(1.5)
 
     control = requests.Session()
