@@ -2,9 +2,10 @@
 
 One verifier, strict by construction: an algorithm allow-list fixed by how the
 key is configured (HS256 for a shared secret; RS/ES/PS for JWKS keys), never
-``none`` and never an HMAC keyed with a public key; ``exp`` and ``iat``
-required, ``aud`` and ``iss`` checked, a small leeway for clocks, and for
-hand-offs a bound on how far ahead ``exp`` may be. JWKS keys are fetched and
+``none``, never an HMAC keyed with a public key, a JWKS key only for its own
+family (RSA for RS/PS, EC for ES); ``exp`` and ``iat`` required, ``aud`` and
+``iss`` checked, a small leeway for clocks, and for hand-offs a bound on how
+far ahead ``exp`` may be. JWKS keys are fetched and
 cached by PyJWT, refetched when an unknown ``kid`` appears (key rotation).
 
 A proxy sends its assertion with every request, usually the same one for a
@@ -22,12 +23,16 @@ import time
 from typing import Any, Callable
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from .memo import Memo
 
 logger = logging.getLogger(__name__)
 
 ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
+# The key type each algorithm family verifies with; a JWKS key of another type is refused.
+_KEY_TYPES = {"RS": RSAPublicKey, "PS": RSAPublicKey, "ES": EllipticCurvePublicKey}
 LEEWAY = 30
 
 
@@ -79,8 +84,14 @@ class JwtVerifier:
             key = self._secret if self._jwks is None else self._jwks.get_signing_key_from_jwt(token).key
         except jwt.PyJWKClientError as exc:
             raise AssertionRejected(f"no usable signing key ({type(exc).__name__})") from None
+        except Exception as exc:  # noqa: BLE001 - a JWKS that is not JSON, an unknown key type...
+            raise AssertionRejected(f"no usable signing key ({type(exc).__name__})") from None
+        if self._jwks is not None and not isinstance(key, _KEY_TYPES[alg[:2]]):
+            # An ES256 header naming an RSA key (or the converse): PyJWT would fail with a
+            # TypeError from cryptography; it is simply a token no key of ours signed.
+            raise AssertionRejected(f"{alg} token names a key of another type")
         try:
-            claims = jwt.decode(token, key, algorithms=list(self.algorithms), audience=self.audience,
+            claims = jwt.decode(token, key, algorithms=[alg], audience=self.audience,
                                 issuer=self.issuer, leeway=LEEWAY,
                                 options={"require": ["exp", "iat", "aud", "iss"]})
         except jwt.ExpiredSignatureError:
@@ -95,6 +106,8 @@ class JwtVerifier:
             raise AssertionRejected(f"missing claim {exc.claim}") from None
         except jwt.PyJWTError as exc:
             raise AssertionRejected(f"invalid ({type(exc).__name__})") from None
+        except Exception as exc:  # noqa: BLE001 - whatever else PyJWT or cryptography raise on odd input
+            raise AssertionRejected(f"unverifiable ({type(exc).__name__})") from None
         if self.max_lifetime is not None and claims["exp"] - self._clock() > self.max_lifetime + LEEWAY:
             raise AssertionRejected("exp too far ahead")
         return claims

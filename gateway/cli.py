@@ -16,6 +16,7 @@ import jwt
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from .config import redact_url
 from .zipteams import ZipteamsError
 
 gateway_cli = AppGroup("gateway", help="Check the configuration and explain the tenant rules.")
@@ -69,7 +70,7 @@ def check_command(key: str | None):
     cfg = current_app.config
     rules = _rules()
     click.echo(f"settings: ok (auth mode {cfg['GATEWAY_AUTH_MODE']}, embed mode {cfg['GATEWAY_EMBED_MODE']}, "
-               f"cache {cfg['GATEWAY_CACHE_URL'].split('@')[-1]})")
+               f"cache {redact_url(cfg['GATEWAY_CACHE_URL'])})")
     click.echo(f"tenants file: ok ({len(rules)} subtenant rules)")
     shared = current_app.extensions["shared"]
     if shared is not None:

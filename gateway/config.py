@@ -19,6 +19,20 @@ class ConfigError(ValueError):
     """A setting is missing or invalid. The message is one line, safe to print."""
 
 
+# Everything between "scheme://" (or the start) and the last "@": greedy on purpose,
+# so a password with an unescaped "/", "?" or "@" in it is hidden whole as well.
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?.*@", re.DOTALL)
+
+
+def redact_url(value: str) -> str:
+    """``value`` with any user-info (``user:password@``) replaced by ``***@``.
+
+    For every URL that goes into an error message, a log line or a repr: a
+    Redis URL's password, or credentials someone put where they do not belong.
+    """
+    return _USERINFO.sub(lambda m: (m.group(1) or "") + "***@", value, count=1) if "@" in value else value
+
+
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
@@ -159,6 +173,24 @@ def _logo_url(raw: str) -> str:
     parts = urlsplit(value)
     if parts.scheme != "https" or not parts.hostname or any(c in value for c in "\"'<> "):
         raise ValueError("must be an https:// URL or a path on this site such as /static/logo.svg")
+    if "@" in parts.netloc:  # every visitor's browser would be handed the password
+        raise ValueError("must not carry credentials")
+    return value
+
+
+def _logout_url(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        return ""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain spaces or control characters")
+    if value.startswith("/") and not value.startswith(("//", "/\\")):
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s):// URL or a path on this site such as /oauth2/sign_out")
+    if "@" in parts.netloc:  # handed to every browser that signs out
+        raise ValueError("must not carry credentials")
     return value
 
 
@@ -195,11 +227,19 @@ def _frame_ancestors(raw: str) -> str:
     return value
 
 
+def _header_names(raw: str) -> tuple[str, ...]:
+    return tuple(_header_name(name) for name in raw.split(",") if name.strip())
+
+
 def _cache_url(raw: str) -> str:
     value = raw.strip()
     if value == "memory://":
         return value
     parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ValueError("has an invalid port") from None
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
         raise ValueError("must be memory:// or redis://host:port/db (rediss:// for TLS)")
     return value
@@ -276,8 +316,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OIDC_SCOPES", "openid email profile", "OIDC mode: scopes to request (must include openid).", str),
     Setting("OIDC_EMAIL_CLAIM", "email", "OIDC mode: ID token claim with the user's email.", str),
     Setting("OIDC_GROUPS_CLAIM", "groups", "OIDC mode: ID token claim with the user's groups (a list).", str),
-    Setting("OIDC_REQUIRE_VERIFIED_EMAIL", "false",
-            "OIDC mode: refuse users whose email_verified claim is not true.", _bool),
+    Setting("OIDC_REQUIRE_VERIFIED_EMAIL", "true",
+            "OIDC mode: refuse users whose email_verified claim is not true. Turn off only if your IdP "
+            "never sends email_verified and verifies every address itself; otherwise anyone who can "
+            "register an unverified address at your domain gets that domain's team.", _bool),
     Setting("GATEWAY_HANDOFF_SECRET", "",
             "JWT mode: shared secret for HS256 hand-off tokens (at least 32 characters).",
             _optional_secret(32), secret=True),
@@ -306,7 +348,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Header colour (#rrggbb); must keep white text readable (WCAG AA, 4.5:1).", _brand_color),
     Setting("GATEWAY_LOGOUT_URL", "",
             "Where to send the browser after sign-out (e.g. your proxy's /oauth2/sign_out). Empty: a signed-out page.",
-            str),
+            _logout_url),
     Setting("GATEWAY_EMBED_MODE", "proxy",
             "proxy (dashboard served through the gateway, token stays on the server) or iframe (token in the iframe URL).",
             _choice("proxy", "iframe")),
@@ -318,6 +360,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_PROXY_MAX_BODY", "10485760",
             "Proxy mode: largest request body forwarded to the dashboard, in bytes; larger gets 413.",
             _positive_int),
+    Setting("GATEWAY_PROXY_FORWARD_HEADERS", "",
+            "Proxy mode: extra request header names, comma-separated, forwarded to the dashboard besides the "
+            "built-in allow-list (see SECURITY.md). Identity, assertion, secret and cookie headers are refused.",
+            _header_names),
     Setting("ZIPTEAMS_MAX_RPM", "30",
             "Most token requests per minute this gateway sends to Zipteams (shared by all workers "
             "through Redis; split between workers without it), so it never provokes a 429.",
@@ -397,8 +443,9 @@ def load(source: Mapping[str, str] | None = None) -> dict[str, Any]:
         try:
             config[setting.name] = setting.parse(raw)
         except ValueError as exc:
-            shown = "" if setting.secret else f" {raw!r}"
-            raise ConfigError(f"{setting.name}{shown} is invalid: {exc}") from None
+            shown = "" if setting.secret else f" {redact_url(raw)!r}"
+            # The reason may quote the value too (urlsplit and int() do).
+            raise ConfigError(f"{setting.name}{shown} is invalid: {redact_url(str(exc))}") from None
     _check_together(config)
     return config
 
@@ -437,7 +484,7 @@ def env_int(name: str, default: int, source: Mapping[str, str] | None = None) ->
     try:
         return _positive_int(raw)
     except ValueError:
-        raise ConfigError(f"{name} {raw!r} is invalid: must be a whole number, 1 or more") from None
+        raise ConfigError(f"{name} {redact_url(raw)!r} is invalid: must be a whole number, 1 or more") from None
 
 
 def markdown_table() -> str:

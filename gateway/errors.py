@@ -9,9 +9,12 @@ exception's arguments, a traceback or anything from the upstream answer.
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
-from flask import Flask, current_app, g, jsonify, make_response, render_template, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, current_app, g, jsonify, make_response, redirect, render_template, request
+from gunicorn.http.errors import NoMoreData, ParseException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
+from werkzeug.routing import RequestRedirect
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,14 @@ class CsrfRejected(GatewayError):
     code = "csrf_rejected"
     title = "This request was refused"
     message = "The form you sent did not come from this site, or the page was open too long."
+    hint = "Go back, reload the page and try again."
+
+
+class BadRequestBody(GatewayError):
+    status_code = 400
+    code = "bad_request_body"
+    title = "The request could not be read"
+    message = "The data sent with this request was cut off or malformed."
     hint = "Go back, reload the page and try again."
 
 
@@ -161,6 +172,27 @@ def handle_http_exception(exc: HTTPException):
     return render_error(status, f"http_{status}", title, message, hint)
 
 
+def handle_unreadable_body(exc: Exception):
+    # gunicorn raises its parse errors (a bad chunk size, extension or terminator) from
+    # wsgi.input while the app reads the body; werkzeug raises ClientDisconnected.
+    return handle_gateway_error(BadRequestBody(f"unreadable request body ({type(exc).__name__})"))
+
+
+def relative_routing_redirect():
+    """Answer werkzeug's routing redirects (``/dashboard`` -> ``/dashboard/``) with a relative Location.
+
+    werkzeug builds them as absolute URLs from the Host header, and Flask sends them
+    without calling error handlers, so a forged Host would name the redirect's target.
+    """
+    exc = request.routing_exception
+    if not isinstance(exc, RequestRedirect):
+        return None
+    parts = urlsplit(exc.new_url)
+    # One leading slash: "//host" would be read as another site.
+    target = "/" + parts.path.lstrip("/") + (f"?{parts.query}" if parts.query else "")
+    return redirect(target, exc.code)
+
+
 def handle_unexpected(exc: Exception):
     # The traceback goes to the log for the operator; the user sees a plain page.
     logger.exception("unexpected error")
@@ -170,5 +202,8 @@ def handle_unexpected(exc: Exception):
 
 def init_app(app: Flask) -> None:
     app.register_error_handler(GatewayError, handle_gateway_error)
+    for unreadable in (ParseException, NoMoreData, ClientDisconnected):
+        app.register_error_handler(unreadable, handle_unreadable_body)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)
+    app.before_request(relative_routing_redirect)

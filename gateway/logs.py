@@ -1,9 +1,10 @@
 """Logging: one line per event to stdout, a request id on every line and response.
 
-``GATEWAY_LOG_FORMAT=text`` for people, ``json`` for log pipelines. The request
-id comes from ``X-Request-Id`` when a trusted proxy sent a sane one, otherwise
-it is generated; it is echoed in the response and on every error page. Access
-lines name the path, never the query string.
+``GATEWAY_LOG_FORMAT=text`` for people, ``json`` for log pipelines; in both, one
+event is exactly one line, its control characters escaped, so no request can
+forge a line. The request id comes from ``X-Request-Id`` when a trusted proxy
+sent a sane one, otherwise it is generated; it is echoed in the response and on
+every error page. Access lines name the path, never the query string.
 """
 from __future__ import annotations
 
@@ -79,6 +80,26 @@ def _timestamp(created: float) -> str:
 
 # One encoder for every line: json.dumps builds a new one per call unless all its options are defaults.
 _JSON = json.JSONEncoder(ensure_ascii=False)
+# json escapes C0 controls itself; these three it leaves alone, and some readers end a line at them.
+_JSON_BREAKS = re.compile("[\x85\u2028\u2029]")
+# C0 and C1 controls, DEL and the Unicode line separators: whatever a terminal or a
+# log shipper may take for the end of a line (or a cursor move).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``), so it stays one line."""
+    return _CONTROL.sub(_escaped, text)
+
+
+def _json_line(entry: dict) -> str:
+    return _JSON_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", _JSON.encode(entry))
 
 
 def _entry(created: float, level: str, name: str, request_id: str, message: str, fields: dict | None) -> dict:
@@ -97,12 +118,25 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:  # formatted already, on the way through BackgroundHandler
             entry["exception"] = record.exc_text
-        return _JSON.encode(entry)
+        return _json_line(entry)
 
     def format_line(self, line: tuple) -> str:
         """The same JSON for a line queued by ``info`` without a LogRecord."""
         created, name, msg, args, request_id, fields = line
-        return _JSON.encode(_entry(created, "info", name, request_id, msg % args if args else msg, fields))
+        return _json_line(_entry(created, "info", name, request_id, msg % args if args else msg, fields))
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, one event per line: a newline in a path or a traceback is escaped."""
+
+    def __init__(self, fmt: str = TEXT_FORMAT, datefmt: str | None = None):
+        super().__init__(fmt, datefmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))
 
 
 class BackgroundHandler(logging.Handler):
@@ -230,11 +264,7 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     for handler in list(root.handlers):
         if getattr(handler, _HANDLER_MARK, False):
             root.removeHandler(handler)
-    if fmt == "json":
-        formatter = JsonFormatter()
-    else:
-        formatter = logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     handler = BackgroundHandler(sys.stdout, formatter)
     setattr(handler, _HANDLER_MARK, True)
     handler.addFilter(RequestIdFilter())
@@ -269,9 +299,15 @@ class GunicornLogger(glogging.Logger):
 
     def setup(self, cfg):
         super().setup(cfg)
+        # Only gunicorn's own handlers: those from a logconfig keep the format they were given.
         if os.environ.get("GATEWAY_LOG_FORMAT", "json").lower() == "json":
-            for handler in self.error_log.handlers:
-                handler.setFormatter(JsonFormatter())
+            error_format = JsonFormatter()
+        else:  # gunicorn's layout, one line per event like ours (its messages may quote a request)
+            error_format = TextFormatter(self.error_fmt, self.datefmt)
+        for log, formatter in ((self.error_log, error_format), (self.access_log, TextFormatter(self.access_fmt))):
+            for handler in log.handlers:
+                if getattr(handler, "_gunicorn", False):
+                    handler.setFormatter(formatter)
 
 
 def init_app(app: Flask) -> None:

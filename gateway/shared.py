@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import metrics
+from .config import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Shared:
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
         import redis  # only needed when a Redis URL is configured
 
+        self._where = redact_url(url)  # for reprs and log lines: never the password
         self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
                                            retry_on_timeout=False, health_check_interval=30)
         self._errors = (redis.RedisError, OSError)
@@ -78,7 +80,7 @@ class Shared:
         self._window = self._redis.register_script(_WINDOW)
 
     def __repr__(self) -> str:
-        return f"Shared(namespace={self._ns!r})"
+        return f"Shared({self._where!r}, namespace={self._ns!r})"
 
     # ------------------------------------------------------------ health
     @property
@@ -93,9 +95,9 @@ class Shared:
             self._was_down = True
             if now - self._last_log >= LOG_EVERY:
                 self._last_log = now
-                logger.warning("redis unavailable (%s during %s): serving from the local cache and "
+                logger.warning("redis unavailable at %s (%s during %s): serving from the local cache and "
                                "fetching directly; retrying Redis every %.0fs",
-                               type(exc).__name__, what, RETRY_AFTER_ERROR)
+                               self._where, type(exc).__name__, what, RETRY_AFTER_ERROR)
 
     def _ok(self) -> None:
         if self._was_down:

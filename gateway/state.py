@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Callable
 
+from .config import redact_url
+
 logger = logging.getLogger(__name__)
 
 
@@ -128,24 +130,25 @@ class RedisState:
     def __init__(self, url: str, namespace: str):
         import redis
 
+        self._where = redact_url(url)  # for reprs and log lines: never the password
         self._redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._errors = (redis.RedisError, OSError)
         self._ns = "zg:" + hashlib.sha256(namespace.encode()).hexdigest()[:16] + ":state:"
 
     def __repr__(self) -> str:
-        return "RedisState()"
+        return f"RedisState({self._where!r})"
 
     def mark(self, key: str, ttl: float) -> bool:
         try:
             return bool(self._redis.set(self._ns + key, b"1", nx=True, px=max(1, int(ttl * 1000))))
         except self._errors as exc:
-            raise StateUnavailable(type(exc).__name__) from None
+            raise StateUnavailable(f"{type(exc).__name__} from {self._where}") from None
 
     def marked(self, key: str) -> bool:
         try:
             return bool(self._redis.exists(self._ns + key))
         except self._errors as exc:
-            raise StateUnavailable(type(exc).__name__) from None
+            raise StateUnavailable(f"{type(exc).__name__} from {self._where}") from None
 
 
 class SecurityState:

@@ -69,3 +69,32 @@ def test_without_remember_nothing_is_kept(keys):
     v = verifier(keys)
     v.verify(keys.sign(claims()))
     assert v._verified is None
+
+
+def signed_naming(keys, signer: str, named: str, **over) -> str:
+    """A token signed with ``signer``'s key (and its algorithm) whose header names ``named``."""
+    import jwt
+
+    alg, private_key = keys.keys[signer]
+    return jwt.encode(claims(**over), private_key, algorithm=alg, headers={"kid": named})
+
+
+def test_es256_token_naming_an_rsa_key_is_refused(keys):
+    with pytest.raises(AssertionRejected, match="ES256 token names a key of another type"):
+        verifier(keys).verify(signed_naming(keys, "ec-1", "rsa-1"))
+
+
+def test_rs256_token_naming_an_ec_key_is_refused(keys):
+    with pytest.raises(AssertionRejected, match="RS256 token names a key of another type"):
+        verifier(keys).verify(signed_naming(keys, "rsa-1", "ec-1"))
+
+
+def test_nothing_but_assertion_rejected_leaves_verify(keys, monkeypatch):
+    import jwt
+
+    def broken(*args, **kwargs):
+        raise TypeError("Expecting a PEM-formatted key.")
+
+    monkeypatch.setattr(jwt, "decode", broken)
+    with pytest.raises(AssertionRejected, match=r"unverifiable \(TypeError\)"):
+        verifier(keys).verify(keys.sign(claims()))

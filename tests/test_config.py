@@ -1,10 +1,11 @@
 """Settings: defaults, validation, *_FILE secrets and fail-fast start-up."""
+import logging
 import subprocess
 import sys
 
 import pytest
 
-from conftest import API_SECRET, DATA, ROOT, SECRET_KEY
+from conftest import API_SECRET, DATA, ROOT, SECRET_KEY, free_port, user_headers
 from gateway import config
 from gateway.config import ConfigError
 
@@ -58,6 +59,72 @@ def test_short_secret_key_is_refused_without_echoing_it():
         config.load({**REQUIRED, "GATEWAY_SECRET_KEY": "short-but-secret"})
     assert "at least 32 characters" in str(info.value)
     assert "short-but-secret" not in str(info.value)
+
+
+PASSWORD = "Pa55word-never-shown"
+URL_SETTINGS = sorted(s.name for s in config.SETTINGS if s.name.endswith("_URL") or s.name == "OIDC_ISSUER")
+# Each is invalid for every URL setting, for a different reason, and carries the password.
+BAD_URLS_WITH_PASSWORDS = [
+    f"ftp://user:{PASSWORD}@files.example/",            # no setting takes ftp://
+    f"https://user:{PASSWORD}@host.example/",           # credentials (for GATEWAY_CACHE_URL: the scheme)
+    f"redis://:{PASSWORD}@host.example:badport/0",      # the port (for http settings: the scheme)
+    f"https://user:{PASSWORD}\u2100@host.example/",     # urlsplit's own error quotes the netloc
+    f"user:{PASSWORD}@host.example",                    # no scheme at all
+]
+
+
+def test_every_url_setting_is_covered():
+    assert {"ZIPTEAMS_API_URL", "ZIPTEAMS_DASHBOARD_URL", "GATEWAY_ASSERTION_JWKS_URL", "GATEWAY_HANDOFF_JWKS_URL",
+            "GATEWAY_PUBLIC_URL", "OIDC_ISSUER", "GATEWAY_LOGOUT_URL", "GATEWAY_BRAND_LOGO_URL",
+            "GATEWAY_CACHE_URL"} <= set(URL_SETTINGS)
+
+
+@pytest.mark.parametrize("value", BAD_URLS_WITH_PASSWORDS)
+@pytest.mark.parametrize("name", URL_SETTINGS)
+def test_a_refused_url_setting_is_shown_without_its_password(name, value):
+    with pytest.raises(ConfigError) as info:
+        config.load({**REQUIRED, name: value})
+    message = str(info.value)
+    assert message.startswith(name) and "is invalid" in message
+    assert PASSWORD not in message and "***@" in message
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("https://user:password@host/", "https://***@host/"),
+    ("redis://:password@host:6379/0", "redis://***@host:6379/0"),
+    ("rediss://u:p/a?ss@word@host/0", "rediss://***@host/0"),  # unescaped characters in the password
+    ("https://host.example/path", "https://host.example/path"),
+    ("memory://", "memory://"),
+])
+def test_redact_url_hides_user_info(value, shown):
+    assert config.redact_url(value) == shown
+
+
+def test_logout_url_takes_a_path_or_an_http_url_only():
+    for good in ("", "/oauth2/sign_out", "https://idp.example/logout?rd=https%3A%2F%2Fapp.example"):
+        assert config.load({**REQUIRED, "GATEWAY_LOGOUT_URL": good})["GATEWAY_LOGOUT_URL"] == good
+    for bad in ("javascript:alert(1)", "//evil.example/", "https://evil.example/\r\nX: y", "sign-out"):
+        with pytest.raises(ConfigError, match="GATEWAY_LOGOUT_URL"):
+            config.load({**REQUIRED, "GATEWAY_LOGOUT_URL": bad})
+
+
+@pytest.mark.token_in_browser
+def test_an_unreachable_redis_url_never_shows_its_password(make_app, caplog):
+    url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    app = make_app(GATEWAY_CACHE_URL=url, ZIPTEAMS_RETRIES="0")
+    with caplog.at_level(logging.DEBUG):
+        response = app.test_client().get("/", headers=user_headers("alice@acme.example"))
+    assert "redis unavailable at redis://***@127.0.0.1" in caplog.text  # the fail-soft warning was written
+    shared, state = app.extensions["shared"], app.extensions["state"].backend
+    for shown in (caplog.text, response.get_data(as_text=True), repr(shared), repr(state),
+                  repr(shared._redis), repr(state._redis), *(repr(r.args) for r in caplog.records)):
+        assert PASSWORD not in shown
+    assert "***@" in repr(shared) and "***@" in repr(state)
+
+
+def test_oidc_requires_a_verified_email_by_default():
+    assert config.load(REQUIRED)["OIDC_REQUIRE_VERIFIED_EMAIL"] is True
+    assert "otherwise anyone who can register" in config.BY_NAME["OIDC_REQUIRE_VERIFIED_EMAIL"].help
 
 
 def test_secret_from_file(tmp_path):

@@ -27,6 +27,7 @@ def client(make_app, clock):
     ({"malformed": "not-jwt"}, 502, "zipteams_invalid_token"),
     ({"malformed": "wrong-subtenant"}, 502, "zipteams_invalid_token"),
 ])
+@pytest.mark.token_in_browser
 def test_each_fault_gives_its_status_and_a_plain_page_then_recovers(client, sim, clock, fault, status, code):
     sim.fault(count=1, **fault)
     response = client.get("/", headers=ALICE)
@@ -55,6 +56,7 @@ def test_rate_limit_without_a_named_wait_defaults_to_60(client, sim):
     assert client.get("/", headers=ALICE).headers["Retry-After"] == "60"
 
 
+@pytest.mark.token_in_browser
 def test_timeout_becomes_504(make_app, sim):
     client = make_app(ZIPTEAMS_TIMEOUT="0.3", ZIPTEAMS_RETRIES="0").test_client()
     sim.fault(delay=1, count=1)
@@ -93,3 +95,35 @@ def test_unexpected_exception_is_a_plain_500(app):
 def test_method_not_allowed_is_a_plain_page(client):
     response = client.delete("/", headers=ALICE)
     assert response.status_code == 405 and "Not allowed" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path, location", [("/dashboard", "/dashboard/"), ("/dashboard?x=1&y=%2F", "/dashboard/?x=1&y=%2F")])
+def test_a_missing_trailing_slash_redirects_to_a_relative_url_whatever_the_host(make_app, path, location):
+    client = make_app(GATEWAY_EMBED_MODE="proxy").test_client()
+    for method in ("GET", "POST"):
+        response = client.open(path, method=method, headers={"Host": "evil.test"})
+        assert response.status_code == 308 and response.headers["Location"] == location
+
+
+def test_a_body_shorter_than_its_content_length_is_a_400_page(client, caplog):
+    # werkzeug raises ClientDisconnected when the body ends before Content-Length says.
+    response = client.post("/logout", data="csrf_token=abc", content_type="application/x-www-form-urlencoded",
+                           environ_overrides={"CONTENT_LENGTH": "1000"})
+    assert response.status_code == 400
+    assert 'data-code="bad_request_body"' in response.get_data(as_text=True)
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("error", ["InvalidChunkSize", "ChunkMissingTerminator", "InvalidChunkExtension",
+                                   "NoMoreData"])
+def test_gunicorns_body_errors_are_a_400_in_json_too(app, error):
+    from gunicorn.http import errors as gunicorn_errors
+
+    @app.post("/read-body")
+    def read_body():
+        raise getattr(gunicorn_errors, error)("\x00bad")
+
+    response = app.test_client().post("/read-body", headers={"Accept": "application/json"})
+    body = response.get_json()["error"]
+    assert response.status_code == 400 and body["code"] == "bad_request_body"
+    assert "bad" not in body["message"]

@@ -1,5 +1,12 @@
 """The gateway under real gunicorn, as deployed: many users, many workers, one token each."""
+import json
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import jwt
+import pytest
 
 from conftest import recording_session, user_headers
 
@@ -7,6 +14,8 @@ USERS = [(f"user{i}@us.acme.example", "Sales US") if i % 2 else (f"user{i}@emea.
          for i in range(20)]
 
 
+@pytest.mark.token_in_browser
+@pytest.mark.token_in_browser  # iframe mode: the token is in the page by design
 def test_two_workers_many_users_each_sees_only_their_subtenant(gunicorn, sim):
     server = gunicorn(workers=2, threads=8)
 
@@ -27,6 +36,8 @@ def test_two_workers_many_users_each_sees_only_their_subtenant(gunicorn, sim):
     assert all(count <= 2 for count in by_subtenant.values()), by_subtenant
 
 
+@pytest.mark.token_in_browser
+@pytest.mark.token_in_browser  # iframe mode: the token is in the page by design
 def test_fifty_concurrent_first_requests_make_one_token_request(gunicorn, sim):
     server = gunicorn(workers=1, threads=32)
     sim.fault(delay=0.5, count=1)  # keep the first fetch in flight while the rest arrive
@@ -54,3 +65,84 @@ def test_underscore_header_variant_is_dropped(gunicorn, http):
     server = gunicorn(workers=1)
     response = http.get(server.url + "/", headers={"X_Forwarded_Email": "alice@acme.example"})
     assert response.status_code == 401
+
+
+def log_once(server, marker: str, times: int = 1, timeout: float = 10) -> str:
+    """The gunicorn log once ``marker`` shows in it ``times`` times (our lines are written in batches)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = server.log.read_text(errors="replace")
+        if text.count(marker) >= times or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
+
+
+def raw_exchange(server, request: bytes, half_close: bool = False) -> bytes:
+    """Send ``request`` byte for byte and read the answer until the server closes."""
+    url = urlsplit(server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(request)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_handoff_token_naming_a_key_of_another_type_is_401_under_gunicorn(gunicorn, http, keys, tmp_path):
+    server = gunicorn(workers=1, GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_JWKS_URL=keys.url,
+                      GATEWAY_HANDOFF_ISSUER="https://app.example", GATEWAY_HANDOFF_AUDIENCE="gateway",
+                      GATEWAY_STATE_DB=str(tmp_path / "s.db"))
+    now = int(time.time())
+    claims = {"iss": "https://app.example", "aud": "gateway", "iat": now, "exp": now + 60,
+              "jti": "j-1", "email": "alice@acme.example"}
+    for signer, named in (("ec-1", "rsa-1"), ("rsa-1", "ec-1")):
+        alg, private_key = keys.keys[signer]
+        token = jwt.encode(claims, private_key, algorithm=alg, headers={"kid": named})
+        response = http.get(server.url + "/sso/jwt", params={"jwt": token}, allow_redirects=False)
+        assert response.status_code == 401, (signer, named)
+    log = log_once(server, "path=/sso/jwt endpoint=auth.handoff status=401", times=2)
+    assert "ES256 token names a key of another type" in log and "RS256 token names a key of another type" in log
+    assert "Traceback" not in log and "unexpected error" not in log
+
+
+def test_a_missing_trailing_slash_redirects_to_a_relative_url_under_gunicorn(gunicorn, http):
+    server = gunicorn(workers=1, GATEWAY_EMBED_MODE="proxy")
+    response = http.get(server.url + "/dashboard", headers={"Host": "evil.test"}, allow_redirects=False)
+    assert response.status_code == 308 and response.headers["Location"] == "/dashboard/"
+
+
+MALFORMED_CHUNKED_BODIES = {
+    "chunk size not hex": (b"zz\r\n", False),
+    "NUL in a chunk extension": (b"5;\x00\r\nhello\r\n0\r\n\r\n", False),
+    "chunk without its CRLF": (b"5\r\nhelloXX0\r\n\r\n", False),
+    "body cut off": (b"5\r\nhel", True),
+}
+
+
+def test_a_malformed_chunked_body_is_a_400_under_gunicorn(gunicorn):
+    server = gunicorn(workers=1)
+    for case, (body, half_close) in MALFORMED_CHUNKED_BODIES.items():
+        answer = raw_exchange(server, b"POST /logout HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                                      b"Content-Type: application/x-www-form-urlencoded\r\n"
+                                      b"Transfer-Encoding: chunked\r\n\r\n" + body, half_close)
+        assert answer.startswith(b"HTTP/1.1 400 "), (case, answer[:200])
+        assert b'data-code="bad_request_body"' in answer, case
+        assert answer.count(b"HTTP/1.1 ") == 1, case  # gunicorn adds no second answer of its own
+    log = log_once(server, "path=/logout endpoint=auth.logout status=400", times=len(MALFORMED_CHUNKED_BODIES))
+    assert log.count("code=bad_request_body") == len(MALFORMED_CHUNKED_BODIES)
+    assert "Traceback" not in log and "unexpected error" not in log
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_newline_in_the_path_forges_no_log_line_under_gunicorn(gunicorn, http, fmt):
+    server = gunicorn(workers=1, GATEWAY_LOG_FORMAT=fmt)
+    assert http.get(server.url + "/x%0aFORGED%20line%0d%1b[2J").status_code == 404
+    lines = log_once(server, "path=/x").splitlines()
+    assert not any(line.startswith("FORGED") for line in lines)
+    [line] = [line for line in lines if "path=/x" in line]
+    if fmt == "json":
+        assert "path=/x\nFORGED line\r\x1b[2J " in json.loads(line)["message"]
+    else:
+        assert "path=/x\\nFORGED line\\r\\x1b[2J " in line

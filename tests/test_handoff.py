@@ -34,12 +34,14 @@ def jc(jwt_app):
     return jwt_app.test_client()
 
 
+@pytest.mark.token_in_browser
 def test_handoff_signs_in_and_returns_to_the_page(jc):
     response = jc.get("/sso/jwt", query_string={"jwt": hs(claims()), "return_to": "/select"})
     assert response.status_code == 302 and response.headers["Location"] == "/select"
     assert "Sales EMEA" in jc.get("/").get_data(as_text=True)
 
 
+@pytest.mark.token_in_browser
 def test_handoff_with_groups_picks_the_subtenant(jc):
     jc.get("/sso/jwt", query_string={"jwt": hs(claims(email="zed@else.example", groups=["us"]))})
     assert "Sales US" in jc.get("/").get_data(as_text=True)
@@ -102,6 +104,24 @@ def test_rs256_and_es256_from_a_jwks(make_app, keys, tmp_path):
     assert app.test_client().get("/sso/jwt", query_string={"jwt": hs_with_public_key(keys)}).status_code == 401
 
 
+def signed_naming(keys, signer, named, **over):
+    """A hand-off signed with ``signer``'s key and algorithm whose header names the key ``named``."""
+    alg, private_key = keys.keys[signer]
+    return jwt.encode(claims(**over), private_key, algorithm=alg, headers={"kid": named})
+
+
+@pytest.mark.parametrize("signer, named", [("ec-1", "rsa-1"), ("rsa-1", "ec-1")],
+                         ids=["es256-naming-an-rsa-key", "rs256-naming-an-ec-key"])
+def test_a_token_naming_a_key_of_another_type_is_401(make_app, keys, tmp_path, caplog, signer, named):
+    app = make_app(GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_JWKS_URL=keys.url, GATEWAY_HANDOFF_ISSUER=ISS,
+                   GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DB=str(tmp_path / "s.db"))
+    client = app.test_client()
+    response = client.get("/sso/jwt", query_string={"jwt": signed_naming(keys, signer, named)})
+    assert response.status_code == 401 and "invalid, expired or was already used" in response.get_data(as_text=True)
+    assert "Traceback" not in caplog.text and "key of another type" in caplog.text
+    assert client.get("/").status_code == 401
+
+
 def hs_with_public_key(keys):
     import base64
     import hashlib
@@ -134,6 +154,7 @@ def signed_in(app, clock=None):
     return client
 
 
+@pytest.mark.token_in_browser
 def test_logout_revokes_the_cookie_server_side(jwt_app):
     client = signed_in(jwt_app)
     cookie = client.get_cookie("__Host-zg_session").value
@@ -154,6 +175,7 @@ def clocked(make_app, tmp_path):
     return app, clock
 
 
+@pytest.mark.token_in_browser
 def test_idle_session_ends(clocked):
     app, clock = clocked
     client = signed_in(app)
@@ -165,6 +187,7 @@ def test_idle_session_ends(clocked):
     assert client.get("/").status_code == 401
 
 
+@pytest.mark.token_in_browser
 def test_session_has_an_absolute_lifetime(clocked):
     app, clock = clocked
     client = signed_in(app)
@@ -175,6 +198,7 @@ def test_session_has_an_absolute_lifetime(clocked):
     assert client.get("/").status_code == 401
 
 
+@pytest.mark.token_in_browser
 def test_secret_key_rotation_keeps_sessions(make_app, tmp_path):
     old_key = "old-secret-key-" + "o" * 32
     state = str(tmp_path / "s.db")

@@ -2,6 +2,7 @@
 import io
 import json
 import logging
+import os
 
 import pytest
 from flask import Flask, g
@@ -14,9 +15,10 @@ def writer(monkeypatch):
     """Our handler as the root logger's only one, writing into a buffer instead of stdout."""
     def install(fmt: str):
         stream = io.StringIO()
-        formatter = logs.JsonFormatter() if fmt == "json" else logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        formatter = logs.JsonFormatter() if fmt == "json" else logs.TextFormatter()
         handler = logs.BackgroundHandler(stream, formatter)
+        # No writer thread: ``written`` drains the queue itself, so every line is there, in order.
+        handler._pid = os.getpid()
         handler.addFilter(logs.RequestIdFilter())
         monkeypatch.setattr(logging.root, "handlers", [handler])
         monkeypatch.setattr(logs, "_direct", handler)
@@ -94,3 +96,64 @@ def test_with_another_handler_attached_lines_go_through_logging(writer):
     [record] = seen
     assert record.name == "gateway.audit" and record.audit == {"event": "logout", "email": "a@x.example"}
     assert json.loads(written(handler, stream)[0])["event"] == "logout"
+
+
+FORGED_PATH = "/x%0aFORGED%20line%0d%1b[2J"
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_newline_in_the_path_cannot_forge_a_request_line(writer, make_app, fmt):
+    handler, stream = writer(fmt)
+    logging.getLogger("gateway").setLevel(logging.INFO)
+    assert logs._direct is handler and make_app().test_client().get(FORGED_PATH).status_code == 404
+    lines = written(handler, stream)
+    [line] = [line for line in lines if "path=/x" in line]
+    assert not any(line.startswith("FORGED") for line in lines)
+    if fmt == "json":
+        assert json.loads(line)["message"].startswith("request method=GET path=/x\nFORGED line\r\x1b[2J ")
+    else:
+        assert "path=/x\\nFORGED line\\r\\x1b[2J endpoint=" in line
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_every_event_is_one_line_through_logging_too(writer, fmt):
+    handler, stream = writer(fmt)
+    log = logging.getLogger("gateway.test")
+    log.warning("refused %s", "a\nFORGED b\r\nFORGED c\u2028FORGED d\x85FORGED")
+    try:
+        raise ValueError("boom\nFORGED")
+    except ValueError:
+        log.exception("unexpected error")
+    lines = written(handler, stream)
+    assert len(lines) == 2 and not any(line.startswith("FORGED") for line in lines)
+    assert len("\n".join(lines).splitlines()) == 2  # no separator str.splitlines() honours either
+    if fmt == "json":
+        assert json.loads(lines[0])["message"] == "refused a\nFORGED b\r\nFORGED c\u2028FORGED d\x85FORGED"
+        assert "Traceback" in json.loads(lines[1])["exception"]
+    else:
+        assert lines[0].endswith("refused a\\nFORGED b\\r\\nFORGED c\\u2028FORGED d\\x85FORGED")
+        assert "unexpected error\\nTraceback" in lines[1] and "boom\\nFORGED" in lines[1]
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_gunicorns_own_lines_are_one_line_each(monkeypatch, fmt):
+    from gunicorn.config import Config
+
+    monkeypatch.setenv("GATEWAY_LOG_FORMAT", fmt)
+    cfg = Config()
+    cfg.set("errorlog", "-")
+    glog = logs.GunicornLogger(cfg)
+    stream = io.StringIO()
+    [handler] = [h for h in glog.error_log.handlers if getattr(h, "_gunicorn", False)]
+    handler.setStream(stream)
+    glog.error("Invalid request from ip=%s: %s", "192.0.2.1", "GET /\nFORGED line")
+    try:
+        raise ValueError("boom\r\nFORGED")
+    except ValueError:
+        glog.exception("Error handling request /x\nFORGED")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and not any(line.startswith("FORGED") for line in lines)
+    if fmt == "json":
+        assert json.loads(lines[0])["message"].endswith("GET /\nFORGED line")
+    else:
+        assert lines[0].endswith("GET /\\nFORGED line")

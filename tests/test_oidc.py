@@ -32,7 +32,12 @@ def oidc_app(make_app, idp, tmp_path):
 
 
 def set_user(idp, claims):
+    """A user at the IdP, its address verified unless ``claims`` says otherwise (None: no such claim).
+
+    The mock IdP sends exactly the claims it is given, and the gateway requires email_verified.
+    """
     sub = "user-" + uuid.uuid4().hex[:8]
+    claims = {k: v for k, v in {"email_verified": True, **claims}.items() if v is not None}
     with recording_session() as http:
         http.put(f"{idp}/users/{sub}", json=claims).raise_for_status()
     return sub
@@ -79,6 +84,7 @@ def test_authorization_request_uses_pkce_state_and_nonce(oidc_app):
     assert set(query["scope"][0].split()) == {"openid", "email", "profile"}
 
 
+@pytest.mark.token_in_browser
 def test_login_with_groups_chooses_the_subtenant_and_restores_the_page(oidc_app, idp):
     client = oidc_app.test_client()
     _, done = login(client, idp, {"email": "zed@elsewhere.example", "groups": ["us"]}, path="/select")
@@ -143,13 +149,21 @@ def test_id_token_for_another_audience_is_refused(oidc_app, idp):
             client.parse_id_token(token, nonce="n-1")
 
 
-def test_unverified_email_can_be_required(make_app, idp, tmp_path):
+@pytest.mark.parametrize("verified", [False, "true", None], ids=["false", "a-string", "absent"])
+def test_an_unverified_email_is_refused_by_default(oidc_app, idp, verified):
+    client = oidc_app.test_client()
+    _, refused = login(client, idp, {"email": "alice@acme.example", "email_verified": verified})
+    assert refused.status_code == 403 and "Sign-in was refused" in refused.get_data(as_text=True)
+    assert client.get("/").status_code == 302  # still signed out
+    _, ok = login(oidc_app.test_client(), idp, {"email": "alice@acme.example", "email_verified": True})
+    assert ok.status_code == 302
+
+
+def test_the_verified_email_check_can_be_turned_off(make_app, idp, tmp_path):
     app = make_app(GATEWAY_AUTH_MODE="oidc", OIDC_ISSUER=idp, OIDC_CLIENT_ID=CLIENT_ID, OIDC_CLIENT_SECRET="s",
-                   GATEWAY_PUBLIC_URL=PUBLIC, OIDC_REQUIRE_VERIFIED_EMAIL="true",
+                   GATEWAY_PUBLIC_URL=PUBLIC, OIDC_REQUIRE_VERIFIED_EMAIL="false",
                    GATEWAY_STATE_DB=str(tmp_path / "s.db"))
-    _, refused = login(app.test_client(), idp, {"email": "alice@acme.example", "email_verified": False})
-    assert refused.status_code == 403
-    _, ok = login(app.test_client(), idp, {"email": "alice@acme.example", "email_verified": True})
+    _, ok = login(app.test_client(), idp, {"email": "alice@acme.example", "email_verified": False})
     assert ok.status_code == 302
 
 
@@ -160,6 +174,7 @@ def test_users_are_keyed_by_issuer_and_subject(oidc_app, idp):
         assert s["subject"] == f"{idp}|{sub}" and s["email"] == "alice@acme.example"
 
 
+@pytest.mark.token_in_browser
 def test_logout_signs_out_here_and_at_the_idp_and_the_cookie_is_dead(oidc_app, idp):
     client = oidc_app.test_client()
     login(client, idp, {"email": "alice@acme.example"})
