@@ -65,8 +65,8 @@ def set_security_headers(response):
     if static:
         defaults = _STATIC
     elif g.get("proxied"):
-        # The dashboard's own page: keep its CSP and caching rules, but only our
-        # pages may frame it, and no shared cache may keep one user's data.
+        # The dashboard's own page: keep its CSP and caching rules (the proxy adds
+        # our framing policy beside them); no shared cache may keep one user's data.
         defaults = _PROXIED
     else:
         # Every page depends on who is signed in: never cache it, never share it.
@@ -91,8 +91,8 @@ def _with_lower(pairs: tuple) -> tuple:
 
 
 _STATIC = _with_lower((("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")))
-_PROXIED = _STATIC + _with_lower((("Content-Security-Policy", "frame-ancestors 'self'"),
-                                  ("Cache-Control", "no-store")))
+# Proxied answers carry our framing policy beside the dashboard's own CSP (gateway.proxy).
+_PROXIED = _STATIC + _with_lower((("Cache-Control", "no-store"),))
 
 
 def ensure_csrf() -> str:
@@ -103,20 +103,39 @@ def ensure_csrf() -> str:
     return token
 
 
-def require_csrf() -> None:
-    """Refuse a state-changing request that is cross-site or lacks the session's token."""
+def _same_host(url: str) -> bool:
+    # Hosts only: behind a TLS-terminating proxy our own scheme may read http.
+    return urlsplit(url).netloc.lower() == request.host.lower()
+
+
+def refuse_cross_site(*, need_origin: bool) -> None:
+    """The one cross-site check for state-changing requests (forms and proxied writes).
+
+    Fetch Metadata decides where the browser sends it. ``Origin: null`` counts only
+    beside ``Sec-Fetch-Site: same-origin`` (browsers send it for our own pages, whose
+    Referrer-Policy is no-referrer). Without Fetch Metadata (older browsers), a
+    foreign Origin is refused, and with ``need_origin`` (requests no CSRF token
+    protects) a same-origin Origin or Referer is required.
+    """
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site not in ("same-origin", "none"):
         raise CsrfRejected(f"cross-site request (Sec-Fetch-Site: {site[:20]})")
     origin = request.headers.get("Origin")
     if origin == "null":
-        # Browsers send "Origin: null" for forms on pages with Referrer-Policy: no-referrer
-        # (ours); then only a same-origin Sec-Fetch-Site vouches for the request.
         if site != "same-origin":
             raise CsrfRejected("opaque origin without Sec-Fetch-Site: same-origin")
-    # Compare hosts only: behind a TLS-terminating proxy our own scheme may read http.
-    elif origin is not None and urlsplit(origin).netloc != request.host:
-        raise CsrfRejected("request from another origin")
+    elif origin is not None:
+        if not _same_host(origin):
+            raise CsrfRejected("request from another origin")
+    elif need_origin and site is None:
+        referer = request.headers.get("Referer")
+        if not referer or not _same_host(referer):
+            raise CsrfRejected("no Fetch Metadata, Origin or same-origin Referer")
+
+
+def require_csrf() -> None:
+    """Refuse a state-changing request that is cross-site or lacks the session's token."""
+    refuse_cross_site(need_origin=False)
     expected = session.get("csrf")
     sent = request.form.get("csrf_token", "")
     if not expected or not hmac.compare_digest(expected.encode(), sent.encode()):

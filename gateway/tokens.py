@@ -33,6 +33,7 @@ MAX_LIFETIME = 86400.0
 REFRESH_AT = 0.75          # fraction of the usable lifetime after which we refresh
 MARGIN_CAP = 0.10          # the margin never eats more than this share of a short token's life
 REFRESH_RETRY = 30.0       # seconds between refresh attempts after a failed refresh
+HISTORY = 8                # tokens remembered per key while still valid (for the proxy's scrubber)
 
 Key = tuple[str, str]
 
@@ -80,6 +81,9 @@ class TokenCache:
         self._entries: TLRUCache = TLRUCache(maxsize, ttu=lambda _k, e, _now: e.expires_at, timer=clock)
         self._inflight: dict[Key, Future] = {}
         self._refreshing: set[Key] = set()
+        # Every token obtained per key that has not expired: a dashboard may echo an
+        # older one after a renewal, and the proxy must recognise it to scrub it.
+        self._history: dict[Key, tuple[DashboardToken, ...]] = {}
         self.stats = {"hits": 0, "misses": 0, "refreshes": 0, "refresh_failures": 0}
 
     def serve_until(self, token: DashboardToken) -> float:
@@ -141,6 +145,13 @@ class TokenCache:
         if self._on_evict is not None:
             self._on_evict(tenant, subtenant, entry.token)
 
+    def valid_values(self, tenant: str, subtenant: str, current: DashboardToken) -> tuple[str, ...]:
+        """The values of every still-valid token obtained for the pair, ``current`` first."""
+        now = self._clock()
+        with self._lock:
+            held = self._history.get((tenant, subtenant), ())
+        return (current.value,) + tuple(t.value for t in held if t.expires_at > now and t.value != current.value)
+
     def peek(self, tenant: str, subtenant: str) -> DashboardToken | None:
         """The cached token if any, without fetching or counting."""
         with self._lock:
@@ -156,8 +167,13 @@ class TokenCache:
         token = self._fetch(*key, stale.token if stale else None)
         expires_at, refresh_at = serve_window(token, self._clock(), self._margin)
         entry = Entry(token, expires_at, refresh_at)
+        now = self._clock()
         with self._lock:
             self._entries[key] = entry
+            held = self._history.get(key, ())
+            if token not in held:
+                kept = tuple(t for t in held if t.expires_at > now)[-(HISTORY - 1):]
+                self._history[key] = kept + (token,)
         audit.event("token_fetched" if stale is None else "token_refreshed", tenant=key[0],
                     subtenant=key[1], fingerprint=token.fingerprint, serve_until=int(expires_at))
         return entry

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from conftest import JWT_SHAPE, FakeClock, free_port, recording_session, user_headers
-from gateway.proxy import Scrubber, upstream_path
+from gateway.proxy import Pattern, Scrubber, upstream_path
 from gateway.errors import NotFound
 
 ALICE = user_headers("alice@acme.example")
@@ -29,9 +29,13 @@ def assert_no_jwt(response):
     assert not JWT_SHAPE.search(blob), blob[:500]
 
 
+SAME_ORIGIN = {"Origin": "http://localhost"}  # the test client's own origin, as a browser would send
+
+
 def echo(pc, method="GET", path="/dashboard/api/echo", **kwargs):
     kwargs.setdefault("headers", {})
-    kwargs["headers"] = {**ALICE, **kwargs["headers"]}
+    writes = SAME_ORIGIN if method not in ("GET", "HEAD", "OPTIONS") else {}
+    kwargs["headers"] = {**ALICE, **writes, **kwargs["headers"]}
     response = pc.open(path, method=method, **kwargs)
     assert response.status_code == 200, response.get_data(as_text=True)[:300]
     return response.get_json()
@@ -152,35 +156,57 @@ def test_browser_token_parameter_is_replaced_by_ours(pc):
     assert seen["query"].startswith("a=1&b=2&token=zgtoken-")
 
 
-def test_hop_by_hop_and_credentials_are_not_forwarded(pc):
+def test_only_allow_listed_headers_are_forwarded(pc):
     seen = echo(pc, headers={"Connection": "X-Hop-One", "X-Hop-One": "1", "Keep-Alive": "timeout=5",
                              "TE": "trailers", "Upgrade": "websocket", "Proxy-Authorization": "Basic eA==",
-                             "Authorization": "Basic c2VjcmV0", "X-Kept": "yes",
+                             "Authorization": "Basic c2VjcmV0", "X-Custom": "yes", "Accept-Language": "de",
+                             "X-Tenant-Id": "other", "X-Sub-Tenant-Id": "other-team",
                              "X-Forwarded-For": "198.51.100.7"})
     names = {k.lower() for k in seen["headers"]}
-    assert not names & {"x-hop-one", "keep-alive", "te", "upgrade", "proxy-authorization",
-                        "x-forwarded-email", "x-forwarded-groups"}
+    assert names <= {"host", "accept", "accept-language", "user-agent", "x-forwarded-for", "x-forwarded-proto",
+                     "x-forwarded-host", "x-request-id", "accept-encoding", "content-length", "content-type"}, names
     assert seen["authorization_seen"] is False
-    assert seen["headers"]["X-Kept"] == "yes"
+    assert seen["headers"]["Accept-Language"] == "de"
+    assert seen["headers"]["Accept-Encoding"] == "identity"
     # Our trusted test peer passed X-Forwarded-For along; we append the peer we saw.
     assert seen["headers"]["X-Forwarded-For"] == "198.51.100.7, 127.0.0.1"
     assert seen["headers"]["X-Forwarded-Proto"] == "http"
     assert seen["headers"]["X-Forwarded-Host"] == "localhost"
 
 
-def test_our_session_cookie_is_not_forwarded_but_dashboard_cookies_are(pc):
+def test_a_partner_may_add_header_names_to_the_allow_list(make_app):
+    pc = make_app(GATEWAY_EMBED_MODE="proxy", GATEWAY_PROXY_FORWARD_HEADERS="X-Custom, X-Trace").test_client()
+    seen = echo(pc, headers={"X-Custom": "yes", "X-Other": "no"})
+    assert seen["headers"]["X-Custom"] == "yes" and "X-Other" not in seen["headers"]
+
+
+@pytest.mark.parametrize("name", ["X-Forwarded-Email", "X-Gateway-Proxy-Secret", "Cookie", "Authorization",
+                                  "X-Forwarded-Access-Token", "Cf-Access-Jwt-Assertion", "X-Api-Secret",
+                                  "Proxy-Foo", "X-My-Assertion"])
+def test_identity_and_secret_headers_cannot_be_added_to_the_allow_list(make_app, name):
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match="GATEWAY_PROXY_FORWARD_HEADERS must not list"):
+        make_app(GATEWAY_EMBED_MODE="proxy", GATEWAY_PROXY_FORWARD_HEADERS=f"X-Fine,{name}",
+                 GATEWAY_ASSERTION_HEADER="X-My-Assertion", GATEWAY_ASSERTION_JWKS_URL="https://idp.example/jwks",
+                 GATEWAY_ASSERTION_AUDIENCE="a", GATEWAY_ASSERTION_ISSUER="i")
+
+
+def test_only_the_dashboards_own_cookies_are_forwarded_under_their_own_names(pc):
     pc.get("/", headers=ALICE)
-    pc.set_cookie("zt_pref", "compact", path="/dashboard/")
+    pc.set_cookie("zd_zt_pref", "compact", path="/dashboard/")
+    pc.set_cookie("_oauth2_proxy", "sso-session", path="/")
+    pc.set_cookie("zt_plain", "not-namespaced", path="/dashboard/")
     seen = echo(pc)
     assert seen["headers"]["Cookie"] == "zt_pref=compact"
-    assert "zg_session" not in str(seen)
+    assert seen["cookies"] == {"zt_pref": "compact"}
 
 
 def test_upstream_set_cookie_is_rescoped_to_the_dashboard_path(pc):
     response = pc.get("/dashboard/api/cookie", headers=ALICE)
     cookies = [c for c in response.headers.getlist("Set-Cookie") if "zg_session=" not in c]
-    assert cookies == ["zt_pref=compact; Path=/dashboard/; HttpOnly; SameSite=Lax",
-                       "zt_view=week; Path=/dashboard/"]
+    assert cookies == ["zd_zt_pref=compact; Path=/dashboard/; HttpOnly; SameSite=Lax",
+                       "zd_zt_view=week; Path=/dashboard/"]
 
 
 def test_location_into_the_dashboard_is_rewritten(pc):
@@ -191,15 +217,15 @@ def test_location_into_the_dashboard_is_rewritten(pc):
 
 def test_request_body_streams_intact(pc):
     body = os.urandom(3 * 1024 * 1024 + 17)
-    result = pc.post("/dashboard/api/upload", data=body, headers=ALICE).get_json()
+    result = pc.post("/dashboard/api/upload", data=body, headers={**ALICE, **SAME_ORIGIN}).get_json()
     assert result == {"body_bytes": len(body), "body_sha256": hashlib.sha256(body).hexdigest()}
 
 
 def test_request_body_over_the_limit_is_413(make_app, sim):
     pc = make_app(GATEWAY_EMBED_MODE="proxy", GATEWAY_PROXY_MAX_BODY="1000").test_client()
-    response = pc.post("/dashboard/api/upload", data=b"x" * 1001, headers=ALICE)
+    response = pc.post("/dashboard/api/upload", data=b"x" * 1001, headers={**ALICE, **SAME_ORIGIN})
     assert response.status_code == 413 and "too large" in response.get_data(as_text=True)
-    assert pc.post("/dashboard/api/upload", data=b"x" * 1000, headers=ALICE).status_code == 200
+    assert pc.post("/dashboard/api/upload", data=b"x" * 1000, headers={**ALICE, **SAME_ORIGIN}).status_code == 200
     assert "/dashboard/api/upload" in sim.stats()["dashboard_paths"]
 
 
@@ -210,9 +236,10 @@ def test_chunked_body_over_the_limit_is_413(gunicorn, http):
         for _ in range(count):
             yield b"y" * 10000
 
-    ok = http.post(server.url + "/dashboard/api/upload", data=chunks(10), headers=ALICE)
+    headers = {**ALICE, "Origin": server.url}
+    ok = http.post(server.url + "/dashboard/api/upload", data=chunks(10), headers=headers)
     assert ok.status_code == 200 and ok.json()["body_bytes"] == 100000
-    response = http.post(server.url + "/dashboard/api/upload", data=chunks(20), headers=ALICE)
+    response = http.post(server.url + "/dashboard/api/upload", data=chunks(20), headers=headers)
     assert response.status_code == 413
 
 
@@ -261,8 +288,8 @@ def test_rejected_token_on_a_write_is_evicted_but_not_replayed(make_app, sim):
     pc.get("/dashboard/api/summary", headers=ALICE)
     sim.http.post(sim.url + "/_sim/revoke").raise_for_status()
     clock.advance(120)
-    assert pc.post("/dashboard/api/echo", data=b"x", headers=ALICE).status_code == 401
-    assert pc.post("/dashboard/api/echo", data=b"x", headers=ALICE).status_code == 200
+    assert pc.post("/dashboard/api/echo", data=b"x", headers={**ALICE, **SAME_ORIGIN}).status_code == 401
+    assert pc.post("/dashboard/api/echo", data=b"x", headers={**ALICE, **SAME_ORIGIN}).status_code == 200
     assert sim.stats()["token_requests"] == 2
 
 
@@ -279,9 +306,31 @@ def test_scrubber_replaces_across_every_chunk_boundary(size):
     token = b"eyJhbGciOi.eyJzdWIiOi.sig-abc_DEF"
     text = b"start " + token + b" middle e" + token + token + b" ey end e"
     expected = text.replace(token, b"PH")
-    scrubber = Scrubber(token, b"PH")
+    scrubber = Scrubber(Pattern({token.decode(): "PH"}))
     out = b"".join(scrubber.feed(text[i:i + size]) for i in range(0, len(text), size)) + scrubber.finish()
     assert out == expected
+
+
+@pytest.mark.parametrize("size", [1, 5, 64, 1000])
+def test_scrubber_finds_every_token_in_utf8_and_utf16_across_chunks(size):
+    old, new = "eyJvbGQ.eyJvbGQ.old-sig", "eyJuZXc.eyJuZXc.new-sig"
+    text = ("a" + old + " b " + new).encode() + ("<p>" + new + "</p>").encode("utf-16-le") + \
+        old.encode("utf-16-be") + b"e" + new.encode()[:-1]
+    pattern = Pattern({new: "PH", old: "PH"})
+    scrubber = Scrubber(pattern)
+    out = b"".join(scrubber.feed(text[i:i + size]) for i in range(0, len(text), size)) + scrubber.finish()
+    for token in (old, new):
+        for form in ("utf-8", "utf-16-le", "utf-16-be"):
+            assert token.encode(form) not in out
+    assert out.count(b"PH") == 2 and "PH".encode("utf-16-le") in out and "PH".encode("utf-16-be") in out
+    assert out.endswith(b"e" + new.encode()[:-1])  # a near-miss is passed on unchanged
+
+
+def test_scrubber_holds_nothing_back_past_a_newline():
+    scrubber = Scrubber(Pattern({"eyJhbGciOi.eyJzdWIiOi.sig": "PH"}))
+    assert scrubber.feed(b"data: 1\n\n") == b"data: 1\n\n"  # an event goes out at once
+    assert scrubber.feed(b"data: ey") == b""  # could be the start of a token: held
+    assert scrubber.feed(b"J\n\n") == b"data: eyJ\n\n"
 
 
 # ----------------------------------------------------------- path traversal
@@ -390,9 +439,7 @@ def test_long_open_page_keeps_working_across_token_renewals(sim, make_app):
 
 def test_hop_by_hop_response_headers_are_dropped():
     from urllib3 import HTTPHeaderDict
-    from gateway.proxy import DashboardProxy, _response_headers
-
-    proxy = DashboardProxy("http://dash.example/base/", timeout=1, max_body=1, token_in="query:token")
+    from gateway.proxy.policy import response_headers
     headers = HTTPHeaderDict()
     for name, value in [("Connection", "keep-alive, X-Upstream-Hop"), ("X-Upstream-Hop", "1"),
                         ("Keep-Alive", "timeout=5"), ("Transfer-Encoding", "chunked"), ("Trailer", "X"),
@@ -402,16 +449,8 @@ def test_hop_by_hop_response_headers_are_dropped():
                         ("Cache-Control", "public, max-age=60")]:
         headers.add(name, value)
 
-    class Upstream:
-        pass
-
-    upstream = Upstream()
-    upstream.headers = headers
-
-    import flask
-    app = flask.Flask("t")
-    app.config["SESSION_COOKIE_NAME"] = "zg_session"
-    with app.app_context():
-        out = _response_headers(upstream, proxy, "TKN", "PH", rewrite_body=True)
-    assert out == [("X-Kept", "PH"), ("Set-Cookie", "a=1; Path=/dashboard/"), ("Set-Cookie", "b=2; Path=/dashboard/"),
+    out = response_headers(headers, pattern=Pattern({"TKN": "PH"}), upstream_origin="http://dash.example",
+                           upstream_base_path="/base/", decoded=True)
+    assert out == [("X-Kept", "PH"), ("Set-Cookie", "zd_a=1; Path=/dashboard/"),
+                   ("Set-Cookie", "zd_b=2; Path=/dashboard/"),
                    ("Location", "/dashboard/next?token=PH"), ("Cache-Control", "private, max-age=60")]

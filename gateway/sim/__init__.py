@@ -49,6 +49,7 @@ class SimState:
             self.windows: dict[str, collections.deque] = {}
             self.minted: set[str] = set()
             self.revoked: set[str] = set()
+            self.first_seen: dict[tuple[str, str], str] = {}
 
     def next_fault(self) -> dict | None:
         with self.lock:

@@ -5,8 +5,10 @@ the proxy tests use. Every route here runs after the token check in
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import time
+import zlib
 from html import escape
 
 from flask import Flask, Response, jsonify, redirect, request, stream_with_context
@@ -30,12 +32,37 @@ PAGE = """<!doctype html>
 """
 
 
+PAGE_CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'"
+
+
+def _encode(data: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(data)
+    if encoding == "deflate":
+        return zlib.compress(data)
+    if encoding == "br":
+        import brotli
+
+        return brotli.compress(data)
+    if encoding == "zstd":
+        try:
+            from compression import zstd
+        except ImportError:
+            from backports import zstd
+        return zstd.compress(data)
+    return data
+
+
 def register(app: Flask, state, poll_ms: int = 15000) -> None:
     def claims() -> dict:
         return request.environ["sim.claims"]
 
     def token() -> str:
-        return request.environ["sim.token"]
+        value = request.environ["sim.token"]
+        c = claims()
+        # What a dashboard keeps in its own session state (emptied by /_sim/reset with the rest).
+        state.first_seen.setdefault((c["tenantId"], c["subTenantId"]), value)
+        return value
 
     @app.get("/dashboard/")
     def page():
@@ -46,7 +73,10 @@ def register(app: Flask, state, poll_ms: int = 15000) -> None:
         boot = boot.replace("</", "<\\/")
         html = PAGE.format(token=escape(token()), bootstrap=boot, tenant=escape(c["tenantId"]),
                            subtenant=escape(c["subTenantId"]))
-        return Response(html, mimetype="text/html")
+        response = Response(html, mimetype="text/html")
+        # A policy of its own, as most web apps send, with no say on who may frame it.
+        response.headers["Content-Security-Policy"] = PAGE_CSP
+        return response
 
     @app.get("/dashboard/app.js")
     def app_js():
@@ -69,6 +99,7 @@ def register(app: Flask, state, poll_ms: int = 15000) -> None:
         return jsonify(method=request.method, path=request.path,
                        query=request.environ.get("QUERY_STRING", ""),
                        headers=headers, cookies_seen="Cookie" in request.headers,
+                       cookies=dict(request.cookies),
                        authorization_seen="Authorization" in request.headers,
                        body_bytes=len(body), body_sha256=hashlib.sha256(body).hexdigest())
 
@@ -78,6 +109,52 @@ def register(app: Flask, state, poll_ms: int = 15000) -> None:
         response = jsonify(token=token(), note=f"token={token()}")
         response.headers["X-Dashboard-Token"] = token()
         return response
+
+    @app.get("/dashboard/api/echo-token-as")
+    def echo_token_as():
+        """The token in a chosen type, charset and content coding, and in Link and custom headers.
+
+        ``which=first`` echoes the first token this dashboard saw for the team, as a
+        dashboard that keeps it in its own state would after the gateway renewed it.
+        """
+        c = claims()
+        value = token()
+        if request.args.get("which") == "first":
+            value = state.first_seen[(c["tenantId"], c["subTenantId"])]
+        kind = request.args.get("type", "application/json")
+        charset = request.args.get("charset", "utf-8")
+        text = f'{{"token":"{value}","data":{{"token":"{value}"}}}}\n'
+        if kind == "text/html":
+            text = f"<!doctype html><html><body><p id=t>{value}</p></body></html>"
+        body = _encode(text.encode(charset), request.args.get("encoding", ""))
+        response = Response(body, content_type=f"{kind}; charset={charset}" if "charset" in request.args else kind)
+        if request.args.get("encoding"):
+            response.headers["Content-Encoding"] = request.args["encoding"]
+        response.headers["Link"] = f"</dashboard/api/next?token={value}>; rel=next"
+        response.headers["X-Insights-Session"] = f"t={value}"
+        return response
+
+    @app.get("/dashboard/api/download")
+    def download():
+        # Reflects a parameter into a binary download, as exports put a title in the file.
+        title = request.args.get("title", "")
+        body = b"\x00\x01EXPORT\x00title=" + title.encode() + b"\x00" + bytes(range(256))
+        return Response(body, mimetype="application/octet-stream",
+                        headers={"Content-Disposition": "attachment; filename=export.bin"})
+
+    @app.get("/dashboard/api/events")
+    def events():
+        count = min(int(request.args.get("n", "3")), 50)
+        gap = min(float(request.args.get("gap", "0.2")), 5)
+        value = token()
+
+        def generate():
+            for i in range(count):
+                yield f"id: {i}\ndata: {{\"n\":{i},\"token\":\"{value}\"}}\n\n".encode()
+                time.sleep(gap)
+
+        return Response(stream_with_context(generate()), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache"})
 
     @app.get("/dashboard/api/redirect")
     def go_elsewhere():

@@ -1,0 +1,18 @@
+"""The dashboard reverse proxy: ``/dashboard/<path>`` on our origin, token attached here.
+
+The browser only ever talks to the gateway. Each request under ``/dashboard/``
+is checked (``paths``: it must stay inside the base path), reduced to what the
+dashboard may see (``policy``: an allow-list of headers, the dashboard's own
+cookies), given the session's token server-side in its one designated place
+and forwarded to the same path under ``ZIPTEAMS_DASHBOARD_URL`` (``view``).
+The answer streams back with every token this gateway holds for the team
+replaced by a per-session placeholder (``scrub``, ``placeholders``), so no token
+ever reaches the browser.
+"""
+from .paths import upstream_path
+from .placeholders import PLACEHOLDER, bound_match, placeholder_for
+from .scrub import Pattern, Scrubber
+from .view import DashboardProxy, bp, init_app
+
+__all__ = ["DashboardProxy", "PLACEHOLDER", "Pattern", "Scrubber", "bound_match", "bp", "init_app",
+           "placeholder_for", "upstream_path"]

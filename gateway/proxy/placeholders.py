@@ -1,0 +1,51 @@
+"""Per-session stand-ins for the token, and the team a request's placeholder binds it to.
+
+The dashboard echoes its token into pages and scripts; on the way out every
+occurrence becomes this session's placeholder for the subtenant. A placeholder
+is never swapped back into anything the browser sends: the gateway itself puts
+the real token in its one designated place (the ``token`` query parameter or
+the ``Authorization`` header). A placeholder only tells which of the user's
+subtenants the page was rendered for.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+
+from flask import current_app, request, session
+
+from ..errors import NotLinked
+
+PLACEHOLDER = re.compile(r"zgtoken-[0-9a-f]{32}")
+
+
+def placeholder_for(key: str) -> str:
+    """This session's stand-in for subtenant ``key``'s token; stable across token renewals.
+
+    Derived (HMAC of the session id and the subtenant), so nothing is stored, and
+    different for each subtenant, so a page keeps talking to the team it was
+    rendered for even after another tab switches the session to another team.
+    """
+    sid = session["sid"]
+    memo = current_app.extensions["placeholders"]
+    value = memo.get((sid, key))
+    if value is None:
+        secret = current_app.config["SECRET_KEY"].encode()
+        digest = hmac.new(secret, f"{sid}|{key}".encode(), hashlib.sha256).hexdigest()
+        value = "zgtoken-" + digest[:32]
+        memo.put((sid, key), value)
+    return value
+
+
+def bound_match(matches):
+    """The subtenant a request's placeholder names (its page was rendered for it), if any."""
+    found = PLACEHOLDER.search(request.environ.get("QUERY_STRING", "")) or \
+        PLACEHOLDER.search(request.path) or PLACEHOLDER.search(request.headers.get("Authorization", ""))
+    if not found:
+        return None
+    for match in matches:
+        if hmac.compare_digest(placeholder_for(match.key), found.group(0)):
+            return match
+    # Forged, from another session, or for a team the user no longer belongs to.
+    raise NotLinked("placeholder names no subtenant of this user")
