@@ -38,6 +38,7 @@ bp = Blueprint("auth", __name__)
 
 HANDOFF_MAX_LIFETIME = 300
 ASSERTION_REMEMBER_SECONDS = 60  # a proxy's assertion, once verified (see gateway.assertions)
+SIGNOUT_TICKET_SECONDS = 60  # a sign-out continues to GATEWAY_LOGOUT_URL within this
 SEEN_GRANULARITY = 60  # rewrite the cookie's last-seen time at most once a minute
 OPEN_ENDPOINTS = frozenset({"static", "ops.healthz", "ops.readyz", "ops.metrics_endpoint", "embed.brand_css"})
 # Asked by open pages on a timer: they must not keep an idle session alive.
@@ -295,22 +296,55 @@ def handoff():
 
 @bp.route("/logout", methods=("POST",))
 def logout():
+    """End the session here, then (Post/Redirect/Get) continue at /signed-out.
+
+    The sign-out at the IdP or at GATEWAY_LOGOUT_URL is a plain navigation from that
+    same-origin page, never a redirect of this form post: CSP form-action covers every
+    redirect of a form submission, and ours allows only 'self'.
+    """
     security.require_csrf()
     if g.user is not None:
         audit.event("logout", email=g.user.email)
+    onward = _onward_signout()
     end_session("logout")
+    if onward is None:
+        return redirect(url_for("auth.signed_out"), code=303)
+    if current_app.config["GATEWAY_AUTH_MODE"] == "oidc":
+        # Kept in the now anonymous session for one page (it may name the ID token).
+        session["signout_next"] = onward
+        return redirect(url_for("auth.signed_out"), code=303)
+    # Behind an identity proxy the next request starts a fresh session from its headers,
+    # so a signed, short-lived ticket says "continue to GATEWAY_LOGOUT_URL" instead.
+    return redirect(url_for("auth.signed_out", bye=_tickets().dumps("bye")), code=303)
+
+
+def _tickets():
+    from itsdangerous import URLSafeTimedSerializer
+
+    return URLSafeTimedSerializer(current_app.secret_key, salt="gateway-signed-out")
+
+
+def _onward_signout() -> str | None:
+    """Where the browser should go next to end the session at the IdP or the partner's proxy."""
     if current_app.config["GATEWAY_AUTH_MODE"] == "oidc":
         from .oidc import idp_logout_url
 
-        target = idp_logout_url()
+        target = idp_logout_url(session.get("idt"))
         if target:
-            return redirect(target)
-    target = current_app.config["GATEWAY_LOGOUT_URL"]
-    if target:
-        return redirect(target)
-    return render_template("signed_out.html")
+            return target
+    return current_app.config["GATEWAY_LOGOUT_URL"] or None
 
 
 @bp.route("/signed-out")
 def signed_out():
-    return render_template("signed_out.html")
+    from itsdangerous import BadData
+
+    onward = session.pop("signout_next", None)
+    ticket = request.args.get("bye")
+    if onward is None and ticket:
+        try:
+            _tickets().loads(ticket, max_age=SIGNOUT_TICKET_SECONDS)
+            onward = current_app.config["GATEWAY_LOGOUT_URL"] or None
+        except BadData:
+            onward = None
+    return render_template("signed_out.html", onward=onward if isinstance(onward, str) else None)

@@ -9,6 +9,7 @@ expiry and fingerprint.
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 
 import click
@@ -39,13 +40,20 @@ def tenants_command():
 
 
 @gateway_cli.command("explain")
-@click.argument("email")
+@click.argument("email", required=False)
 @click.option("--groups", default="", help="Comma-separated groups, as the SSO would send them.")
-def explain_command(email: str, groups: str):
+@click.option("--claims", "claims_file", type=click.File("r"),
+              help="OIDC: a JSON file of a user's claims (a decoded ID token, merged with userinfo); "
+                   "email and groups are read from it as a sign-in would read them.")
+def explain_command(email: str | None, groups: str, claims_file):
     """Which rules match EMAIL (and groups), and what that user would see."""
     from .tenants import normalize_email
 
     group_list = tuple(g.strip() for g in groups.split(",") if g.strip())
+    if claims_file is not None:
+        email, group_list = _from_claims(json.load(claims_file))
+    if not email:
+        raise click.UsageError("give EMAIL or --claims")
     address = normalize_email(email)
     if address is None:
         click.echo(f"{email!r} is not one well-formed email address: no email or domain rule can match it.")
@@ -62,6 +70,18 @@ def explain_command(email: str, groups: str):
         click.echo(f"They would see: a choice between {len(matches)} teams at /select.")
 
 
+def _from_claims(claims: dict) -> tuple[str, tuple[str, ...]]:
+    cfg = current_app.config
+    email = next((claims[c] for c in cfg["OIDC_EMAIL_CLAIM"].split(",") if isinstance(claims.get(c), str)), "")
+    groups = claims.get(cfg["OIDC_GROUPS_CLAIM"])
+    if groups is None and cfg["OIDC_GROUPS_CLAIM"] in (claims.get("_claim_names") or {}):
+        from .oidc import OVERAGE_HINT
+
+        click.echo(f"groups overage: the IdP sent a pointer instead of {cfg['OIDC_GROUPS_CLAIM']!r}: {OVERAGE_HINT}.")
+    groups = [groups] if isinstance(groups, str) else groups if isinstance(groups, list) else []
+    return email, tuple(str(g) for g in groups)
+
+
 @gateway_cli.command("check")
 @click.option("--subtenant", "key", metavar="TENANT/SUBTENANT",
               help="Which subtenant to request a token for (default: the first rule).")
@@ -72,6 +92,8 @@ def check_command(key: str | None):
     click.echo(f"settings: ok (auth mode {cfg['GATEWAY_AUTH_MODE']}, embed mode {cfg['GATEWAY_EMBED_MODE']}, "
                f"cache {redact_url(cfg['GATEWAY_CACHE_URL'])})")
     click.echo(f"tenants file: ok ({len(rules)} subtenant rules)")
+    if cfg["GATEWAY_AUTH_MODE"] == "oidc":
+        _check_idp(cfg)
     shared = current_app.extensions["shared"]
     if shared is not None:
         click.echo("shared cache: " + ("reachable" if shared.ping() else "UNREACHABLE (the gateway would "
@@ -93,6 +115,23 @@ def check_command(key: str | None):
     click.echo(f"  expires: {expires:%Y-%m-%d %H:%M:%S} UTC "
                f"(in {(token.expires_at - token.issued_at) / 3600:.1f} h from issue)")
     click.echo(f"  fingerprint: {token.fingerprint}")
+
+
+def _check_idp(cfg) -> None:
+    from .errors import GatewayError
+    from .oidc import auth_method_problem, metadata
+
+    try:
+        meta = metadata()
+    except GatewayError as exc:
+        click.echo(f"IdP discovery: FAILED ({exc.detail})", err=True)
+        sys.exit(1)
+    problem = auth_method_problem(meta, cfg["OIDC_CLIENT_AUTH_METHOD"])
+    if problem:
+        click.echo(f"IdP client authentication: MISMATCH: {problem}", err=True)
+        sys.exit(1)
+    click.echo(f"IdP: ok ({meta.get('issuer')}, client authentication {cfg['OIDC_CLIENT_AUTH_METHOD']}, "
+               f"RFC 9207 iss {'checked' if meta.get('authorization_response_iss_parameter_supported') else 'not offered'})")
 
 
 def init_app(app: Flask) -> None:

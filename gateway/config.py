@@ -227,6 +227,13 @@ def _frame_ancestors(raw: str) -> str:
     return value
 
 
+def _claim_names(raw: str) -> str:
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    if not names or any(not re.fullmatch(r"[A-Za-z0-9_:./-]+", n) for n in names):
+        raise ValueError("must be claim names, comma-separated")
+    return ",".join(names)
+
+
 def _header_names(raw: str) -> tuple[str, ...]:
     return tuple(_header_name(name) for name in raw.split(",") if name.strip())
 
@@ -314,8 +321,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OIDC_CLIENT_SECRET", "", "OIDC mode: the gateway's client secret at the IdP.",
             _optional_secret(1), secret=True),
     Setting("OIDC_SCOPES", "openid email profile", "OIDC mode: scopes to request (must include openid).", str),
-    Setting("OIDC_EMAIL_CLAIM", "email", "OIDC mode: ID token claim with the user's email.", str),
-    Setting("OIDC_GROUPS_CLAIM", "groups", "OIDC mode: ID token claim with the user's groups (a list).", str),
+    Setting("OIDC_EMAIL_CLAIM", "email",
+            "OIDC mode: claim with the user's email, or comma-separated fallbacks tried in order (e.g. "
+            "upn,preferred_username for Entra ID). List a login name only if users cannot choose it.",
+            _claim_names),
+    Setting("OIDC_GROUPS_CLAIM", "groups", "OIDC mode: claim with the user's groups (a list).", _non_empty),
+    Setting("OIDC_USERINFO", "auto",
+            "OIDC mode: read claims from the userinfo endpoint: auto (when the ID token lacks the email or "
+            "groups claim), always, or never. The ID token wins where both have a claim; sub must match.",
+            _choice("auto", "always", "never")),
+    Setting("OIDC_LEEWAY", "120", "OIDC mode: seconds of clock difference tolerated for the ID token's "
+            "iat, exp and nbf.", _non_negative_int),
+    Setting("OIDC_CLIENT_AUTH_METHOD", "client_secret_basic",
+            "OIDC mode: how the gateway authenticates at the token endpoint: client_secret_basic, "
+            "client_secret_post, or private_key_jwt (with OIDC_CLIENT_KEY_FILE).",
+            _choice("client_secret_basic", "client_secret_post", "private_key_jwt")),
+    Setting("OIDC_CLIENT_KEY_FILE", "", "OIDC mode, private_key_jwt: PEM file with the gateway's private key "
+            "(RSA signs RS256, EC P-256 signs ES256); register its public half at the IdP.", str),
+    Setting("OIDC_CLIENT_KEY_ID", "", "OIDC mode, private_key_jwt: the key id (kid) the IdP knows the key by.", str),
+    Setting("OIDC_LOGOUT_HINT", "client_id",
+            "OIDC mode: how sign-out names us to the IdP's end-session endpoint: client_id, or id_token_hint "
+            "(Okta requires it; the ID token is then kept in the session cookie and sent in the sign-out URL).",
+            _choice("client_id", "id_token_hint")),
     Setting("OIDC_REQUIRE_VERIFIED_EMAIL", "true",
             "OIDC mode: refuse users whose email_verified claim is not true. Turn off only if your IdP "
             "never sends email_verified and verifies every address itself; otherwise anyone who can "
@@ -454,7 +481,9 @@ def _check_together(config: dict[str, Any]) -> None:
     """Settings that only make sense in combination."""
     mode = config["GATEWAY_AUTH_MODE"]
     need = {
-        "oidc": ("OIDC_ISSUER", "OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET", "GATEWAY_PUBLIC_URL"),
+        "oidc": ("OIDC_ISSUER", "OIDC_CLIENT_ID", "GATEWAY_PUBLIC_URL",
+                 "OIDC_CLIENT_KEY_FILE" if config["OIDC_CLIENT_AUTH_METHOD"] == "private_key_jwt"
+                 else "OIDC_CLIENT_SECRET"),
         "jwt": ("GATEWAY_HANDOFF_AUDIENCE", "GATEWAY_HANDOFF_ISSUER"),
     }.get(mode, ())
     for name in need:
@@ -462,6 +491,8 @@ def _check_together(config: dict[str, Any]) -> None:
             raise ConfigError(f"{name} is required when GATEWAY_AUTH_MODE={mode}: {BY_NAME[name].help}")
     if mode == "oidc" and "openid" not in config["OIDC_SCOPES"].split():
         raise ConfigError("OIDC_SCOPES must include openid")
+    if mode == "oidc" and config["OIDC_CLIENT_AUTH_METHOD"] == "private_key_jwt":
+        _check_private_key(config["OIDC_CLIENT_KEY_FILE"])
     if mode == "jwt" and bool(config["GATEWAY_HANDOFF_SECRET"]) == bool(config["GATEWAY_HANDOFF_JWKS_URL"]):
         raise ConfigError("GATEWAY_AUTH_MODE=jwt needs exactly one of GATEWAY_HANDOFF_SECRET (HS256) "
                           "or GATEWAY_HANDOFF_JWKS_URL (RS256/ES256)")
@@ -475,6 +506,22 @@ def _check_together(config: dict[str, Any]) -> None:
         raise ConfigError("GATEWAY_COOKIE_SAMESITE=None needs GATEWAY_COOKIE_SECURE=true (browsers require it)")
     if config["GATEWAY_SESSION_IDLE"] > config["GATEWAY_SESSION_MAX"]:
         raise ConfigError("GATEWAY_SESSION_IDLE must not be longer than GATEWAY_SESSION_MAX")
+
+
+def _check_private_key(path: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        with open(path, "rb") as fh:
+            key = load_pem_private_key(fh.read(), password=None)
+    except OSError as exc:
+        raise ConfigError(f"OIDC_CLIENT_KEY_FILE: cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError):
+        raise ConfigError(f"OIDC_CLIENT_KEY_FILE: {path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)) or (
+            isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name != "secp256r1"):
+        raise ConfigError("OIDC_CLIENT_KEY_FILE must hold an RSA or EC P-256 private key")
 
 
 def env_int(name: str, default: int, source: Mapping[str, str] | None = None) -> int:

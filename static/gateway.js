@@ -28,6 +28,14 @@
     }
     return;
   }
+  if (data.page === "signed-out") {
+    // Ended here; end the sign-in at the IdP or the partner's proxy too. A navigation, not a
+    // form redirect: CSP form-action (ours allows only 'self') governs the latter.
+    var onward = document.getElementById("continue-signout");
+    if (onward) { window.location.replace(onward.href); }
+    tell("signed-out", 200);
+    return;
+  }
   if (data.page !== "embed") { return; }
 
   var frame = document.getElementById("dashboard");

@@ -182,14 +182,17 @@ def test_logout_signs_out_here_and_at_the_idp_and_the_cookie_is_dead(oidc_app, i
     page = client.get("/").get_data(as_text=True)
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     out = client.post("/logout", data={"csrf_token": csrf})
-    assert out.status_code == 302
-    target = urlsplit(out.headers["Location"])
+    assert out.status_code == 303 and out.headers["Location"] == "/signed-out"
+    onward = client.get("/signed-out").get_data(as_text=True)
+    href = re.search(r'id="continue-signout" class="button" href="([^"]+)"', onward).group(1).replace("&amp;", "&")
+    target = urlsplit(href)
     assert f"{target.scheme}://{target.netloc}{target.path}" == f"{idp}/oauth2/end_session"
     query = parse_qs(target.query)
     assert query["post_logout_redirect_uri"] == [PUBLIC + "/signed-out"] and query["client_id"] == [CLIENT_ID]
-    assert "id_token_hint" not in query  # no token in a URL handed to the browser
+    assert "id_token_hint" not in query  # no token in a URL handed to the browser (the default)
     with recording_session() as http:
-        assert http.get(out.headers["Location"]).status_code == 200  # the IdP's sign-out page
+        assert http.get(href).status_code == 200  # the IdP's sign-out page
+    assert "continue-signout" not in client.get("/signed-out").get_data(as_text=True)  # one page only
     replay = oidc_app.test_client()
     replay.set_cookie("__Host-zg_session", cookie)
     response = replay.get("/")
