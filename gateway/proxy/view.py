@@ -33,6 +33,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 RETRYABLE = SAFE_METHODS  # idempotent and without a body to replay
 CHUNK = 64 * 1024
 SMALL_BODY = 256 * 1024  # answers up to this size are sent whole, with a Content-Length
+RANGES = frozenset({"range", "if-range"})
 _FRAGILE_FRESHNESS = 30.0  # a token younger than this is not evicted on a 401/403
 
 
@@ -99,9 +100,9 @@ def init_app(app) -> None:
 
 
 # ------------------------------------------------------------------ outgoing
-def _forward_headers(token: str, proxy: DashboardProxy) -> dict[str, str]:
-    headers = policy.request_headers(request.headers, allowed=proxy.forward, host=request.host,
-                                     upstream_origin=proxy.upstream_origin,
+def _forward_headers(token: str, proxy: DashboardProxy, ranges: bool = True) -> dict[str, str]:
+    headers = policy.request_headers(request.headers, allowed=proxy.forward if ranges else proxy.forward - RANGES,
+                                     host=request.host, upstream_origin=proxy.upstream_origin,
                                      upstream_base_path=proxy.upstream_base_path)
     cookies = policy.dashboard_cookies(request.cookies)
     if cookies:
@@ -196,12 +197,12 @@ def _send(proxy: DashboardProxy, url: str, headers: dict, body: RequestBody | No
         raise UpstreamFailure(f"dashboard unreachable ({type(exc).__name__})") from None
 
 
-def _forward(proxy: DashboardProxy, rest: str, token: DashboardToken, body):
+def _forward(proxy: DashboardProxy, rest: str, token: DashboardToken, body, ranges: bool = True):
     url = proxy.upstream_base_path + rest
     query = _forward_query(token.value, proxy)
     if query:
         url += "?" + query
-    return _send(proxy, url, _forward_headers(token.value, proxy), body)
+    return _send(proxy, url, _forward_headers(token.value, proxy, ranges), body)
 
 
 # ----------------------------------------------------------------- responses
@@ -293,6 +294,12 @@ def dashboard(path: str):
             _discard(upstream)
             token = cache.get(sub.tenant, sub.id)
             upstream = _forward(proxy, rest, token, None)
+    if upstream.status == 206 and request.method in RETRYABLE and body is None and \
+            not scrub.is_binary(upstream.headers.get("Content-Type", "")):
+        # A slice of a text answer could cut a token in two, and two slices would hand over
+        # both halves unscrubbed: text is only ever sent whole (a server may ignore Range).
+        _discard(upstream)
+        upstream = _forward(proxy, rest, token, None, ranges=False)
     g.proxied = True
     # Every token we hold for this team that is still valid: the dashboard may echo an older one.
     pattern = scrub.pattern_for(cache.valid_values(sub.tenant, sub.id, token), ph)

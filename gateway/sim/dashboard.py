@@ -132,7 +132,8 @@ def register(app: Flask, state, poll_ms: int = 15000) -> None:
             response.headers["Content-Encoding"] = request.args["encoding"]
         response.headers["Link"] = f"</dashboard/api/next?token={value}>; rel=next"
         response.headers["X-Insights-Session"] = f"t={value}"
-        return response
+        # Byte ranges, as static file servers offer them: a slice could cut the token in two.
+        return response.make_conditional(request, accept_ranges=True, complete_length=len(body))
 
     @app.get("/dashboard/api/download")
     def download():
