@@ -160,7 +160,7 @@ def test_logout_revokes_the_cookie_server_side(jwt_app):
     cookie = client.get_cookie("__Host-zg_session").value
     page = client.get("/")
     csrf = page.get_data(as_text=True).split('name="csrf_token" value="')[1].split('"')[0]
-    assert client.post("/logout", data={"csrf_token": csrf}).status_code == 200
+    assert client.post("/logout", data={"csrf_token": csrf}).status_code == 303
     replay = jwt_app.test_client()
     replay.set_cookie("__Host-zg_session", cookie)
     assert replay.get("/").status_code == 401
