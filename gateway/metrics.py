@@ -29,6 +29,11 @@ ZIPTEAMS_SECONDS = Histogram("gateway_zipteams_request_seconds", "Token request 
 ZIPTEAMS_REFUSED = Counter("gateway_zipteams_refused_total",
                            "Token requests not sent, to protect Zipteams: rate_limit, backoff, breaker.",
                            ["reason"])
+ZIPTEAMS_CONFIG_ERRORS = Counter("gateway_zipteams_config_errors_total",
+                                 "Token requests Zipteams refused for a configuration reason (400, 403, a token "
+                                 "for another subtenant), by code: never counted as an outage.", ["code"])
+STATE_UNAVAILABLE = Counter("gateway_state_unavailable_total",
+                            "Revocation or single-use checks answered without the shared store, by use.", ["use"])
 BREAKER_STATE = Gauge("gateway_breaker_state", "Circuit breaker toward Zipteams: 0 closed, 1 half-open, 2 open.",
                       multiprocess_mode="livemax")
 REDIS_ERRORS = Counter("gateway_redis_errors_total", "Failed calls to the shared Redis cache.")

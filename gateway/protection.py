@@ -20,11 +20,21 @@ from typing import Callable
 from . import metrics
 from .errors import ServiceBusy
 from .shared import LOCK_SECONDS, Shared
-from .zipteams import (DashboardToken, ZipteamsClient, ZipteamsError, ZipteamsRateLimited,
-                       ZipteamsServerError, ZipteamsUnreachable, parse_token)
+from .zipteams import (DashboardToken, ZipteamsBadRequest, ZipteamsClient, ZipteamsError, ZipteamsForbidden,
+                       ZipteamsInvalidToken, ZipteamsRateLimited, ZipteamsServerError, ZipteamsUnreachable,
+                       parse_token)
 
 logger = logging.getLogger(__name__)
 
+# Answers that say Zipteams is up but will not give *this* request a token: never an outage.
+CONFIGURATION_ERRORS = (ZipteamsBadRequest, ZipteamsForbidden, ZipteamsInvalidToken)
+CONFIG_HINTS = {
+    "zipteams_forbidden": "Zipteams refused the partner key or secret (ZIPTEAMS_API_KEY/SECRET)",
+    "zipteams_bad_request": "Zipteams refused the tenant or subtenant id: check the tenants file",
+    "zipteams_missing_tenant": "Zipteams says the tenant id is missing: check the tenants file",
+    "zipteams_missing_subtenant": "Zipteams says the subtenant id is missing: check the tenants file",
+    "zipteams_invalid_token": "Zipteams sent a token that is not for this tenant/subtenant or not a usable JWT",
+}
 MAX_LIMITER_WAIT = 2.0    # a user waits this long at most for a rate-limit slot
 BACKOFF_BASE = 0.2
 BACKOFF_CAP = 2.0
@@ -171,6 +181,7 @@ class ProtectedFetch:
         retries = 0 if probe else self.retries
         started = self._monotonic()
         attempt = 0
+        settled = False  # the breaker heard the outcome; otherwise the probe slot is freed below
         try:
             while True:
                 wait = self.limiter.admit()
@@ -186,24 +197,35 @@ class ProtectedFetch:
                     self._backoff_until = self._clock() + exc.retry_after
                     if self._shared is not None:
                         self._shared.set_backoff(self._name, exc.retry_after)
-                    self.breaker.neutral()
                     raise
-                except (ZipteamsServerError, ZipteamsUnreachable):
+                except (ZipteamsServerError, ZipteamsUnreachable) as exc:
                     delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt) * (0.5 + self._rng.random())
                     if attempt < retries and self._monotonic() - started + delay < self.deadline:
                         attempt += 1
                         self._sleep(delay)
                         continue
                     self.breaker.failure()
+                    settled = True
+                    raise exc
+                except CONFIGURATION_ERRORS as exc:
+                    # Zipteams answered, so it is up: this subtenant (or our key) is misconfigured.
+                    # Counted per subtenant, never as an outage that would fail every other team.
+                    metrics.ZIPTEAMS_CONFIG_ERRORS.labels(exc.code).inc()
+                    logger.error("zipteams configuration error tenant=%s subtenant=%s code=%s: %s",
+                                 tenant, subtenant, exc.code, CONFIG_HINTS.get(exc.code, "check the tenants file"))
                     raise
                 except ZipteamsError:
-                    self.breaker.failure()
+                    self.breaker.failure()  # timeouts, malformed envelopes: Zipteams is not well
+                    settled = True
                     raise
                 self.breaker.success()
+                settled = True
                 return token
-        except (ZipteamsThrottled, BreakerOpen):
-            self.breaker.neutral()
-            raise
+        finally:
+            if not settled:
+                # Throttled, refused by our limiter, a configuration error, or anything unexpected:
+                # nothing learned about Zipteams' health, but the half-open probe slot is freed.
+                self.breaker.neutral()
 
 
 class SharedLoader:

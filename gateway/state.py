@@ -4,9 +4,8 @@ A signed cookie stays valid until it expires, so logging out must also record
 the session id as revoked where every worker looks; a hand-off JWT's ``jti``
 must be usable once across all workers. With Redis configured that is Redis
 (shared by every instance); otherwise an SQLite file on this host
-(``GATEWAY_STATE_DB``), which every worker of this instance shares. Unlike the
-token cache, this state is not optional: if it cannot be reached, the answer
-is "revoked" / "already used", never a silent yes.
+(``GATEWAY_STATE_DB``), which every worker of this instance shares. What happens
+when the store is down or silent is stated per use in ``SecurityState``.
 """
 from __future__ import annotations
 
@@ -22,7 +21,9 @@ import threading
 import time
 from typing import Callable
 
+from . import metrics
 from .config import redact_url
+from .errors import GatewayError
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,8 @@ class RedisState:
         import redis
 
         self._where = redact_url(url)  # for reprs and log lines: never the password
-        self._redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        # A silent Redis costs this much once per back-off window (SecurityState), not per request.
+        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._errors = (redis.RedisError, OSError)
         self._ns = "zg:" + hashlib.sha256(namespace.encode()).hexdigest()[:16] + ":state:"
 
@@ -151,33 +153,88 @@ class RedisState:
             raise StateUnavailable(f"{type(exc).__name__} from {self._where}") from None
 
 
-class SecurityState:
-    """Revocations and single-use ids; fails closed."""
+class HandoffUnverifiable(GatewayError):
+    status_code = 503
+    code = "handoff_unverifiable"
+    title = "This sign-in link cannot be checked right now"
+    message = "We could not make sure that this sign-in link is used only once, so it was not used."
+    hint = "Go back to the page you came from and open the dashboard again in a minute."
 
-    def __init__(self, backend):
+
+class SecurityState:
+    """Revocations and single-use ids, with one stated policy each for a store that is down or silent.
+
+    - Revocation check: fails open. "Store unavailable" is never "revoked": a Redis
+      outage must not sign every user out. The trade-off: during an outage a copied
+      cookie of a signed-out session is accepted until the store answers again (the
+      session's idle and absolute limits still hold).
+    - Recording a revocation: best effort, logged when it could not be recorded.
+    - Single use of a hand-off id: fails closed, with a plain 503 page (HandoffUnverifiable),
+      not a 401 that looks like an attack.
+    After a failure the store is not asked again for ``retry_after`` seconds (a silent
+    Redis costs one time-out per window, not one per request), and it is logged at most
+    once a minute.
+    """
+
+    def __init__(self, backend, *, retry_after: float = 5.0, log_every: float = 60.0,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.backend = backend
+        self._retry_after, self._log_every, self._monotonic = retry_after, log_every, monotonic
+        self._down_until = 0.0
+        self._logged_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def _up(self) -> bool:
+        return self._monotonic() >= self._down_until
+
+    def _unavailable(self, use: str, exc: Exception | None, consequence: str) -> None:
+        metrics.STATE_UNAVAILABLE.labels(use).inc()
+        now = self._monotonic()
+        with self._lock:
+            if exc is not None:
+                self._down_until = now + self._retry_after
+            log = now - self._logged_at >= self._log_every
+            if log:
+                self._logged_at = now
+        if log:
+            logger.error("security state store unavailable (%s): %s; retried every %gs, logged once a minute",
+                         exc or "backing off", consequence, self._retry_after)
 
     def revoke_session(self, sid: str, ttl: float) -> None:
+        consequence = ("a logout could not be recorded: the cookie is cleared in this browser, but a copy "
+                       "could be replayed until it expires")
+        if not self._up():
+            return self._unavailable("revoke", None, consequence)
         try:
             self.backend.mark("sid:" + sid, ttl)
         except StateUnavailable as exc:
-            logger.error("could not record a logout revocation (%s): the session cookie is cleared "
-                         "in this browser, but a copy could be replayed until it expires", exc)
+            self._unavailable("revoke", exc, consequence)
 
     def session_revoked(self, sid: str) -> bool:
+        consequence = "sessions are accepted without the revocation check until it answers"
+        if not self._up():
+            self._unavailable("revocation_check", None, consequence)
+            return False
         try:
             return self.backend.marked("sid:" + sid)
         except StateUnavailable as exc:
-            logger.error("revocation list unavailable (%s): refusing the session to be safe", exc)
-            return True
+            self._unavailable("revocation_check", exc, consequence)
+            return False
 
     def use_once(self, ident: str, ttl: float) -> bool:
-        """True the first time ``ident`` is seen (within ``ttl``), False on every replay."""
+        """True the first time ``ident`` is seen (within ``ttl``), False on every replay.
+
+        Raises HandoffUnverifiable when the store cannot say.
+        """
+        consequence = "hand-offs are refused with a 503 page until it answers"
+        if not self._up():
+            self._unavailable("single_use", None, consequence)
+            raise HandoffUnverifiable("single-use store unavailable")
         try:
             return self.backend.mark("jti:" + ident, ttl)
         except StateUnavailable as exc:
-            logger.error("single-use store unavailable (%s): refusing the hand-off to be safe", exc)
-            return False
+            self._unavailable("single_use", exc, consequence)
+            raise HandoffUnverifiable("single-use store unavailable") from None
 
 
 def default_db_path(secret_key: str) -> str:

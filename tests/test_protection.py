@@ -95,15 +95,51 @@ def test_a_failed_probe_opens_the_breaker_again(sim, t):
         fetch("acme", "sales-us")
 
 
+@pytest.mark.token_in_browser
 def test_cached_tokens_are_served_while_the_breaker_is_open(make_app, sim):
     client = make_app(GATEWAY_BREAKER_FAILURES="1", ZIPTEAMS_RETRIES="0").test_client()
     alice = user_headers("alice@acme.example")
     assert client.get("/", headers=alice).status_code == 200
     sim.fault(status=500, count=1)
     assert client.get("/", headers=user_headers("bob@acme.example")).status_code == 502
-    assert client.get("/readyz").status_code == 503
+    # Ready all the same: this instance serves every cached user through the vendor's outage.
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["zipteams"] == {"breaker": "open"}
     assert client.get("/", headers=user_headers("bob@acme.example")).status_code == 503  # fast fail
     assert client.get("/", headers=alice).status_code == 200  # cached: served as usual
+
+
+@pytest.mark.parametrize("fault, error", [
+    ({"status": 400}, "ZipteamsBadRequest"), ({"status": 403}, "ZipteamsForbidden"),
+    ({"malformed": "wrong-subtenant"}, "ZipteamsInvalidToken")])
+def test_configuration_errors_never_open_the_breaker(sim, t, fault, error):
+    from gateway import zipteams
+
+    fetch = protected(sim, t, retries=0, failures=1, cooldown=30)
+    sim.fault(count=3, **fault)
+    for _ in range(3):
+        with pytest.raises(getattr(zipteams, error)):
+            fetch("acme", "misconfigured")
+    assert fetch.breaker.state == CircuitBreaker.CLOSED
+    assert fetch("acme", "sales-us").subtenant == "sales-us"  # every other team is served
+
+
+def test_the_half_open_probe_slot_is_freed_whatever_the_probe_raised(sim, t, monkeypatch):
+    fetch = protected(sim, t, retries=0, failures=1, cooldown=10)
+    sim.fault(status=500, count=1)
+    with pytest.raises(ZipteamsServerError):
+        fetch("acme", "sales-us")
+    t.wall.advance(10)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("a bug in the client")
+
+    monkeypatch.setattr(fetch.client, "fetch_token", boom)
+    with pytest.raises(RuntimeError):
+        fetch("acme", "sales-us")  # the probe, gone wrong in an unexpected way
+    monkeypatch.undo()
+    assert fetch("acme", "sales-us").subtenant == "sales-us"  # not "probe in flight" for good
+    assert fetch.breaker.state == CircuitBreaker.CLOSED
 
 
 # ------------------------------------------------------------ rate limiting

@@ -1,7 +1,7 @@
 """Per-session stand-ins for the token, and the team a request's placeholder binds it to.
 
 The dashboard echoes its token into pages and scripts; on the way out every
-occurrence becomes this session's placeholder for the subtenant. A placeholder
+occurrence becomes this user's placeholder for the subtenant. A placeholder
 is never swapped back into anything the browser sends: the gateway itself puts
 the real token in its one designated place (the ``token`` query parameter or
 the ``Authorization`` header). A placeholder only tells which of the user's
@@ -21,20 +21,23 @@ PLACEHOLDER = re.compile(r"zgtoken-[0-9a-f]{32}")
 
 
 def placeholder_for(key: str) -> str:
-    """This session's stand-in for subtenant ``key``'s token; stable across token renewals.
+    """This user's stand-in for subtenant ``key``'s token; stable across token renewals.
 
-    Derived (HMAC of the session id and the subtenant), so nothing is stored, and
-    different for each subtenant, so a page keeps talking to the team it was
-    rendered for even after another tab switches the session to another team.
+    Derived (HMAC of the user's identity and the subtenant, keyed by our secret), so
+    nothing is stored and no one can make one for another user; the same for every
+    session of the user, so an open page keeps working when its session is re-created
+    (an identity proxy's next request, a store outage); different for each subtenant,
+    so a page keeps talking to the team it was rendered for even after another tab
+    switches the session to another team.
     """
-    sid = session["sid"]
+    who = session.get("subject") or session["email"]
     memo = current_app.extensions["placeholders"]
-    value = memo.get((sid, key))
+    value = memo.get((who, key))
     if value is None:
         secret = current_app.config["SECRET_KEY"].encode()
-        digest = hmac.new(secret, f"{sid}|{key}".encode(), hashlib.sha256).hexdigest()
+        digest = hmac.new(secret, f"{who}|{key}".encode(), hashlib.sha256).hexdigest()
         value = "zgtoken-" + digest[:32]
-        memo.put((sid, key), value)
+        memo.put((who, key), value)
     return value
 
 
