@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from urllib.parse import quote
 
 from flask import Blueprint, Flask, current_app, g, has_request_context, request
 from gunicorn import glogging
@@ -339,6 +340,7 @@ def log_request(response):
         route = route or "unmatched"
         status = response.status_code
         metrics.count_request(route, status, elapsed)
+        # Spaces, '=' and quotes percent-encoded: a path cannot add fields to a text line.
         info(logger, "request method=%s path=%s endpoint=%s status=%s ms=%.1f",
-             req.method, req.path[:200], route, status, elapsed * 1000)
+             req.method, quote(req.path[:200], safe="/:@!$&'()*+,;-._~"), route, status, elapsed * 1000)
     return response

@@ -13,6 +13,7 @@ would escape.
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import unquote_to_bytes
 
 from urllib3.util.url import _encode_target
@@ -42,6 +43,11 @@ def upstream_path(raw_uri: str) -> str:
         raise NotFound("dashboard path is not valid UTF-8") from None
     if any(ord(c) < 0x20 or c in "\\;\x7f" for c in decoded):
         raise NotFound("dashboard path has control characters")
+    # Fronts that normalise Unicode (NFKC: IIS, some frameworks) read "．．" as "..".
+    folded = unicodedata.normalize("NFKC", decoded)
+    if folded != decoded and (any(c in folded for c in "\\;%") or folded.count("/") != decoded.count("/") or
+                              any(s and not s.strip(". ") for s in folded.split("/"))):
+        raise NotFound("dashboard path has characters that normalise to dots or separators")
     segments = decoded.split("/")
     # "." and "..", and any all-dots segment some fronts trim to one of them ("...", ". ").
     if any(s and not s.strip(". ") for s in segments) or "" in segments[:-1]:

@@ -84,14 +84,24 @@ def request_headers(headers, *, allowed: frozenset, host: str, upstream_origin: 
     return out
 
 
-def dashboard_cookies(cookies) -> str:
-    """Only the dashboard's own (namespaced) cookies go back to it, under their own names."""
-    kept = [f"{name[len(COOKIE_PREFIX):]}={value}" for name, value in cookies.items(multi=True)
-            if name.startswith(COOKIE_PREFIX) and len(name) > len(COOKIE_PREFIX)]
+def dashboard_cookies(cookie_header: str) -> str:
+    """Only the dashboard's own (namespaced) cookies go back to it, under their own names.
+
+    Taken from the raw header pair by pair, never unquoted and re-joined: a quoted
+    value holding "; name=value" must not turn into a second cookie upstream.
+    """
+    kept = []
+    for pair in cookie_header.split(";"):
+        name, eq, value = pair.strip().partition("=")
+        if eq and name.startswith(COOKIE_PREFIX) and _COOKIE_NAME.match(name[len(COOKIE_PREFIX):] or "-=") \
+                and _COOKIE_VALUE.match(value) and len(name) > len(COOKIE_PREFIX):
+            kept.append(f"{name[len(COOKIE_PREFIX):]}={value}")
     return "; ".join(kept)
 
 
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# RFC 6265 cookie-value: cookie-octets, or the same inside one pair of double quotes.
+_COOKIE_VALUE = re.compile(r'^(?:"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*"|[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*)$')
 
 
 def rewrite_set_cookie(value: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Iterator
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import urllib3
 from flask import Blueprint, Response, current_app, g, request
@@ -104,7 +104,7 @@ def _forward_headers(token: str, proxy: DashboardProxy, ranges: bool = True) -> 
     headers = policy.request_headers(request.headers, allowed=proxy.forward if ranges else proxy.forward - RANGES,
                                      host=request.host, upstream_origin=proxy.upstream_origin,
                                      upstream_base_path=proxy.upstream_base_path)
-    cookies = policy.dashboard_cookies(request.cookies)
+    cookies = policy.dashboard_cookies(request.headers.get("Cookie", ""))
     if cookies:
         headers["Cookie"] = cookies
     forwarded_for = request.headers.get("X-Forwarded-For", "")
@@ -122,14 +122,22 @@ def _forward_headers(token: str, proxy: DashboardProxy, ranges: bool = True) -> 
     return headers
 
 
+def _is_token_param(piece: str) -> bool:
+    # However the browser spells it (%74oken, Token, token%00, token[]), a parameter a
+    # dashboard might read as "token" is ours alone: one sent by the browser could
+    # outrank ours and make a good token look rejected.
+    name = unquote_plus(piece.split("=", 1)[0]).casefold()
+    return name.strip("\x00 \t") == "token" or name.startswith("token[")
+
+
 def _forward_query(token: str, proxy: DashboardProxy) -> str:
     query = request.environ.get("QUERY_STRING", "")
-    # The token parameter is ours to set (or, with header:Authorization, to leave out);
-    # everything else goes through byte for byte. A placeholder in any other parameter
+    # The token parameter is ours to set, first (or, with header:Authorization, to leave
+    # out); everything else goes through as sent. A placeholder in any other parameter
     # stays a placeholder: the dashboard may reflect parameters into what it sends back.
-    pieces = [p for p in query.split("&") if p.split("=", 1)[0] != "token"] if query else []
+    pieces = [p for p in query.split("&") if not _is_token_param(p)] if query else []
     if proxy.token_in == "query:token":
-        pieces.append("token=" + token)
+        pieces.insert(0, "token=" + token)
     return "&".join(pieces)
 
 
@@ -283,7 +291,9 @@ def dashboard(path: str):
     ph = placeholder_for(match.key)
     body = _request_body(proxy)
     token = cache.get(sub.tenant, sub.id)
-    upstream = _forward(proxy, rest, token, body)
+    # Byte ranges only where a slice can be asked for again whole if it is text (below).
+    ranges = request.method in RETRYABLE and body is None
+    upstream = _forward(proxy, rest, token, body, ranges)
     if upstream.status in (401, 403) and _stale_enough(token):
         # The dashboard no longer accepts this token (revoked or rotated early):
         # forget it, and for requests we can safely replay, try once with a fresh one.
@@ -293,13 +303,17 @@ def dashboard(path: str):
         if request.method in RETRYABLE and body is None:
             _discard(upstream)
             token = cache.get(sub.tenant, sub.id)
-            upstream = _forward(proxy, rest, token, None)
-    if upstream.status == 206 and request.method in RETRYABLE and body is None and \
-            not scrub.is_binary(upstream.headers.get("Content-Type", "")):
+            upstream = _forward(proxy, rest, token, None, ranges)
+    if upstream.status == 206 and not scrub.is_binary(upstream.headers.get("Content-Type", "")):
         # A slice of a text answer could cut a token in two, and two slices would hand over
         # both halves unscrubbed: text is only ever sent whole (a server may ignore Range).
         _discard(upstream)
+        if not ranges:
+            raise UpstreamFailure("dashboard sent a slice of a text answer that was not asked for")
         upstream = _forward(proxy, rest, token, None, ranges=False)
+        if upstream.status == 206:
+            _discard(upstream)
+            raise UpstreamFailure("dashboard sent a slice of a text answer without a Range request")
     g.proxied = True
     # Every token we hold for this team that is still valid: the dashboard may echo an older one.
     pattern = scrub.pattern_for(cache.valid_values(sub.tenant, sub.id, token), ph)
@@ -311,11 +325,12 @@ def dashboard(path: str):
         headers = _headers(raw_headers, proxy, pattern, decoded=False)
         _discard(upstream)
         return Response(status=upstream.status, headers=headers)
-    if not binary and not scrub.decodable(content_encoding):
+    if not binary and not (scrub.decodable(content_encoding) and
+                           scrub.readable_charset(raw_headers.get("Content-Type", ""))):
         upstream.close()
         upstream.release_conn()
-        logger.warning("dashboard answer refused: content-encoding %r cannot be decoded for scrubbing",
-                       content_encoding[:40])
+        logger.warning("dashboard answer refused: content-encoding %r or type %r cannot be read for scrubbing",
+                       content_encoding[:40], raw_headers.get("Content-Type", "")[:80])
         raise UpstreamFailure("dashboard answer in an encoding the gateway cannot read")
     headers = _headers(raw_headers, proxy, pattern, decoded=not binary)
     if not binary:
