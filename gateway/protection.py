@@ -19,10 +19,10 @@ from typing import Callable
 
 from . import metrics
 from .errors import ServiceBusy
-from .shared import LOCK_SECONDS, Shared
+from .shared import LOCK_SLACK, Shared
 from .zipteams import (DashboardToken, ZipteamsBadRequest, ZipteamsClient, ZipteamsError, ZipteamsForbidden,
-                       ZipteamsInvalidToken, ZipteamsRateLimited, ZipteamsServerError, ZipteamsUnreachable,
-                       parse_token)
+                       ZipteamsInvalidToken, ZipteamsRateLimited, ZipteamsServerError, ZipteamsTimeout,
+                       ZipteamsUnreachable, parse_token)
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +191,13 @@ class ProtectedFetch:
                         continue
                     self._refuse("rate_limit", ZipteamsThrottled(
                         "local rate limit toward Zipteams reached", retry_after=max(1, math.ceil(wait))))
+                left = self.deadline - (self._monotonic() - started)
+                if left <= 0:
+                    self.breaker.failure()
+                    settled = True
+                    raise ZipteamsTimeout(f"deadline of {self.deadline:g}s spent", tenant=tenant, subtenant=subtenant)
                 try:
-                    token = self.client.fetch_token(tenant, subtenant)
+                    token = self.client.fetch_token(tenant, subtenant, within=left)
                 except ZipteamsRateLimited as exc:
                     self._backoff_until = self._clock() + exc.retry_after
                     if self._shared is not None:
@@ -237,10 +242,11 @@ class SharedLoader:
     """
 
     def __init__(self, fetch: Callable[[str, str], DashboardToken], shared: Shared | None, *,
-                 margin: Callable[[DashboardToken], float], clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic,
+                 margin: Callable[[DashboardToken], float], deadline: float = 20.0,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, poll: float = 0.05):
         self._fetch, self._shared, self._serve_until = fetch, shared, margin
+        self._deadline = deadline
         self._clock, self._monotonic, self._sleep, self._poll = clock, monotonic, sleep, poll
 
     def _from_shared(self, tenant: str, subtenant: str, stale: DashboardToken | None) -> DashboardToken | None:
@@ -270,9 +276,10 @@ class SharedLoader:
         token = self._from_shared(tenant, subtenant, stale)
         if token is not None:
             return token
-        give_up = self._monotonic() + LOCK_SECONDS + 1
+        # The deadline covers the wait for another process's fetch as well as our own fetch.
+        give_up = self._monotonic() + self._deadline
         while True:
-            ident = shared.acquire(tenant, subtenant)
+            ident = shared.acquire(tenant, subtenant, self._deadline + LOCK_SLACK)
             if ident is not None:
                 try:
                     # Someone may have finished between our look and our lock.
@@ -286,9 +293,11 @@ class SharedLoader:
             if token is not None:
                 return token
             if self._monotonic() > give_up:
-                logger.warning("gave up waiting for another process's token fetch tenant=%s subtenant=%s",
-                               tenant, subtenant)
-                return self._fetch(tenant, subtenant)
+                # A live holder is still fetching: never start a second fetch beside it.
+                logger.warning("waited %gs for another process's token fetch tenant=%s subtenant=%s",
+                               self._deadline, tenant, subtenant)
+                raise ZipteamsTimeout(f"another process's fetch took longer than {self._deadline:g}s",
+                                      tenant=tenant, subtenant=subtenant)
 
     def forget(self, tenant: str, subtenant: str, token: DashboardToken) -> None:
         if self._shared is not None:

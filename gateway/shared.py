@@ -29,7 +29,7 @@ from .config import redact_url
 logger = logging.getLogger(__name__)
 
 PREFIX = "zg:"
-LOCK_SECONDS = 15.0       # longest a fetch may hold the lock (our deadline plus slack)
+LOCK_SLACK = 5.0          # a fetch lock lasts the fetch's deadline plus this
 RETRY_AFTER_ERROR = 5.0   # seconds Redis is left alone after it failed
 LOG_EVERY = 60.0
 
@@ -151,14 +151,17 @@ class Shared:
             self._call("delete", lambda: self._redis.delete(self._token_key(tenant, subtenant)))
 
     # ------------------------------------------------------------- locks
-    def acquire(self, tenant: str, subtenant: str) -> str | None:
+    def acquire(self, tenant: str, subtenant: str, seconds: float) -> str | None:
         """A lock id if we may fetch this pair now; None if someone else is fetching it.
 
+        ``seconds`` must outlast the longest possible fetch (its deadline, which caps each
+        attempt's time-outs, plus slack): a lock that expired under a live holder would let
+        the waiters each fetch for themselves, the herd returning exactly when Zipteams is slow.
         Also None when Redis is unreachable: callers then check ``available``.
         """
         ident = secrets.token_hex(8)
         key = f"{self._ns}lock:{tenant}/{subtenant}"
-        got = self._call("lock", lambda: self._redis.set(key, ident, nx=True, px=int(LOCK_SECONDS * 1000)))
+        got = self._call("lock", lambda: self._redis.set(key, ident, nx=True, px=int(seconds * 1000)))
         return ident if got else None
 
     def release(self, tenant: str, subtenant: str, ident: str) -> None:

@@ -223,7 +223,8 @@ def init_app(app: Flask) -> None:
                            deadline=cfg["ZIPTEAMS_DEADLINE"], shared=shared, name=name, clock=clock,
                            sleep=cfg.get("SLEEP", time.sleep))
     margin = cfg["GATEWAY_TOKEN_MARGIN"]
-    loader = SharedLoader(fetch, shared, margin=lambda t: serve_window(t, clock(), margin)[0], clock=clock)
+    loader = SharedLoader(fetch, shared, margin=lambda t: serve_window(t, clock(), margin)[0],
+                          deadline=cfg["ZIPTEAMS_DEADLINE"], clock=clock)
     app.extensions["zipteams"] = client
     app.extensions["shared"] = shared
     app.extensions["breaker"] = breaker

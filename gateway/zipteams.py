@@ -191,8 +191,12 @@ class ZipteamsClient:
     def __repr__(self) -> str:
         return f"ZipteamsClient(url={self.url!r})"
 
-    def fetch_token(self, tenant: str, subtenant: str) -> DashboardToken:
-        """One token request; returns the parsed token or raises a ZipteamsError."""
+    def fetch_token(self, tenant: str, subtenant: str, *, within: float | None = None) -> DashboardToken:
+        """One token request; returns the parsed token or raises a ZipteamsError.
+
+        ``within``: seconds left of the caller's deadline; the connect and read
+        time-outs are capped by it, so one attempt can never outlast the deadline.
+        """
         headers = {
             "x-api-key": self._key,
             "x-api-secret": self._secret,
@@ -205,11 +209,13 @@ class ZipteamsClient:
         try:
             try:
                 # Only the four documented headers; requests adds transport ones.
-                response = self.session.get(self.url, headers=headers, timeout=self.timeout,
+                timeout = self.timeout if within is None else tuple(min(t, max(within, 0.001))
+                                                                    for t in self.timeout)
+                response = self.session.get(self.url, headers=headers, timeout=timeout,
                                             allow_redirects=False)
             except requests.Timeout:
                 outcome = "timeout"
-                raise ZipteamsTimeout(f"no answer within {self.timeout[0]:g}s", **where) from None
+                raise ZipteamsTimeout(f"no answer within {timeout[0]:g}s", **where) from None
             except requests.RequestException as exc:
                 outcome = "unreachable"
                 # The exception text can hold the URL only; no header is ever in it,

@@ -1,5 +1,6 @@
 """Protections toward Zipteams: breaker, rate limit, 429 back-off, retries, shared single fetch."""
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -231,6 +232,37 @@ def test_shared_refresh_is_done_once(redis_server):
         assert len({c.peek("acme", "s").value for c in caches}) == 1
     finally:
         sim.server.stop()
+
+
+def test_a_waiter_never_fetches_beside_a_live_lock_holder_and_gives_up_at_the_deadline(redis_server):
+    """The old lock expired after 15 s while a 20 s deadline still let its holder fetch: the
+    waiters gave up at 16 s and each fetched for itself, exactly when Zipteams was slow."""
+    from gateway.zipteams import ZipteamsTimeout
+
+    holder = Shared(redis_server.url, SECRET_KEY, namespace="p")
+    assert holder.acquire("acme", "slow", 20 + 5)  # a fetch in flight elsewhere, deadline 20
+    monotonic = FakeClock(start=0)
+    fetches = []
+    waiter = SharedLoader(lambda te, st: fetches.append(st), Shared(redis_server.url, SECRET_KEY, namespace="p"),
+                          margin=lambda tok: 0, deadline=20, monotonic=monotonic,
+                          sleep=lambda s: monotonic.advance(1.0))
+    with pytest.raises(ZipteamsTimeout):
+        waiter("acme", "slow")
+    assert fetches == []  # waited (past the old 16 s) without a second fetch
+    assert 20 <= monotonic.now <= 22
+
+
+def test_each_attempt_is_capped_by_the_time_left_to_the_deadline(sim, t):
+    from gateway.zipteams import ZipteamsTimeout
+
+    client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=10)
+    fetch = ProtectedFetch(client, limiter=RateLimiter(100, shared=None, processes=1, name="p"),
+                           breaker=CircuitBreaker(5, 30), retries=0, deadline=1.0, shared=None, name="p")
+    sim.fault(delay=3, count=1)
+    started = time.monotonic()
+    with pytest.raises(ZipteamsTimeout):
+        fetch("acme", "sales-us")
+    assert time.monotonic() - started < 2.0  # not the client's 10 s read time-out
 
 
 def test_without_redis_each_process_fetches_for_itself(sim):

@@ -47,12 +47,12 @@ def test_partners_sharing_a_redis_do_not_see_each_other(redis_server):
 
 def test_lock_is_exclusive_and_released_only_by_its_holder(redis_server):
     a, b = make(redis_server.url), make(redis_server.url)
-    ident = a.acquire("acme", "sales")
-    assert ident and b.acquire("acme", "sales") is None and b.locked("acme", "sales")
+    ident = a.acquire("acme", "sales", 15)
+    assert ident and b.acquire("acme", "sales", 15) is None and b.locked("acme", "sales")
     b.release("acme", "sales", "not-the-holder")
-    assert b.acquire("acme", "sales") is None
+    assert b.acquire("acme", "sales", 15) is None
     a.release("acme", "sales", ident)
-    assert b.acquire("acme", "sales")
+    assert b.acquire("acme", "sales", 15)
 
 
 def test_shared_rate_window(redis_server):
