@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("logs", __name__)
 
 BATCH_SECONDS = 0.05
+QUEUE_LINES = 50000  # at most this many lines wait for stdout; more are dropped and counted
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 _HANDLER_MARK = "_zipteams_gateway"
 
@@ -153,7 +154,9 @@ class BackgroundHandler(logging.Handler):
         super().__init__()
         self.stream = stream
         self.setFormatter(formatter)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.Queue = queue.Queue(QUEUE_LINES)
+        self.dropped = 0          # lines lost since start: a full queue or a failed write
+        self._reported = 0        # of those, already announced in a warning line
         self._pid = None
         self._thread = None
         self._start_lock = threading.Lock()
@@ -166,7 +169,18 @@ class BackgroundHandler(logging.Handler):
         if record.exc_info:
             record.exc_text = self.formatter.formatException(record.exc_info)
             record.exc_info = None
-        self._queue.put_nowait(record)
+        self._put(record)
+
+    def _put(self, item) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            # A stalled stdout must not grow memory without bound: lose the line, and say so.
+            self._lost(1)
+
+    def _lost(self, count: int) -> None:
+        self.dropped += count
+        metrics.LOG_LINES_DROPPED.inc(count)
 
     def submit(self, name: str, msg: str, args: tuple, request_id: str, fields: dict | None) -> None:
         """Queue an INFO line without building a LogRecord here: the writer builds it.
@@ -176,13 +190,13 @@ class BackgroundHandler(logging.Handler):
         """
         if self._pid != os.getpid():
             self._start()
-        self._queue.put_nowait((time.time(), name, msg, args, request_id, fields))
+        self._put((time.time(), name, msg, args, request_id, fields))
 
     def _start(self) -> None:
         with self._start_lock:
             if self._pid == os.getpid():
                 return
-            self._queue = queue.SimpleQueue()
+            self._queue = queue.Queue(QUEUE_LINES)
             self._thread = threading.Thread(target=self._write_forever, name="log-writer", daemon=True)
             self._thread.start()
             self._pid = os.getpid()
@@ -211,11 +225,17 @@ class BackgroundHandler(logging.Handler):
                 lines.append(self._format(self._queue.get_nowait()))
             except queue.Empty:
                 break
+        dropped = self.dropped
+        if dropped > self._reported:
+            lines.append(self._format(_warning(f"{dropped - self._reported} log lines were dropped "
+                                               f"(the log queue of {QUEUE_LINES} lines was full, or writing "
+                                               "failed); gateway_log_lines_dropped_total counts them")))
+            self._reported = dropped
         try:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
         except (OSError, ValueError):
-            pass  # stdout closed: nothing sensible left to do with a log line
+            self._lost(len(lines))  # stdout closed or broken: counted, announced when it works again
 
     def drain(self) -> None:
         """Write out whatever is still queued (at exit)."""
@@ -224,6 +244,12 @@ class BackgroundHandler(logging.Handler):
                 self._write(self._queue.get_nowait())
             except queue.Empty:
                 return
+
+
+def _warning(message: str) -> logging.LogRecord:
+    record = logging.LogRecord(__name__, logging.WARNING, "", 0, message, None, None)
+    record.request_id = "-"
+    return record
 
 
 def _as_record(item: tuple) -> logging.LogRecord:

@@ -34,6 +34,8 @@ ZIPTEAMS_CONFIG_ERRORS = Counter("gateway_zipteams_config_errors_total",
                                  "for another subtenant), by code: never counted as an outage.", ["code"])
 STATE_UNAVAILABLE = Counter("gateway_state_unavailable_total",
                             "Revocation or single-use checks answered without the shared store, by use.", ["use"])
+LOG_LINES_DROPPED = Counter("gateway_log_lines_dropped_total",
+                            "Log lines lost because the log queue was full or writing to stdout failed.")
 BREAKER_STATE = Gauge("gateway_breaker_state", "Circuit breaker toward Zipteams: 0 closed, 1 half-open, 2 open.",
                       multiprocess_mode="livemax")
 REDIS_ERRORS = Counter("gateway_redis_errors_total", "Failed calls to the shared Redis cache.")

@@ -164,3 +164,42 @@ def test_gunicorns_own_lines_are_one_line_each(monkeypatch, fmt):
         assert json.loads(lines[0])["message"].endswith("GET /\nFORGED line")
     else:
         assert lines[0].endswith("GET /\\nFORGED line")
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_full_log_queue_drops_lines_counts_them_and_says_so(writer, monkeypatch, fmt):
+    from gateway import metrics
+
+    monkeypatch.setattr(logs, "QUEUE_LINES", 10)
+    handler, stream = writer(fmt)
+    handler._queue = logs.queue.Queue(logs.QUEUE_LINES)  # as the writer thread would have built it
+    before = metrics.LOG_LINES_DROPPED._value.get()
+    log = logging.getLogger("gateway.test")
+    log.setLevel(logging.INFO)
+    for i in range(25):  # stdout stalled: nothing is written meanwhile
+        log.info("line %d", i)
+    assert handler._queue.qsize() == 10 and handler.dropped == 15
+    assert metrics.LOG_LINES_DROPPED._value.get() - before == 15
+    lines = written(handler, stream)
+    assert len([line for line in lines if "line " in line]) == 10
+    assert any("15 log lines were dropped" in line for line in lines)
+
+
+def test_a_failed_write_is_counted_and_announced_when_writing_works_again(writer):
+    handler, stream = writer("text")
+
+    class Broken:
+        def write(self, text):
+            raise OSError("stdout gone")
+
+        def flush(self):
+            pass
+
+    handler.stream = Broken()
+    logging.getLogger("gateway.test").warning("lost")
+    handler.drain()
+    assert handler.dropped == 1
+    handler.stream = stream
+    logging.getLogger("gateway.test").warning("back")
+    lines = written(handler, stream)
+    assert any("1 log lines were dropped" in line for line in lines) and any("back" in line for line in lines)
