@@ -34,6 +34,7 @@ ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS
 # The key type each algorithm family verifies with; a JWKS key of another type is refused.
 _KEY_TYPES = {"RS": RSAPublicKey, "PS": RSAPublicKey, "ES": EllipticCurvePublicKey}
 LEEWAY = 30
+MAX_TOKEN = 65536  # a hand-off with hundreds of groups is POSTed; anything longer is refused unread
 
 
 class AssertionRejected(Exception):
@@ -71,7 +72,7 @@ class JwtVerifier:
         return dict(claims)
 
     def _verify(self, token: str) -> dict[str, Any]:
-        if not token or len(token) > 8192:
+        if not token or len(token) > MAX_TOKEN:
             raise AssertionRejected("missing or oversized token")
         try:
             header = jwt.get_unverified_header(token)

@@ -78,7 +78,13 @@ def start_session(user: User, **extra) -> None:
     session.clear()
     now = int(_now())
     session.update(sid=secrets.token_urlsafe(16), csrf=secrets.token_urlsafe(24), email=user.email,
-                   groups=list(user.groups), iat=now, seen=now, **extra)
+                   iat=now, seen=now, **extra)
+    if current_app.config["GATEWAY_AUTH_MODE"] != "header":
+        # Behind a proxy the groups come with every request; otherwise the cookie keeps only
+        # the ones the rules name, so it stays small for a user in hundreds of groups (a
+        # cookie over 4 KB is dropped by browsers). A group a reloaded rule names later
+        # counts from the user's next sign-in.
+        session["groups"] = list(current_app.extensions["rules"].current().named_groups(user.groups))
     if user.subject:
         session["subject"] = user.subject
     audit.event("login", email=user.email, mode=current_app.config["GATEWAY_AUTH_MODE"],
@@ -214,9 +220,7 @@ def load_user() -> None:
             return
         if sess.get("email") != user.email or "sid" not in sess:
             start_session(user)
-        elif tuple(sess.get("groups", ())) != user.groups:
-            sess["groups"] = list(user.groups)
-        ctx.user = user
+        ctx.user = user  # groups as the proxy sent them with this request
     elif "email" in sess and "sid" in sess:
         ctx.user = User(sess["email"], tuple(sess.get("groups", ())), sess.get("subject"))
 
@@ -263,9 +267,13 @@ def login():
     return render_template("login.html", users=rules.users(), next_url=next_url)
 
 
-@bp.route("/sso/jwt")
+@bp.route("/sso/jwt", methods=("GET", "POST"))
 def handoff():
-    """JWT hand-off from the partner's app: verify, use the jti once, start a session."""
+    """JWT hand-off from the partner's app: verify, use the jti once, start a session.
+
+    GET ``?jwt=`` or, for tokens too large for a URL (many groups), a form POST with the
+    same field; ``return_to`` likewise.
+    """
     cfg = current_app.config
     if cfg["GATEWAY_AUTH_MODE"] != "jwt":
         abort(404)
@@ -274,7 +282,7 @@ def handoff():
                          jwks_url=cfg["GATEWAY_HANDOFF_JWKS_URL"], max_lifetime=HANDOFF_MAX_LIFETIME,
                          clock=current_app.config.get("CLOCK", time.time))
     try:
-        claims = verifier.verify(request.args.get("jwt", ""))
+        claims = verifier.verify(request.values.get("jwt", ""))
     except AssertionRejected as exc:
         audit.event("login_refused", mode="jwt", reason=exc.reason)
         raise HandoffRejected(exc.reason) from None
@@ -291,7 +299,7 @@ def handoff():
         audit.event("login_refused", mode="jwt", reason="no well-formed email claim")
         raise HandoffRejected("no well-formed email claim")
     start_session(user)
-    return redirect(security.safe_next(request.args.get("return_to")))
+    return redirect(security.safe_next(request.values.get("return_to")), code=303 if request.method == "POST" else 302)
 
 
 @bp.route("/logout", methods=("POST",))

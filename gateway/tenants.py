@@ -138,6 +138,10 @@ class Rules:
                 found.setdefault(s.key, Match(s, f"group {group}"))
         return sorted(found.values(), key=lambda m: self._order[m.key])
 
+    def named_groups(self, groups: Iterable[str]) -> tuple[str, ...]:
+        """The ones among ``groups`` that some rule names: all a session needs to keep."""
+        return tuple(g for g in groups if g in self._by_group)
+
     def users(self) -> list[str]:
         """Every email named in the rules (the demo login lists them)."""
         return sorted(self._by_email)
