@@ -335,6 +335,18 @@ class GunicornLogger(glogging.Logger):
             for handler in log.handlers:
                 if getattr(handler, "_gunicorn", False):
                     handler.setFormatter(formatter)
+        self.error_log.addFilter(_without_queries)
+
+
+_QUERY = re.compile(r"\?[^\s'\"]*")
+
+
+def _without_queries(record: logging.LogRecord) -> bool:
+    """gunicorn quotes a request line it refuses; its query may carry a hand-off token."""
+    message = record.getMessage()
+    if "?" in message:
+        record.msg, record.args = _QUERY.sub("?[query removed]", message), None
+    return True
 
 
 def init_app(app: Flask) -> None:
