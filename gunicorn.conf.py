@@ -11,18 +11,20 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _created_metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
 
-from gateway.config import env_int  # noqa: E402 - after the metrics directory is set
+from gateway.config import env_int, env_seconds  # noqa: E402 - after the metrics directory is set
 
 bind = f"0.0.0.0:{env_int('PORT', 8000)}"
-# Threaded workers: a request mostly waits on Zipteams or the dashboard.
-worker_class = "gthread"
+# Threaded workers (a request mostly waits on Zipteams or the dashboard), with a graceful stop:
+# not ready at once, serving for GATEWAY_DRAIN_DELAY, then the listener closed (gateway/worker.py).
+worker_class = "gateway.worker.GatewayWorker"
 workers = env_int("WEB_CONCURRENCY", 2)
 threads = env_int("GATEWAY_THREADS", 8)
 # Load the app once in the master: a bad setting stops start-up with one line,
 # and workers share the loaded code's memory.
 preload_app = True
 timeout = 60
-graceful_timeout = 30
+# Requests in flight (a large export included) get this long to finish after a stop.
+graceful_timeout = int(env_seconds("GATEWAY_GRACEFUL_TIMEOUT", 120))
 keepalive = 5
 # Identity headers spelled with "_" could stand in for the real ones: drop them.
 header_map = "drop"
@@ -41,6 +43,10 @@ def on_starting(server):
     for name in os.listdir(path):
         if name.endswith(".db"):
             os.remove(os.path.join(path, name))
+
+
+def post_worker_init(worker):
+    worker.drain_delay = env_seconds("GATEWAY_DRAIN_DELAY", 5)
 
 
 def child_exit(server, worker):

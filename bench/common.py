@@ -43,7 +43,7 @@ def start_gunicorn(app: str, env: dict, log: Path, *, workers: int = 1, threads:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--log-level", "info",
          "--bind", bind, "--workers", str(workers), "--threads", str(threads), *extra, app],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_DRAIN_DELAY": "0", **env},
         stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     while log.read_text(errors="replace").count("Booting worker") < workers:

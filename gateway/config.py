@@ -49,6 +49,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _non_negative_int(raw: str) -> int:
     value = int(raw)
     if value < 0:
@@ -429,6 +436,12 @@ SETTINGS: tuple[Setting, ...] = (
             "gunicorn worker processes. Without Redis, ZIPTEAMS_MAX_RPM is split between them.",
             _positive_int),
     Setting("GATEWAY_THREADS", "8", "Threads per gunicorn worker.", _positive_int),
+    Setting("GATEWAY_DRAIN_DELAY", "5",
+            "Seconds a stopping instance keeps serving after SIGTERM with /readyz already 503, so the load "
+            "balancer notices before the listener closes.", _non_negative_float),
+    Setting("GATEWAY_GRACEFUL_TIMEOUT", "120",
+            "Seconds requests in flight (large exports included) get to finish after the listener closes.",
+            _positive_float),
     Setting("GATEWAY_DEBUG", "false",
             "Development only: allows the demo login. Never set it in production.", _bool),
 )
@@ -532,6 +545,19 @@ def env_int(name: str, default: int, source: Mapping[str, str] | None = None) ->
         return _positive_int(raw)
     except ValueError:
         raise ConfigError(f"{name} {redact_url(raw)!r} is invalid: must be a whole number, 1 or more") from None
+
+
+def env_seconds(name: str, default: float, source: Mapping[str, str] | None = None) -> float:
+    """Seconds (0 or more) from the environment, for gunicorn.conf.py."""
+    source = os.environ if source is None else source
+    raw = source.get(name) or str(default)
+    try:
+        value = float(raw)
+        if value < 0:
+            raise ValueError
+        return value
+    except ValueError:
+        raise ConfigError(f"{name} {raw!r} is invalid: must be a number of seconds, 0 or more") from None
 
 
 def markdown_table() -> str:

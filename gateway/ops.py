@@ -1,6 +1,8 @@
 """Operations endpoints: liveness, readiness and Prometheus metrics. None calls Zipteams."""
 from __future__ import annotations
 
+import threading
+
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
 from . import metrics
@@ -8,6 +10,8 @@ from .peers import peer_is_trusted
 from .protection import CircuitBreaker
 
 bp = Blueprint("ops", __name__)
+# Set in a worker that is stopping (gateway.worker): not ready from that moment on.
+DRAINING = threading.Event()
 
 
 @bp.route("/healthz")
@@ -18,7 +22,7 @@ def healthz():
 
 @bp.route("/readyz")
 def readyz():
-    """Readiness: can this instance serve users? Settings and tenant rules loaded.
+    """Readiness: can this instance serve users? Settings and tenant rules loaded, not stopping.
 
     Not Zipteams' health, and not Redis': the gateway serves cached users through a
     vendor outage and runs without Redis, and an orchestrator that pulled every
@@ -30,6 +34,8 @@ def readyz():
     reasons = []
     if not len(rules):
         reasons.append("no tenant rules loaded")
+    if DRAINING.is_set():
+        reasons.append("stopping: finishing the requests in flight")
     body = {"status": "ready" if not reasons else "not ready", "rules": len(rules),
             "zipteams": {"breaker": CircuitBreaker.NAMES[breaker.state]}}
     shared = current_app.extensions["shared"]

@@ -157,3 +157,37 @@ def test_a_request_line_gunicorn_refuses_is_logged_without_its_query(gunicorn):
     time.sleep(0.5)
     text = server.log.read_text()
     assert "Invalid request" in text and secret not in text and "[query removed]" in text
+
+
+def test_sigterm_turns_readyz_503_at_once_serves_through_the_drain_delay_then_refuses_new_connections(gunicorn, sim):
+    import signal
+    import threading
+
+    server = gunicorn(workers=2, GATEWAY_EMBED_MODE="proxy", GATEWAY_DRAIN_DELAY="2")
+    alice = user_headers("alice@acme.example")
+    with recording_session() as http:
+        assert http.get(server.url + "/readyz").status_code == 200
+        assert http.get(server.url + "/dashboard/api/summary", headers=alice).status_code == 200  # warm
+    in_flight = {}
+
+    def slow_request():  # started before the stop, finishing well after the listener closed
+        with recording_session() as http:
+            in_flight["status"] = http.get(server.url + "/dashboard/api/slow?s=4", headers=alice, timeout=20).status_code
+
+    worker = threading.Thread(target=slow_request)
+    worker.start()
+    time.sleep(0.5)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with recording_session() as http:
+        ready = http.get(server.url + "/readyz", timeout=5)
+        assert ready.status_code == 503 and "stopping" in ready.json()["reasons"][0]
+        assert http.get(server.url + "/dashboard/api/summary", headers=alice, timeout=5).status_code == 200
+    time.sleep(2.5)
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        socket.create_connection((urlsplit(server.url).hostname, urlsplit(server.url).port), timeout=5).close()
+    assert time.monotonic() - started < 1.0, "a new connection hung instead of being refused"
+    worker.join(timeout=20)
+    assert in_flight["status"] == 200  # the request in flight was allowed to finish
+    server.proc.wait(timeout=20)
