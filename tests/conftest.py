@@ -1,8 +1,10 @@
-"""Shared fixtures: a live Zipteams stand-in, app factories, gunicorn, and a leak watch.
+"""Shared fixtures: a live Zipteams stand-in, app factories, gunicorn, and the leak oracle.
 
-Every response the tests receive (test client, requests, gunicorn) and every
-log line is recorded, so ``test_leaks.py`` (run last) can prove the partner
-secret and the tokens never left the server.
+Every response the tests receive (test client, requests, gunicorn, Chromium), every
+request the stand-in's dashboard receives and every log line is recorded; after each
+test the leak oracle fails it if a secret or a token reached any of them where it
+does not belong. ``test_leaks.py`` (run last) is a final net over the whole run.
+With CI=true, a skipped test fails instead (see ``pytest_runtest_makereport``).
 """
 from __future__ import annotations
 
@@ -18,12 +20,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import quote, quote_plus, unquote_plus
 
 import pytest
 import requests
 from flask.testing import FlaskClient
 
 from gateway import create_app
+from gateway.config import SETTINGS
 from gateway.sim import create_sim_app
 from gateway.sim.server import ServerThread
 
@@ -35,23 +40,311 @@ SECRET_KEY = secrets.token_urlsafe(40)
 JWT_SHAPE = re.compile(rb"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+")
 
 
-# ----------------------------------------------------------------- leak watch
+# ---------------------------------------------------------------- leak oracle
+class Received(NamedTuple):
+    """One response a client in the tests received."""
+
+    where: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def blob(self) -> bytes:
+        return "\n".join(f"{k}: {v}" for k, v in self.headers).encode() + b"\n\n" + self.body
+
+
+# A minted token is known by its header and payload (the payload holds a unique ``jti``), so
+# it is found even when more base64url text follows its signature.
+_TOKEN_HEAD = re.compile(rb"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.")
+_JWT_TEXT = re.compile(JWT_SHAPE.pattern.decode())
+MINTED = "a dashboard token the stand-in minted"
+MIN_SECRET_LENGTH = 8
+_SECRET_SETTINGS = tuple(s.name for s in SETTINGS if s.secret)
+
+
 class LeakWatch:
-    """Everything that left the gateway during the run, to be scanned at the end."""
+    """The leak oracle: the run's secrets, and every channel they could escape by.
+
+    Channels: responses any client in the tests received (test client, requests
+    sessions, Chromium through ``record_browser``), requests the stand-in's
+    dashboard received (its journal), and log lines (in-process logging and the
+    gunicorn log files in ``log_files``). ``check()`` scans what arrived since the
+    previous check; the autouse ``leak_oracle`` fixture runs it after every test.
+    ``responses``, ``log_lines`` and ``log_files`` keep the whole run for the final
+    net in test_leaks.py.
+    """
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.responses: list[tuple[str, bytes]] = []   # (where, headers + body)
+        self.responses: list[Received] = []
         self.log_files: list[Path] = []
         self.log_lines: list[str] = []
+        self._session_secrets: dict[str, str] = {}  # value -> name
+        self._test_secrets: dict[str, str] = {}
+        self._in_test = False
+        self._minted: dict[bytes, bytes] = {}  # header.payload. -> whole token
+        self._sims: list = []  # (label, SimState, last journal seq drained)
+        self._browser_pending: list = []
+        self._browser_finished: set = set()  # Playwright Requests whose bodies have fully arrived
+        self._seen_responses = 0
+        self._seen_log_lines = 0
+        self._file_offsets: dict[Path, int] = {}
 
-    def record(self, where: str, headers, body: bytes) -> None:
-        blob = "\n".join(f"{k}: {v}" for k, v in headers.items()).encode() + b"\n\n" + (body or b"")
+    # ------------------------------------------------------------ secrets
+    def secret(self, value: str, name: str) -> str:
+        """Register a secret, by a name the failure message may print; returns ``value``.
+
+        Registered during a test, it is watched until that test ends; registered at
+        import time (a module constant), for the rest of the run.
+        """
+        if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
+            # A short value would match by chance everywhere; tests can afford longer secrets.
+            raise ValueError(f"secret {name!r} must be a string of at least {MIN_SECRET_LENGTH} characters")
+        if value not in self._session_secrets:
+            (self._test_secrets if self._in_test else self._session_secrets).setdefault(value, name)
+        return value
+
+    def secrets_in_config(self, config: dict) -> None:
+        """Watch every secret setting an app or gunicorn is given (proxy, hand-off, OIDC client...)."""
+        for name in _SECRET_SETTINGS:
+            value = config.get(name)
+            for part in value.split(",") if isinstance(value, str) else ():
+                # Too short to tell from chance matches (an OIDC client secret "s"): not watched.
+                if len(part.strip()) >= MIN_SECRET_LENGTH:
+                    self.secret(part.strip(), name)
+
+    def _needles(self) -> list[tuple[str, bytes]]:
+        needles = []
+        for value, name in {**self._session_secrets, **self._test_secrets}.items():
+            for form in {value, quote(value, safe=""), quote_plus(value)}:
+                needles.append((name, form.encode()))
+        return needles
+
+    def watch_sim(self, label: str, state) -> None:
         with self.lock:
-            self.responses.append((where, blob))
+            self._sims.append([label, state, 0])
+
+    def _learn_minted(self) -> None:
+        for _, state, _ in self._sims:
+            for token in state.drain_minted():
+                raw = token.encode()
+                head = _TOKEN_HEAD.match(raw)
+                if head:
+                    self._minted[head.group(0)] = raw
+
+    def is_minted(self, value: str) -> bool:
+        raw = value.encode()
+        head = _TOKEN_HEAD.match(raw)
+        return bool(head) and self._minted.get(head.group(0)) == raw
+
+    # ---------------------------------------------------------- recording
+    def record(self, where: str, headers, body: bytes) -> None:
+        pairs = headers.items() if hasattr(headers, "items") else headers
+        self.responses.append(Received(where, [(str(k), str(v)) for k, v in pairs], body or b""))
+
+    def record_browser_response(self, response) -> None:
+        # Playwright calls made inside its event handlers can deadlock: fetch later, in flush_browser().
+        self._browser_pending.append(response)
+
+    def record_browser_finished(self, request) -> None:
+        self._browser_finished.add(request)
+
+    def flush_browser(self) -> None:
+        pending, self._browser_pending = self._browser_pending, []
+        finished, self._browser_finished = self._browser_finished, set()
+        for response in pending:
+            if response.request not in finished:
+                # body() and even the raw headers wait for the load to end, which a response
+                # nobody reads (a fetch() whose body is ignored) never does.
+                self.record("Chromium " + response.url, response.headers, b"")
+                continue
+            try:
+                headers = [(h["name"], h["value"]) for h in response.headers_array()]
+            except Exception:  # noqa: BLE001 - closed page: the cheap headers are still there
+                headers = list(response.headers.items())
+            try:
+                body = response.body()
+            except Exception:  # noqa: BLE001 - redirects and aborted loads have no body
+                body = b""
+            self.record("Chromium " + response.url, headers, body)
+
+    # ------------------------------------------------------------ scanning
+    def _found(self, data: bytes, needles, tokens: bool) -> set[str]:
+        names = {name for name, needle in needles if needle in data}
+        if tokens and self._minted:
+            at = data.find(b"eyJ")
+            while at != -1:
+                head = _TOKEN_HEAD.match(data, at)
+                if head:
+                    token = self._minted.get(head.group(0))
+                    if token and data.startswith(token, at):
+                        names.add(MINTED)
+                        break
+                at = data.find(b"eyJ", at + 3)
+        return names
+
+    def check(self, token_in_browser: bool = False) -> list[str]:
+        """What leaked since the previous check, as messages that name secrets but never show them.
+
+        ``token_in_browser`` (iframe mode): minted tokens may reach responses, and the Referer
+        the browser sends back to the dashboard, since the frame's own URL holds the token.
+        """
+        self.flush_browser()
+        self._learn_minted()
+        needles = self._needles()
+        findings: list[str] = []
+
+        def scan(data, channel: str, where: str, tokens: bool = True) -> None:
+            if isinstance(data, str):
+                data = data.encode("utf-8", "surrogateescape")
+            for name in sorted(self._found(data, needles, tokens)):
+                findings.append(f"{name} reached {channel} ({where})")
+
+        # Other threads keep appending: slice up to a length read once, or an item could be skipped.
+        end = len(self.responses)
+        responses, self._seen_responses = self.responses[self._seen_responses:end], end
+        for received in responses:
+            channel = f"response from {received.where}"
+            for header, value in received.headers:
+                scan(value, channel, f"header {header}", not token_in_browser)
+            scan(received.body, channel, "body", not token_in_browser)
+
+        for entry in self._drain_dashboard_requests():
+            if "dropped" in entry:
+                findings.append(f"{entry['dropped']} requests to the stand-in at {entry['sim']} went unseen "
+                                "(its journal's cap was reached)")
+            else:
+                self._scan_dashboard_request(entry, scan, token_in_browser)
+
+        end = len(self.log_lines)
+        lines, self._seen_log_lines = self.log_lines[self._seen_log_lines:end], end
+        for line in lines:
+            logger_name, _, rest = line.partition(" ")
+            scan(line, "a log line", f"logger {logger_name}, {rest.partition(' ')[0]}")
+        for path in list(self.log_files):
+            scan(self._new_log_bytes(path), "a log file", path.name)
+        return list(dict.fromkeys(_redact(f, needles) for f in findings))
+
+    def _drain_dashboard_requests(self) -> list[dict]:
+        entries = []
+        for watched in self._sims:
+            label, state, last = watched
+            drained, seen = state.drain_requests()
+            if seen - last > len(drained):
+                entries.append({"dropped": seen - last - len(drained), "sim": label})
+            watched[2] = seen
+            entries.extend(dict(e, sim=label) for e in drained)
+        return entries
+
+    def _scan_dashboard_request(self, entry: dict, scan, token_in_browser: bool) -> None:
+        channel = f"the stand-in's dashboard at {entry['sim']}: {entry['method']} {entry['path']}"
+        scan(entry["path"], channel, "path")
+        # The designated places for a token: the whole ``token`` parameter, or a Bearer header.
+        for piece in entry["query"].split("&") if entry["query"] else []:
+            name, _, value = piece.partition("=")
+            designated = name == "token" and self.is_minted(unquote_plus(value))
+            scan(piece, channel, f"query parameter {unquote_plus(name)}", tokens=not designated)
+        for header, value in entry["headers"]:
+            designated = (header.lower() == "authorization" and value.startswith("Bearer ")
+                          and self.is_minted(value[7:])) or (token_in_browser and header.lower() == "referer")
+            scan(value, channel, f"header {header}", tokens=not designated)
+        for cookie, value in entry["cookies"]:
+            scan(value, channel, f"cookie {cookie}")
+
+    def _new_log_bytes(self, path: Path) -> bytes:
+        offset = self._file_offsets.get(path, 0)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return b""
+        # A line still being written is scanned whole next time, not cut across a secret.
+        end = data.rfind(b"\n") + 1
+        self._file_offsets[path] = offset + end
+        return data[:end]
+
+    def begin_test(self) -> None:
+        self._in_test = True
+
+    def end_test(self) -> None:
+        self._in_test = False
+        self._test_secrets.clear()
+
+
+def _redact(text: str, needles) -> str:
+    for name, needle in needles:
+        text = text.replace(needle.decode(), f"<{name}>")
+    return _JWT_TEXT.sub("<token>", text)
 
 
 LEAKS = LeakWatch()
+LEAKS.secret(API_KEY, "API key")
+LEAKS.secret(API_SECRET, "API secret")
+LEAKS.secret(SECRET_KEY, "GATEWAY_SECRET_KEY")
+
+
+@pytest.fixture
+def leaks():
+    """The leak oracle: ``leaks.secret(value, "name")`` watches a secret for this test."""
+    return LEAKS
+
+
+@pytest.fixture(autouse=True)
+def leak_oracle(request):
+    """Fails the test that lets any secret reach a response, the stand-in's dashboard, or a log.
+
+    ``@pytest.mark.token_in_browser`` lets minted dashboard tokens (only those) reach
+    responses, for iframe mode, which puts the token in the iframe URL by design; and so
+    the Referer Chromium sends from that frame to the dashboard's own files.
+    """
+    # What arrived between tests (a straggling thread, a wider fixture) is reported with
+    # this test, marked as such, rather than lost.
+    leftovers = LEAKS.check()
+    LEAKS.begin_test()
+    yield
+    try:
+        found = LEAKS.check(token_in_browser=request.node.get_closest_marker("token_in_browser") is not None)
+    finally:
+        LEAKS.end_test()
+    if leftovers:
+        found = [f + " [between tests, before this one began]" for f in leftovers] + found
+    if found:
+        pytest.fail("leak oracle: a secret left the server:\n  " + "\n  ".join(found), pytrace=False)
+
+
+def record_browser(target):
+    """Record every response Chromium receives through ``target`` for the leak oracle.
+
+    ``target`` is a Playwright Browser (every context and page it opens from now on),
+    a BrowserContext, or a Page. Bodies are fetched when the context or page closes,
+    or at the end of the test, whichever comes first.
+    """
+    if getattr(target, "_leak_recorded", False):
+        return target
+    target._leak_recorded = True
+    if hasattr(target, "new_context"):  # a Browser
+        new_context, new_page = target.new_context, target.new_page
+
+        def recorded_context(*args, **kwargs):
+            return record_browser(new_context(*args, **kwargs))
+
+        def recorded_page(*args, **kwargs):
+            page = new_page(*args, **kwargs)
+            record_browser(page.context)
+            return page
+
+        target.new_context, target.new_page = recorded_context, recorded_page
+        return target
+    target.on("response", LEAKS.record_browser_response)
+    target.on("requestfinished", LEAKS.record_browser_finished)
+    close = target.close
+
+    def flush_then_close(*args, **kwargs):
+        LEAKS.flush_browser()
+        return close(*args, **kwargs)
+
+    target.close = flush_then_close
+    return target
 
 
 class _LogRecorder(logging.Handler):
@@ -82,15 +375,23 @@ def record_all_logs():
 class RecordingClient(FlaskClient):
     def open(self, *args, **kwargs):
         response = super().open(*args, **kwargs)
-        LEAKS.record("test-client", response.headers, response.get_data())
+        # With follow_redirects, the first hop is only in the history.
+        for hop in (*getattr(response, "history", ()), response):
+            sent = getattr(hop, "request", None)
+            where = f"the test client: {sent.method} {sent.full_path.rstrip('?')}" if sent else "the test client"
+            LEAKS.record(where, hop.headers, hop.get_data())
         return response
 
 
 def _record_requests_response(response, *args, **kwargs):
+    # The raw headers keep repeated ones (Set-Cookie) apart; each redirect hop runs this hook too.
+    raw = getattr(response.raw, "headers", None)
+    headers = list(raw.items()) if raw is not None else response.headers
+    where = f"{response.request.method} {response.url}"
     if not response.raw or response.headers.get("Content-Type", "").startswith("text/csv"):
-        LEAKS.record(response.url, response.headers, b"")
+        LEAKS.record(where, headers, b"")
     else:
-        LEAKS.record(response.url, response.headers, response.content)
+        LEAKS.record(where, headers, response.content)
 
 
 def recording_session() -> requests.Session:
@@ -104,6 +405,33 @@ def http():
     """A requests.Session whose every response is recorded for the leak scan."""
     with recording_session() as session:
         yield session
+
+
+# ----------------------------------------------------------- no silent skips
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With CI=true a skip is a failure: a missing Chromium or redis-server must not pass unseen."""
+    report = yield
+    if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and CI=true forbids skips: {_skip_reason(report.longrepr)}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A module-level skip (importorskip) is a collection error under CI=true."""
+    report = yield
+    if os.environ.get("CI") == "true" and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and CI=true forbids skips: {_skip_reason(report.longrepr)}"
+    return report
+
+
+def _skip_reason(longrepr) -> str:
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
 
 
 # ------------------------------------------------------------------- clocks
@@ -146,10 +474,17 @@ class Sim:
     def reset(self) -> None:
         self.http.post(self.url + "/_sim/reset", timeout=5).raise_for_status()
 
+    def requests(self, since: int = 0) -> list[dict]:
+        """The dashboard requests the oracle has not drained yet (method, path, query, headers, cookies)."""
+        return self.http.get(self.url + "/_sim/requests", params={"since": since}, timeout=5).json()["requests"]
+
 
 def start_sim(**kwargs) -> Sim:
     app = create_sim_app({API_KEY: API_SECRET}, **kwargs)
-    return Sim(ServerThread(app).start())
+    sim = Sim(ServerThread(app).start())
+    # Its minted tokens become secrets, and its dashboard requests a channel, for the oracle.
+    LEAKS.watch_sim(sim.url, app.extensions["sim"])
+    return sim
 
 
 @pytest.fixture(scope="session")
@@ -181,6 +516,7 @@ def base_config(sim: Sim, **overrides) -> dict:
         "TESTING": True,
     }
     config.update(overrides)
+    LEAKS.secrets_in_config(config)
     return config
 
 
@@ -232,8 +568,9 @@ class Gunicorn:
 
 def start_gunicorn(env: dict, log: Path, *, workers: int = 2, threads: int = 8,
                    app: str = "wsgi:app", timeout: float = 30) -> Gunicorn:
+    # No drain delay unless a test asks for one: every test's server stops at its end.
     full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
-                "PYTHONPATH": str(ROOT), **env}
+                "PYTHONPATH": str(ROOT), "GATEWAY_DRAIN_DELAY": "0", **env}
     out = open(log, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import JWT_SHAPE, LEAKS, ROOT, base_config
+from conftest import JWT_SHAPE, LEAKS, ROOT, base_config, record_browser
 from gateway import create_app
 from gateway.sim.server import ServerThread
 
@@ -27,6 +27,7 @@ def browser():
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
             "--disable-background-networking", "--disable-component-update"])
+        record_browser(browser)  # every response Chromium receives goes to the leak oracle
         yield browser
         browser.close()
 
@@ -118,6 +119,7 @@ def test_proxy_mode_journey_shows_data_and_no_token_reaches_the_browser(browser,
     context.close()
 
 
+@pytest.mark.token_in_browser
 def test_iframe_mode_journey_shows_the_dashboard(browser, gateway_server, sim):
     server = gateway_server("iframe")
     context = browser.new_context(viewport={"width": 1280, "height": 800})

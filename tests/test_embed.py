@@ -13,6 +13,7 @@ def frame_src(response) -> str:
     return re.search(r'<iframe[^>]* src="([^"]+)"', response.get_data(as_text=True)).group(1).replace("&amp;", "&")
 
 
+@pytest.mark.token_in_browser
 def test_embed_page_shows_user_subtenant_and_dashboard(client, sim):
     response = client.get("/", headers=user_headers("alice@acme.example"))
     text = response.get_data(as_text=True)
@@ -24,12 +25,14 @@ def test_embed_page_shows_user_subtenant_and_dashboard(client, sim):
     assert (claims["tenantId"], claims["subTenantId"]) == ("acme", "sales-emea")
 
 
+@pytest.mark.token_in_browser
 def test_iframe_mode_dashboard_accepts_the_token(client, http):
     src = frame_src(client.get("/", headers=user_headers("alice@acme.example")))
     page = http.get(src)
     assert page.status_code == 200 and "sales-emea" in page.text
 
 
+@pytest.mark.token_in_browser
 def test_security_headers(client, sim):
     response = client.get("/", headers=user_headers("alice@acme.example"))
     headers = response.headers
@@ -60,6 +63,7 @@ def test_security_headers_keep_what_a_response_set_and_add_cookie_to_vary(make_a
     assert app.test_client().get("/_test/cookie-vary").headers.getlist("Vary") == ["cookie"]
 
 
+@pytest.mark.token_in_browser
 def test_frame_ancestors_setting(make_app):
     client = make_app(GATEWAY_FRAME_ANCESTORS="https://portal.partner.example").test_client()
     csp = client.get("/", headers=user_headers("alice@acme.example")).headers["Content-Security-Policy"]
@@ -79,6 +83,7 @@ def test_unmatched_user_gets_json_when_asked(client):
     assert error["code"] == "not_linked" and error["request_id"] == response.headers["X-Request-Id"]
 
 
+@pytest.mark.token_in_browser
 def test_several_matches_choose_at_select(client, sim):
     headers = user_headers("bob@acme.example", "emea")
     first = client.get("/", headers=headers)
@@ -111,6 +116,7 @@ def test_select_needs_csrf(client):
     assert client.post("/select", data={"subtenant": "acme/sales-us"}, headers=headers).status_code == 403
 
 
+@pytest.mark.token_in_browser
 def test_choice_is_rechecked_when_groups_change(client):
     headers = user_headers("bob@acme.example", "emea")
     picker = client.get("/select", headers=headers)
@@ -121,6 +127,7 @@ def test_choice_is_rechecked_when_groups_change(client):
     assert "Sales US" in page.get_data(as_text=True) and "Sales EMEA" not in page.get_data(as_text=True)
 
 
+@pytest.mark.token_in_browser
 def test_planted_session_choice_cannot_reach_another_team(client, sim):
     client.get("/", headers=user_headers("alice@acme.example"))
     with client.session_transaction() as s:
@@ -131,6 +138,7 @@ def test_planted_session_choice_cannot_reach_another_team(client, sim):
 
 
 @pytest.mark.parametrize("params", [{"subtenant": "globex/ops"}, {"tenant": "globex", "sub": "ops"}])
+@pytest.mark.token_in_browser
 def test_query_and_headers_cannot_pick_a_subtenant(client, sim, params):
     page = client.get("/", query_string=params,
                       headers=user_headers("alice@acme.example", **{"X-Sub-Tenant-Id": "ops", "X-Tenant-Id": "globex"}))

@@ -287,6 +287,7 @@ def test_sso_session_gone_shows_session_ended_not_a_broken_frame(browser, server
 
 # --------------------------------------------------------- long-open tabs
 @pytest.mark.slow
+@pytest.mark.token_in_browser
 def test_a_tab_open_for_three_token_lifetimes_still_shows_live_data(browser, servers):  # noqa: F811
     short = start_sim(token_ttl=60, poll_ms=5000)
     try:

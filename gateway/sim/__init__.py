@@ -32,11 +32,33 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 
 class SimState:
-    """Counters, injected faults and rate-limit windows, shared by all threads."""
+    """Counters, injected faults and rate-limit windows, shared by all threads.
+
+    Two journals outlive ``reset()``: every dashboard request (method, raw path,
+    query, headers, cookies) and every minted token. The tests' leak oracle drains
+    them after each test, so they stay small; outside tests they are capped.
+    """
+
+    JOURNAL_CAP = 20000
+
+    class _Minted(set):
+        """The live token set; each addition is also journaled, since ``reset()`` replaces the set."""
+
+        def __init__(self, journal: collections.deque):
+            super().__init__()
+            self._journal = journal
+
+        def add(self, value) -> None:
+            if value not in self:
+                self._journal.append(value)
+            super().add(value)
 
     def __init__(self, clock: Callable[[], float]):
         self.clock = clock
         self.lock = threading.Lock()
+        self.requests: collections.deque = collections.deque(maxlen=self.JOURNAL_CAP)
+        self.requests_seen = 0
+        self.mint_journal: collections.deque = collections.deque(maxlen=self.JOURNAL_CAP)
         self.reset()
 
     def reset(self) -> None:
@@ -47,9 +69,31 @@ class SimState:
             self.dashboard_paths: list[str] = []
             self.faults: list[dict] = []
             self.windows: dict[str, collections.deque] = {}
-            self.minted: set[str] = set()
+            self.minted: set[str] = self._Minted(self.mint_journal)
             self.revoked: set[str] = set()
             self.first_seen: dict[tuple[str, str], str] = {}
+
+    def journal_request(self, entry: dict) -> None:
+        with self.lock:
+            self.requests_seen += 1
+            entry["seq"] = self.requests_seen
+            self.requests.append(entry)
+
+    def drain_requests(self) -> tuple[list[dict], int]:
+        """The journaled requests, emptied; and the sequence number of the last one ever seen.
+
+        A gap between the last drained ``seq`` and the first one here means the cap dropped some.
+        """
+        with self.lock:
+            entries = list(self.requests)
+            self.requests.clear()
+            return entries, self.requests_seen
+
+    def drain_minted(self) -> list[str]:
+        with self.lock:
+            tokens = list(self.mint_journal)
+            self.mint_journal.clear()
+            return tokens
 
     def next_fault(self) -> dict | None:
         with self.lock:
@@ -172,8 +216,18 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
         if request.path.startswith("/_sim/") or request.path == TOKEN_PATH:
             return None
         raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path
+        raw_path = raw.split("?", 1)[0]
+        # Everything the dashboard was sent, for the leak oracle: a token belongs only in
+        # ``?token=`` or ``Authorization: Bearer``, and nothing else secret belongs anywhere.
+        state.journal_request({
+            "method": request.method, "path": raw_path,
+            "query": request.environ.get("QUERY_STRING", ""),
+            "headers": [[name, value] for name, value in request.headers.items()],
+            "cookies": [[name, value] for name, value in request.cookies.items(multi=True)],
+            "at": time.time(),
+        })
         with state.lock:
-            state.dashboard_paths.append(raw.split("?", 1)[0])
+            state.dashboard_paths.append(raw_path)
         if not request.path.startswith("/dashboard/"):
             return Response("not found", 404)
         claims = verified_claims()
@@ -196,6 +250,18 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
                            statuses=dict(state.statuses),
                            dashboard_paths=list(state.dashboard_paths),
                            pending_faults=[dict(f) for f in state.faults])
+
+    @app.get("/_sim/requests")
+    def journaled_requests():
+        """Every dashboard request still in the journal (black-box use); ``?since=<seq>`` for the newer ones."""
+        try:
+            since = int(request.args.get("since", "0"))
+        except ValueError:
+            return jsonify(error="since must be an integer"), 400
+        with state.lock:
+            entries = [dict(e) for e in state.requests if e["seq"] > since]
+            last = state.requests_seen
+        return jsonify(requests=entries, last_seq=last)
 
     @app.delete("/_sim/faults")
     def clear_faults():
