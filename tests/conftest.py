@@ -512,7 +512,7 @@ def base_config(sim: Sim, **overrides) -> dict:
         "GATEWAY_SECRET_KEY": SECRET_KEY,
         "GATEWAY_TENANTS_FILE": str(DATA / "tenants.toml"),
         "GATEWAY_AUTH_MODE": "header",
-        "GATEWAY_EMBED_MODE": "iframe",
+        # GATEWAY_EMBED_MODE: the production default (proxy); tests about iframe mode say so.
         "TESTING": True,
     }
     config.update(overrides)

@@ -45,7 +45,6 @@ def test_identity_headers_from_untrusted_peers_get_401(client, sim, peer):
     assert sim.stats()["token_requests"] == 0
 
 
-@pytest.mark.token_in_browser
 def test_ipv4_mapped_trusted_peer_is_still_trusted(client):
     response = client.get("/", headers=user_headers("alice@acme.example"),
                           environ_base={"REMOTE_ADDR": "::ffff:127.0.0.1"})
@@ -150,14 +149,12 @@ def hs256_with_public_key(keys, claims):
     return (signing_input + b"." + b64(hmac.new(keys.public_pem(), signing_input, hashlib.sha256).digest())).decode()
 
 
-@pytest.mark.token_in_browser
 def test_pomerium_style_assertion_verifies_with_a_jwks_key(assertion_client, keys):
     for kid in ("rsa-1", "ec-1"):
         response = assertion_client.get("/", headers={"X-Pomerium-Jwt-Assertion": keys.sign(assertion(), kid=kid)})
         assert response.status_code == 200 and "Sales EMEA" in response.get_data(as_text=True)
 
 
-@pytest.mark.token_in_browser
 def test_rotated_key_is_picked_up_from_the_jwks(assertion_client, keys):
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -210,7 +207,6 @@ def test_assertion_from_an_untrusted_peer_is_ignored(assertion_client, keys):
 
 
 @pytest.mark.parametrize("sent, status", [(None, 401), ("wrong-secret-value!", 401), ("proxy-shared-secret-1", 200)])
-@pytest.mark.token_in_browser
 def test_proxy_secret_header(make_app, sent, status):
     client = make_app(GATEWAY_PROXY_SECRET="proxy-shared-secret-1").test_client()
     headers = user_headers("alice@acme.example")
@@ -278,7 +274,6 @@ def test_tampered_and_foreign_cookies_are_no_session(jwt_app, tamper):
     assert_clean(response)
 
 
-@pytest.mark.token_in_browser
 def test_cookie_replay_after_logout_is_refused(jwt_app):
     client, cookie = _signed_in(jwt_app)
     assert client.post("/logout", data={"csrf_token": csrf_of(client.get("/"))}).status_code == 303
@@ -289,7 +284,6 @@ def test_cookie_replay_after_logout_is_refused(jwt_app):
         assert response.status_code == 401 and "Your session has ended" in response.get_data(as_text=True)
 
 
-@pytest.mark.token_in_browser
 def test_cookie_replay_after_logout_is_refused_by_every_worker(gunicorn, tmp_path):
     server = gunicorn(workers=2, threads=4, GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_SECRET=HANDOFF_SECRET,
                       GATEWAY_HANDOFF_ISSUER=ISS, GATEWAY_HANDOFF_AUDIENCE=AUD,

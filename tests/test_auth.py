@@ -10,7 +10,6 @@ def csrf_from(response) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', response.get_data(as_text=True)).group(1)
 
 
-@pytest.mark.token_in_browser
 def test_trusted_proxy_headers_sign_the_user_in(client):
     response = client.get("/", headers=user_headers("alice@acme.example"))
     assert response.status_code == 200
@@ -29,7 +28,6 @@ def test_identity_headers_from_an_untrusted_peer_are_ignored(client):
     assert response.status_code == 401
 
 
-@pytest.mark.token_in_browser
 def test_trusted_proxies_setting_is_respected(make_app):
     app = make_app(GATEWAY_TRUSTED_PROXIES="10.1.0.0/16")
     client = app.test_client()
@@ -44,7 +42,6 @@ def test_malformed_identity_header_is_not_an_identity(client, value):
     assert client.get("/", headers={"X-Forwarded-Email": value}).status_code == 401
 
 
-@pytest.mark.token_in_browser
 def test_custom_header_names(make_app):
     client = make_app(GATEWAY_USER_HEADER="X-Auth-Request-Email",
                       GATEWAY_GROUPS_HEADER="X-Auth-Request-Groups").test_client()
@@ -54,7 +51,6 @@ def test_custom_header_names(make_app):
     assert response.status_code == 200 and "Sales US" in response.get_data(as_text=True)
 
 
-@pytest.mark.token_in_browser
 def test_changed_identity_drops_the_old_session(client):
     client.get("/select", headers=user_headers("bob@acme.example", "emea"))
     with client.session_transaction() as s:
@@ -66,14 +62,12 @@ def test_changed_identity_drops_the_old_session(client):
         assert s["sid"] != old_sid and "subtenant" not in s
 
 
-@pytest.mark.token_in_browser
 def test_session_alone_is_not_enough_in_header_mode(client):
     assert client.get("/", headers=user_headers("alice@acme.example")).status_code == 200
     # The proxy stopped vouching (its session ended): our cookie must not carry on.
     assert client.get("/").status_code == 401
 
 
-@pytest.mark.token_in_browser
 def test_session_cookie_flags(client):
     response = client.get("/", headers=user_headers("alice@acme.example"))
     cookie = response.headers["Set-Cookie"]
@@ -81,13 +75,11 @@ def test_session_cookie_flags(client):
     assert "Domain" not in cookie and "Path=/" in cookie
 
 
-@pytest.mark.token_in_browser
 def test_logout_needs_a_csrf_token(client):
     client.get("/", headers=user_headers("alice@acme.example"))
     assert client.post("/logout", headers=user_headers("alice@acme.example")).status_code == 403
 
 
-@pytest.mark.token_in_browser
 def test_logout_refuses_cross_site(client):
     page = client.get("/", headers=user_headers("alice@acme.example"))
     token = csrf_from(page)
@@ -99,7 +91,6 @@ def test_logout_refuses_cross_site(client):
     assert response.status_code == 403
 
 
-@pytest.mark.token_in_browser
 def test_logout_clears_the_session_and_goes_to_the_proxy_sign_out(make_app):
     client = make_app(GATEWAY_LOGOUT_URL="/oauth2/sign_out").test_client()
     page = client.get("/", headers=user_headers("alice@acme.example"))
@@ -162,7 +153,6 @@ def test_login_page_is_not_there_in_header_mode(client):
     assert client.get("/login").status_code == 404
 
 
-@pytest.mark.token_in_browser
 def test_opaque_origin_needs_same_origin_fetch_metadata(client):
     page = client.get("/", headers=user_headers("alice@acme.example"))
     token = csrf_from(page)

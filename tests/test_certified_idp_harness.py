@@ -43,7 +43,7 @@ def insecure_transport_for_loopback(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def idp(certified_idp_module):
+def idp(certified_idp_module):  # noqa: F811
     return certified_idp_module(clients=[
         client_metadata("gateway", secret="gateway-client-secret"),
         client_metadata("post-client", secret="post-client-secret", auth_method="client_secret_post"),
@@ -198,7 +198,7 @@ def test_logout_with_id_token_hint_and_without_client(idp):
         assert answer.status_code == 400 and "post_logout_redirect_uri not registered" in answer.text
 
 
-def test_rotate_changes_the_kid_of_new_id_tokens(certified_idp):
+def test_rotate_changes_the_kid_of_new_id_tokens(certified_idp):  # noqa: F811
     idp = certified_idp()
     before = authorization_code_flow(idp).token["id_token"]
     old_kid = verify_id_token(idp, before, "gateway")[0]["kid"]
@@ -217,7 +217,7 @@ def test_rotate_changes_the_kid_of_new_id_tokens(certified_idp):
     assert len(idp.jwks()["keys"]) == 3
 
 
-def test_clock_offset_issues_id_tokens_from_the_future(certified_idp):
+def test_clock_offset_issues_id_tokens_from_the_future(certified_idp):  # noqa: F811
     idp = certified_idp(clock_offset=300)
     _, claims = verify_id_token(idp, authorization_code_flow(idp).token["id_token"], "gateway", check_times=False)
     assert abs(claims["iat"] - (time.time() + 300)) < 10, claims
@@ -226,7 +226,7 @@ def test_clock_offset_issues_id_tokens_from_the_future(certified_idp):
     assert abs(claims["iat"] - time.time()) < 10, claims
 
 
-def test_groups_in_id_token_option(certified_idp):
+def test_groups_in_id_token_option(certified_idp):  # noqa: F811
     idp = certified_idp(groups_in_id_token=True)
     _, claims = verify_id_token(idp, authorization_code_flow(idp).token["id_token"], "gateway")
     assert claims["groups"] == ["sales", "everyone"] and "email" not in claims

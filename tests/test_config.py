@@ -108,7 +108,6 @@ def test_logout_url_takes_a_path_or_an_http_url_only():
             config.load({**REQUIRED, "GATEWAY_LOGOUT_URL": bad})
 
 
-@pytest.mark.token_in_browser
 def test_an_unreachable_redis_url_never_shows_its_password(make_app, caplog):
     url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
     app = make_app(GATEWAY_CACHE_URL=url, ZIPTEAMS_RETRIES="0")

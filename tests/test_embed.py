@@ -13,8 +13,14 @@ def frame_src(response) -> str:
     return re.search(r'<iframe[^>]* src="([^"]+)"', response.get_data(as_text=True)).group(1).replace("&amp;", "&")
 
 
-@pytest.mark.token_in_browser
-def test_embed_page_shows_user_subtenant_and_dashboard(client, sim):
+@pytest.fixture
+def iframe_client(make_app):
+    return make_app(GATEWAY_EMBED_MODE="iframe").test_client()
+
+
+@pytest.mark.token_in_browser  # iframe mode: the token is in the page by design
+def test_embed_page_shows_user_subtenant_and_dashboard(iframe_client, sim):
+    client = iframe_client
     response = client.get("/", headers=user_headers("alice@acme.example"))
     text = response.get_data(as_text=True)
     assert response.status_code == 200
@@ -25,16 +31,17 @@ def test_embed_page_shows_user_subtenant_and_dashboard(client, sim):
     assert (claims["tenantId"], claims["subTenantId"]) == ("acme", "sales-emea")
 
 
-@pytest.mark.token_in_browser
-def test_iframe_mode_dashboard_accepts_the_token(client, http):
-    src = frame_src(client.get("/", headers=user_headers("alice@acme.example")))
+@pytest.mark.token_in_browser  # iframe mode: the token is in the page by design
+def test_iframe_mode_dashboard_accepts_the_token(iframe_client, http):
+    src = frame_src(iframe_client.get("/", headers=user_headers("alice@acme.example")))
     page = http.get(src)
     assert page.status_code == 200 and "sales-emea" in page.text
 
 
-@pytest.mark.token_in_browser
-def test_security_headers(client, sim):
-    response = client.get("/", headers=user_headers("alice@acme.example"))
+@pytest.mark.token_in_browser  # the iframe-mode case puts the token in the page by design
+@pytest.mark.parametrize("mode", ["proxy", "iframe"])
+def test_security_headers(make_app, sim, mode):
+    response = make_app(GATEWAY_EMBED_MODE=mode).test_client().get("/", headers=user_headers("alice@acme.example"))
     headers = response.headers
     assert headers["Cache-Control"] == "no-store"
     assert headers["Referrer-Policy"] == "no-referrer"
@@ -42,7 +49,8 @@ def test_security_headers(client, sim):
     assert "Cookie" in headers["Vary"]
     csp = headers["Content-Security-Policy"]
     assert "frame-ancestors 'self'" in csp
-    assert f"frame-src {sim.url}" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
+    frame_src = sim.url if mode == "iframe" else "'self'"
+    assert f"frame-src {frame_src};" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
 
 
 def test_security_headers_keep_what_a_response_set_and_add_cookie_to_vary(make_app):
@@ -63,7 +71,6 @@ def test_security_headers_keep_what_a_response_set_and_add_cookie_to_vary(make_a
     assert app.test_client().get("/_test/cookie-vary").headers.getlist("Vary") == ["cookie"]
 
 
-@pytest.mark.token_in_browser
 def test_frame_ancestors_setting(make_app):
     client = make_app(GATEWAY_FRAME_ANCESTORS="https://portal.partner.example").test_client()
     csp = client.get("/", headers=user_headers("alice@acme.example")).headers["Content-Security-Policy"]
@@ -83,7 +90,6 @@ def test_unmatched_user_gets_json_when_asked(client):
     assert error["code"] == "not_linked" and error["request_id"] == response.headers["X-Request-Id"]
 
 
-@pytest.mark.token_in_browser
 def test_several_matches_choose_at_select(client, sim):
     headers = user_headers("bob@acme.example", "emea")
     first = client.get("/", headers=headers)
@@ -116,7 +122,6 @@ def test_select_needs_csrf(client):
     assert client.post("/select", data={"subtenant": "acme/sales-us"}, headers=headers).status_code == 403
 
 
-@pytest.mark.token_in_browser
 def test_choice_is_rechecked_when_groups_change(client):
     headers = user_headers("bob@acme.example", "emea")
     picker = client.get("/select", headers=headers)
@@ -127,7 +132,6 @@ def test_choice_is_rechecked_when_groups_change(client):
     assert "Sales US" in page.get_data(as_text=True) and "Sales EMEA" not in page.get_data(as_text=True)
 
 
-@pytest.mark.token_in_browser
 def test_planted_session_choice_cannot_reach_another_team(client, sim):
     client.get("/", headers=user_headers("alice@acme.example"))
     with client.session_transaction() as s:
@@ -138,7 +142,6 @@ def test_planted_session_choice_cannot_reach_another_team(client, sim):
 
 
 @pytest.mark.parametrize("params", [{"subtenant": "globex/ops"}, {"tenant": "globex", "sub": "ops"}])
-@pytest.mark.token_in_browser
 def test_query_and_headers_cannot_pick_a_subtenant(client, sim, params):
     page = client.get("/", query_string=params,
                       headers=user_headers("alice@acme.example", **{"X-Sub-Tenant-Id": "ops", "X-Tenant-Id": "globex"}))

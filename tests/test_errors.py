@@ -27,7 +27,6 @@ def client(make_app, clock):
     ({"malformed": "not-jwt"}, 502, "zipteams_invalid_token"),
     ({"malformed": "wrong-subtenant"}, 502, "zipteams_invalid_token"),
 ])
-@pytest.mark.token_in_browser
 def test_each_fault_gives_its_status_and_a_plain_page_then_recovers(client, sim, clock, fault, status, code):
     sim.fault(count=1, **fault)
     response = client.get("/", headers=ALICE)
@@ -56,7 +55,6 @@ def test_rate_limit_without_a_named_wait_defaults_to_60(client, sim):
     assert client.get("/", headers=ALICE).headers["Retry-After"] == "60"
 
 
-@pytest.mark.token_in_browser
 def test_timeout_becomes_504(make_app, sim):
     client = make_app(ZIPTEAMS_TIMEOUT="0.3", ZIPTEAMS_RETRIES="0").test_client()
     sim.fault(delay=1, count=1)

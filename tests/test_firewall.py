@@ -8,11 +8,11 @@ import time
 from urllib.parse import quote
 
 import pytest
-from werkzeug.wrappers import Request, Response
 
 from conftest import JWT_SHAPE, LEAKS, recording_session, user_headers
 from gateway.sim.server import ServerThread
 from test_browser import CHROMIUM, browser  # noqa: F401  (the module-scoped Chromium fixture)
+from test_experience import partner_page  # noqa: F401  (host pages on other loopback origins)
 
 ALICE = user_headers("alice@acme.example")
 PH = re.compile(r"zgtoken-[0-9a-f]{32}")
@@ -287,45 +287,27 @@ def test_proxied_writes_need_a_same_origin_signal(gunicorn, sim, headers, status
 
 
 # ------------------------------------------------ framing, in Chromium
-@pytest.fixture
-def host_pages():
-    """Pages on other loopback origins that frame whatever ``?src=`` names."""
-    started = {}
-
-    @Request.application
-    def serve(request):
-        src = request.args.get("src", "")
-        return Response(f'<!doctype html><title>host</title><iframe id="f" src="{src}" width="800" height="600">'
-                        "</iframe>", mimetype="text/html")
-
-    for name in ("listed", "other"):
-        started[name] = ServerThread(serve).start()
-    yield started
-    for server in started.values():
-        server.stop()
-
-
 @pytest.mark.browser
-def test_a_dashboard_csp_does_not_lift_the_framing_policy(browser, host_pages, make_app, sim):  # noqa: F811
+def test_a_dashboard_csp_does_not_lift_the_framing_policy(browser, partner_page, make_app, sim):  # noqa: F811
     from pathlib import Path
 
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium not installed at {CHROMIUM}")
-    listed = host_pages["listed"].url
+    listed = partner_page["allowed"].url
     app = make_app(GATEWAY_EMBED_MODE="proxy", GATEWAY_COOKIE_SECURE="false",
                    GATEWAY_FRAME_ANCESTORS=f"'self' {listed}")
     server = ServerThread(app).start()
     try:
         context = browser.new_context(extra_http_headers=ALICE)
         outcomes = {}
-        for name in ("listed", "other"):
+        for name in ("allowed", "other"):
             page = context.new_page()
             console = []
             page.on("console", lambda m: console.append(m.text))
             csp = []
             page.on("response", lambda r: csp.append(r.headers_array())
                     if r.url.startswith(server.url + "/dashboard/") else None)
-            page.goto(f"{host_pages[name].url}/?src={server.url}/dashboard/")
+            page.goto(f"{partner_page[name].url}/?src={server.url}/dashboard/")
             page.wait_for_timeout(1500)
             frame = page.frames[1]
             ready = frame.url.startswith(server.url) and frame.locator("#app[data-state=ready]").count() == 1
@@ -334,7 +316,7 @@ def test_a_dashboard_csp_does_not_lift_the_framing_policy(browser, host_pages, m
         context.close()
     finally:
         server.stop()
-    ready, _, csp = outcomes["listed"]
+    ready, _, csp = outcomes["allowed"]
     assert ready, "a listed partner page must be able to show the dashboard"
     policies = [v for headers in csp[:1] for h in headers for k, v in [(h["name"], h["value"])]
                 if k.lower() == "content-security-policy"]

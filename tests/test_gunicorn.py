@@ -14,7 +14,6 @@ USERS = [(f"user{i}@us.acme.example", "Sales US") if i % 2 else (f"user{i}@emea.
          for i in range(20)]
 
 
-@pytest.mark.token_in_browser  # iframe mode: the token is in the page by design
 def test_two_workers_many_users_each_sees_only_their_subtenant(gunicorn, sim):
     server = gunicorn(workers=2, threads=8)
 
@@ -35,7 +34,6 @@ def test_two_workers_many_users_each_sees_only_their_subtenant(gunicorn, sim):
     assert all(count <= 2 for count in by_subtenant.values()), by_subtenant
 
 
-@pytest.mark.token_in_browser  # iframe mode: the token is in the page by design
 def test_fifty_concurrent_first_requests_make_one_token_request(gunicorn, sim):
     server = gunicorn(workers=1, threads=32)
     sim.fault(delay=0.5, count=1)  # keep the first fetch in flight while the rest arrive

@@ -34,14 +34,12 @@ def jc(jwt_app):
     return jwt_app.test_client()
 
 
-@pytest.mark.token_in_browser
 def test_handoff_signs_in_and_returns_to_the_page(jc):
     response = jc.get("/sso/jwt", query_string={"jwt": hs(claims()), "return_to": "/select"})
     assert response.status_code == 302 and response.headers["Location"] == "/select"
     assert "Sales EMEA" in jc.get("/").get_data(as_text=True)
 
 
-@pytest.mark.token_in_browser
 def test_handoff_with_groups_picks_the_subtenant(jc):
     jc.get("/sso/jwt", query_string={"jwt": hs(claims(email="zed@else.example", groups=["us"]))})
     assert "Sales US" in jc.get("/").get_data(as_text=True)
@@ -154,7 +152,6 @@ def signed_in(app, clock=None):
     return client
 
 
-@pytest.mark.token_in_browser
 def test_logout_revokes_the_cookie_server_side(jwt_app):
     client = signed_in(jwt_app)
     cookie = client.get_cookie("__Host-zg_session").value
@@ -175,7 +172,6 @@ def clocked(make_app, tmp_path):
     return app, clock
 
 
-@pytest.mark.token_in_browser
 def test_idle_session_ends(clocked):
     app, clock = clocked
     client = signed_in(app)
@@ -187,7 +183,6 @@ def test_idle_session_ends(clocked):
     assert client.get("/").status_code == 401
 
 
-@pytest.mark.token_in_browser
 def test_session_has_an_absolute_lifetime(clocked):
     app, clock = clocked
     client = signed_in(app)
@@ -198,7 +193,6 @@ def test_session_has_an_absolute_lifetime(clocked):
     assert client.get("/").status_code == 401
 
 
-@pytest.mark.token_in_browser
 def test_secret_key_rotation_keeps_sessions(make_app, tmp_path):
     old_key = "old-secret-key-" + "o" * 32
     state = str(tmp_path / "s.db")

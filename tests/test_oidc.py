@@ -84,7 +84,6 @@ def test_authorization_request_uses_pkce_state_and_nonce(oidc_app):
     assert set(query["scope"][0].split()) == {"openid", "email", "profile"}
 
 
-@pytest.mark.token_in_browser
 def test_login_with_groups_chooses_the_subtenant_and_restores_the_page(oidc_app, idp):
     client = oidc_app.test_client()
     _, done = login(client, idp, {"email": "zed@elsewhere.example", "groups": ["us"]}, path="/select")
@@ -174,7 +173,6 @@ def test_users_are_keyed_by_issuer_and_subject(oidc_app, idp):
         assert s["subject"] == f"{idp}|{sub}" and s["email"] == "alice@acme.example"
 
 
-@pytest.mark.token_in_browser
 def test_logout_signs_out_here_and_at_the_idp_and_the_cookie_is_dead(oidc_app, idp):
     client = oidc_app.test_client()
     login(client, idp, {"email": "alice@acme.example"})

@@ -9,7 +9,7 @@ Chromium; the rest talk HTTP to the provider through the gateway's test client.
 import logging
 import re
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from werkzeug.wrappers import Request, Response

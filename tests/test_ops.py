@@ -34,7 +34,6 @@ def test_metrics_only_for_allowed_peers(client):
     assert outsider.status_code == 404
 
 
-@pytest.mark.token_in_browser
 def test_metrics_count_cache_hits_and_zipteams_calls(client):
     from prometheus_client import REGISTRY
 
@@ -63,7 +62,6 @@ def rewrite(path, text):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a visibly newer mtime
 
 
-@pytest.mark.token_in_browser
 def test_a_valid_change_takes_effect_without_restart(make_app, rules_file):
     ticks = Ticks()
     client = make_app(GATEWAY_TENANTS_FILE=str(rules_file), MONOTONIC=ticks).test_client()
@@ -77,7 +75,6 @@ def test_a_valid_change_takes_effect_without_restart(make_app, rules_file):
     assert response.status_code == 200 and "New Corp" in response.get_data(as_text=True)
 
 
-@pytest.mark.token_in_browser
 def test_an_invalid_change_is_refused_and_the_old_rules_stay(make_app, rules_file, caplog):
     ticks = Ticks()
     client = make_app(GATEWAY_TENANTS_FILE=str(rules_file), MONOTONIC=ticks).test_client()
@@ -88,7 +85,6 @@ def test_an_invalid_change_is_refused_and_the_old_rules_stay(make_app, rules_fil
     assert "unknown key(s) email" in record.getMessage()
 
 
-@pytest.mark.token_in_browser
 def test_a_removed_subtenant_is_lost_at_the_next_request(make_app, rules_file):
     ticks = Ticks()
     client = make_app(GATEWAY_TENANTS_FILE=str(rules_file), MONOTONIC=ticks).test_client()
@@ -100,7 +96,6 @@ def test_a_removed_subtenant_is_lost_at_the_next_request(make_app, rules_file):
 
 
 # ------------------------------------------------------------- logs, audit
-@pytest.mark.token_in_browser
 def test_json_log_lines_carry_request_id_and_audit_fields(client):
     records = []
 

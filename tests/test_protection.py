@@ -96,7 +96,6 @@ def test_a_failed_probe_opens_the_breaker_again(sim, t):
         fetch("acme", "sales-us")
 
 
-@pytest.mark.token_in_browser
 def test_cached_tokens_are_served_while_the_breaker_is_open(make_app, sim):
     client = make_app(GATEWAY_BREAKER_FAILURES="1", ZIPTEAMS_RETRIES="0").test_client()
     alice = user_headers("alice@acme.example")

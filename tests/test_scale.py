@@ -29,19 +29,22 @@ def get(url, email, **kw):
         return http.get(url, headers=user_headers(email), timeout=60, **kw)
 
 
-@pytest.mark.token_in_browser
-def test_four_workers_on_redis_make_one_token_request_for_a_herd(gunicorn, sim, redis_server):
-    server = gunicorn(workers=4, threads=8, GATEWAY_CACHE_URL=redis_server.url)
-    sim.fault(delay=0.5, count=1)  # the winner's fetch stays in flight while the herd arrives
-    barrier = threading.Barrier(100)
+def herd(server, size: int) -> list[int]:
+    """``size`` different users' first visits, all at once; their statuses."""
+    barrier = threading.Barrier(size)
 
     def first_request(i):
         barrier.wait()
         return get(server.url + "/", f"user{i}@us.acme.example").status_code
 
-    with ThreadPoolExecutor(100) as pool:
-        statuses = list(pool.map(first_request, range(100)))
-    assert statuses == [200] * 100
+    with ThreadPoolExecutor(size) as pool:
+        return list(pool.map(first_request, range(size)))
+
+
+def test_four_workers_on_redis_make_one_token_request_for_a_herd(gunicorn, sim, redis_server):
+    server = gunicorn(workers=4, threads=8, GATEWAY_CACHE_URL=redis_server.url)
+    sim.fault(delay=0.5, count=1)  # the winner's fetch stays in flight while the herd arrives
+    assert herd(server, 100) == [200] * 100
     assert sim.stats()["token_requests"] == 1
 
 
@@ -50,19 +53,10 @@ def test_zipteams_slowed_near_the_deadline_still_gets_one_token_request_from_fou
     server = gunicorn(workers=4, threads=8, GATEWAY_CACHE_URL=redis_server.url, GATEWAY_EMBED_MODE="proxy",
                       ZIPTEAMS_DEADLINE="6", ZIPTEAMS_TIMEOUT="10")
     sim.fault(delay=5, count=1)  # close to the deadline: the lock must outlive it
-    barrier = threading.Barrier(40)
-
-    def first_request(i):
-        barrier.wait()
-        return get(server.url + "/", f"user{i}@us.acme.example").status_code
-
-    with ThreadPoolExecutor(40) as pool:
-        statuses = list(pool.map(first_request, range(40)))
-    assert statuses == [200] * 40
+    assert herd(server, 40) == [200] * 40
     assert sim.stats()["token_requests"] == 1
 
 
-@pytest.mark.token_in_browser
 def test_redis_stopping_mid_run_loses_no_request_and_its_return_is_picked_up(
         gunicorn, sim, redis_server, many_tenants):
     # A budget large enough that the rate limiter stays out of this test: it is about Redis.
@@ -94,7 +88,6 @@ def test_redis_stopping_mid_run_loses_no_request_and_its_return_is_picked_up(
     assert len(keys) == 1
 
 
-@pytest.mark.token_in_browser
 def test_a_burst_over_40_subtenants_never_provokes_a_429(gunicorn, redis_server, many_tenants):
     limited = start_sim(rate_limit=30)
     try:
@@ -113,7 +106,6 @@ def test_a_burst_over_40_subtenants_never_provokes_a_429(gunicorn, redis_server,
         limited.server.stop()
 
 
-@pytest.mark.token_in_browser
 def test_metrics_add_up_across_workers_and_logs_are_json(gunicorn, sim, many_tenants):
     from prometheus_client.parser import text_string_to_metric_families
 
