@@ -330,7 +330,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OIDC_SCOPES", "openid email profile", "OIDC mode: scopes to request (must include openid).", str),
     Setting("OIDC_EMAIL_CLAIM", "email",
             "OIDC mode: claim with the user's email, or comma-separated fallbacks tried in order (e.g. "
-            "upn,preferred_username for Entra ID). List a login name only if users cannot choose it.",
+            "email,upn). List a login name only if users cannot choose it (Entra ID: upn).",
             _claim_names),
     Setting("OIDC_GROUPS_CLAIM", "groups", "OIDC mode: claim with the user's groups (a list).", _non_empty),
     Setting("OIDC_USERINFO", "auto",

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("logs", __name__)
 
 BATCH_SECONDS = 0.05
+_UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;._~-]")
 QUEUE_LINES = 50000  # at most this many lines wait for stdout; more are dropped and counted
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 _HANDLER_MARK = "_zipteams_gateway"
@@ -154,7 +155,7 @@ class BackgroundHandler(logging.Handler):
         super().__init__()
         self.stream = stream
         self.setFormatter(formatter)
-        self._queue: queue.Queue = queue.Queue(QUEUE_LINES)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self.dropped = 0          # lines lost since start: a full queue or a failed write
         self._reported = 0        # of those, already announced in a warning line
         self._pid = None
@@ -172,11 +173,13 @@ class BackgroundHandler(logging.Handler):
         self._put(record)
 
     def _put(self, item) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            # A stalled stdout must not grow memory without bound: lose the line, and say so.
+        # A stalled stdout must not grow memory without bound: lose the line, and say so.
+        # (SimpleQueue: a C queue without locks on the request path; the bound is approximate
+        # by a few lines under contention, which is all it needs to be.)
+        if self._queue.qsize() >= QUEUE_LINES:
             self._lost(1)
+        else:
+            self._queue.put_nowait(item)
 
     def _lost(self, count: int) -> None:
         self.dropped += count
@@ -196,7 +199,7 @@ class BackgroundHandler(logging.Handler):
         with self._start_lock:
             if self._pid == os.getpid():
                 return
-            self._queue = queue.Queue(QUEUE_LINES)
+            self._queue = queue.SimpleQueue()
             self._thread = threading.Thread(target=self._write_forever, name="log-writer", daemon=True)
             self._thread.start()
             self._pid = os.getpid()
@@ -310,6 +313,8 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
         root.setLevel(level)
     # urllib3 logs full URLs at DEBUG; iframe-mode URLs may carry a token.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # Authlib logs the PKCE code verifier at DEBUG: never below INFO, whatever GATEWAY_LOG_LEVEL says.
+    logging.getLogger("authlib").setLevel(logging.INFO)
 
 
 class GunicornLogger(glogging.Logger):
@@ -379,6 +384,9 @@ def log_request(response):
         status = response.status_code
         metrics.count_request(route, status, elapsed)
         # Spaces, '=' and quotes percent-encoded: a path cannot add fields to a text line.
+        path = req.path[:200]
+        if _UNSAFE_IN_PATH.search(path):
+            path = quote(path, safe="/:@!$&'()*+,;-._~")
         info(logger, "request method=%s path=%s endpoint=%s status=%s ms=%.1f",
-             req.method, quote(req.path[:200], safe="/:@!$&'()*+,;-._~"), route, status, elapsed * 1000)
+             req.method, path, route, status, elapsed * 1000)
     return response

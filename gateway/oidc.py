@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("oidc", __name__)
 
 OVERAGE_HINT = "too many groups for the token; use an app-role or group filter"
+MAX_KEPT_ID_TOKEN = 1800  # bytes of ID token the session cookie may carry for id_token_hint
 
 
 class LoginFailed(GatewayError):
@@ -60,6 +61,14 @@ class LoginExpired(LoginFailed):
     code = "login_expired"
     title = "This sign-in attempt has expired"
     message = "The sign-in took too long, was already used, or was started in another tab."
+
+
+class LoginMisconfigured(LoginFailed):
+    status_code = 502
+    code = "login_misconfigured"
+    title = "Sign-in is not set up correctly"
+    message = "Your company's sign-in provider refused this service's own credentials."
+    hint = "Signing in again will not help. Contact support and quote the request id."
 
 
 class IdpUnavailable(LoginFailed):
@@ -157,6 +166,7 @@ def begin_login(next_url: str):
     # What survives the trip to the IdP is only what Authlib keeps (state, nonce,
     # PKCE verifier) and where to go back to; the session itself is renewed at the end.
     session["oidc_next"] = next_url
+    _forget_old_attempts()
     meta = metadata()
     problem = auth_method_problem(meta, current_app.config["OIDC_CLIENT_AUTH_METHOD"])
     if problem:
@@ -165,6 +175,19 @@ def begin_login(next_url: str):
         return _client().authorize_redirect(_public("/auth/callback"), nonce=secrets.token_urlsafe(24))
     except (requests.RequestException, AuthlibBaseError, ValueError) as exc:
         raise IdpUnavailable(f"discovery failed ({type(exc).__name__})") from None
+
+
+KEEP_ATTEMPTS = 2  # sign-ins started and not finished that may still come back (other tabs)
+
+
+def _forget_old_attempts() -> None:
+    """Authlib keeps each attempt's state, nonce and PKCE verifier in the session for an hour;
+    twenty unfinished ones (tabs opened while signed out, back and forth at the IdP) made the
+    cookie too large for browsers, and every later sign-in failed as "expired"."""
+    attempts = sorted((k for k in session if k.startswith("_state_idp_")),
+                      key=lambda k: (session[k] or {}).get("exp", 0) if isinstance(session[k], dict) else 0)
+    for key in attempts[:-(KEEP_ATTEMPTS - 1) or None]:
+        session.pop(key, None)
 
 
 def _refuse(error: type[LoginFailed], reason: str, **fields):
@@ -176,6 +199,9 @@ def _refuse(error: type[LoginFailed], reason: str, **fields):
 
 def _check_iss() -> None:
     """RFC 9207: an IdP that says it sends ``iss`` must send its own, or the answer is someone else's."""
+    for name in ("iss", "code", "state", "error"):
+        if len(request.args.getlist(name)) > 1:
+            _refuse(LoginFailed, f"the authorization response repeats {name} (OAuth 2.0 forbids it)")
     meta = metadata()
     if not meta.get("authorization_response_iss_parameter_supported"):
         return
@@ -222,8 +248,10 @@ def callback():
     except MismatchingStateError:
         _refuse(LoginExpired, "state missing or mismatched (an old, replayed or other tab's callback)")
     except OAuthError as exc:
-        _refuse(LoginExpired, f"the token endpoint refused the code ({exc.error}); a replayed callback, "
-                              "or check OIDC_CLIENT_AUTH_METHOD and the client's credentials")
+        if exc.error in ("invalid_client", "unauthorized_client"):
+            _refuse(LoginMisconfigured, f"the token endpoint refused our client ({exc.error}): check "
+                                        "OIDC_CLIENT_ID, the secret or key, and OIDC_CLIENT_AUTH_METHOD")
+        _refuse(LoginExpired, f"the token endpoint refused the code ({exc.error}): a replayed or stale callback")
     except requests.RequestException as exc:
         raise IdpUnavailable(f"token endpoint unreachable ({type(exc).__name__})") from None
     except Exception as exc:  # noqa: BLE001 - Authlib and its JOSE layer raise many types for a bad ID token
@@ -237,7 +265,13 @@ def callback():
     claims = _with_userinfo(dict(claims), token)
     user = user_from_claims(claims)
     next_url = safe_next(session.get("oidc_next"))
-    extra = {"idt": token["id_token"]} if cfg["OIDC_LOGOUT_HINT"] == "id_token_hint" else {}
+    extra = {}
+    if cfg["OIDC_LOGOUT_HINT"] == "id_token_hint":
+        if len(token["id_token"]) <= MAX_KEPT_ID_TOKEN:
+            extra["idt"] = token["id_token"]
+        else:  # a cookie over 4 KB is dropped by browsers: that would be a sign-in loop
+            logger.warning("ID token of %d bytes is too large to keep in the session cookie for "
+                           "id_token_hint: this user's sign-out names us by client_id", len(token["id_token"]))
     start_session(user, **extra)
     return redirect(next_url)
 
@@ -259,7 +293,11 @@ def _with_userinfo(claims: dict, token: dict) -> dict:
         return claims
     if info.get("sub") != claims.get("sub"):
         _refuse(LoginFailed, "the userinfo endpoint answered for another sub than the ID token's")
-    return {**info, **claims}  # the signed ID token wins where both speak
+    merged = {**info, **claims}  # the signed ID token wins where both speak
+    if "email" in claims and "email_verified" not in claims:
+        # email_verified speaks for the address next to it, never for the other source's.
+        merged.pop("email_verified", None)
+    return merged
 
 
 def email_claims(cfg) -> list[str]:
@@ -272,10 +310,14 @@ def user_from_claims(claims: dict) -> User:
     email, source = None, None
     for name in email_claims(cfg):
         value = claims.get(name)
+        if value in (None, ""):
+            continue
         email = normalize_email(value) if isinstance(value, str) else None
-        if email:
-            source = name
-            break
+        if email is None:
+            # Present but not an address: refused, never a silent fall back to the next claim.
+            _refuse(LoginFailed, f"the {name} claim is not one well-formed email address")
+        source = name
+        break
     if email is None:
         _refuse(LoginFailed, f"no well-formed email in the claims {', '.join(email_claims(cfg))} "
                              "(see the README's IdP recipes)")

@@ -172,7 +172,6 @@ def test_a_full_log_queue_drops_lines_counts_them_and_says_so(writer, monkeypatc
 
     monkeypatch.setattr(logs, "QUEUE_LINES", 10)
     handler, stream = writer(fmt)
-    handler._queue = logs.queue.Queue(logs.QUEUE_LINES)  # as the writer thread would have built it
     before = metrics.LOG_LINES_DROPPED._value.get()
     log = logging.getLogger("gateway.test")
     log.setLevel(logging.INFO)

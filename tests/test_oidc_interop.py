@@ -357,3 +357,67 @@ def test_explain_reads_claims_and_names_a_groups_overage(sim, idp, tmp_path):
                        **_oidc_env(idp, OIDC_EMAIL_CLAIM="email,upn"))
     assert "groups overage" in result.stdout and "use an app-role or group filter" in result.stdout
     assert result.returncode == 1 and "No rule matches carol@partner.example" in result.stdout
+
+
+# ------------------------------------------------------------------ found by review
+def test_twenty_unfinished_sign_ins_do_not_lock_the_user_out(make_app, idp, tmp_path):
+    client = oidc_app(make_app, idp, tmp_path).test_client()
+    for _ in range(20):  # tabs opened while signed out, never finished
+        client.get(client.get("/").headers["Location"])
+    with client.session_transaction() as session:
+        assert len([k for k in session if k.startswith("_state_idp_")]) <= 2
+    assert "Sales EMEA" in signed_in_page(client, login(client))
+
+
+def test_a_refused_client_is_a_misconfiguration_page_not_an_expired_sign_in(make_app, idp, tmp_path):
+    client = oidc_app(make_app, idp, tmp_path, OIDC_CLIENT_SECRET="not-the-registered-secret-123").test_client()
+    answer = login(client)
+    assert answer.status_code == 502 and "not set up correctly" in answer.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("name", ["iss", "code", "state"])
+def test_a_repeated_response_parameter_is_refused(make_app, idp, tmp_path, name):
+    client = oidc_app(make_app, idp, tmp_path).test_client()
+
+    def repeat(query):
+        value = parse_qs(query)[name][0]
+        return query + "&" + urlencode({name: value})
+
+    answer = login(client, tamper=repeat)
+    assert answer.status_code == 401 and client.get("/").status_code == 302
+
+
+def test_a_malformed_email_claim_is_refused_not_skipped(make_app, certified_idp, tmp_path):  # noqa: F811
+    provider = certified_idp(clients=[client_metadata("gateway", secret=SECRET)], accounts={
+        "eve": {"email": "not-an-address", "email_verified": True, "upn": "bob@acme.example"}})
+    client = oidc_app(make_app, provider, tmp_path, OIDC_EMAIL_CLAIM="email,upn").test_client()
+    answer = login(client, login_as="eve")
+    assert answer.status_code == 401
+
+
+def test_an_id_token_too_large_for_the_cookie_is_not_kept_for_the_logout_hint(make_app, certified_idp, tmp_path,  # noqa: F811
+                                                                             caplog):
+    groups = [f"{i:08x}-0000-0000-0000-000000000000" for i in range(80)] + ["emea"]
+    provider = certified_idp(clients=[client_metadata("gateway", secret=SECRET)], groups_in_id_token=True,
+                             accounts={"frank": {"email": "frank@partner.example", "email_verified": True,
+                                                 "groups": groups}})
+    client = oidc_app(make_app, provider, tmp_path, OIDC_LOGOUT_HINT="id_token_hint").test_client()
+    with caplog.at_level(logging.WARNING):
+        answer = login(client, login_as="frank")
+    assert answer.status_code == 302
+    assert max(len(c) for c in answer.headers.getlist("Set-Cookie")) < 4000
+    assert any("too large to keep" in r.getMessage() for r in caplog.records)
+    assert "Sales EMEA" in client.get("/").get_data(as_text=True)
+
+
+def test_authlib_never_logs_below_info():
+    """Authlib logs the PKCE code verifier at DEBUG; GATEWAY_LOG_LEVEL=DEBUG must not bring it out."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    check = ("import logging; from gateway import logs; logs.configure('DEBUG', 'json'); "
+             "print(logging.getLogger('authlib.integrations.base_client.sync_app').getEffectiveLevel())")
+    out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and int(out.stdout.strip()) >= logging.INFO, out.stderr
