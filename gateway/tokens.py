@@ -165,9 +165,16 @@ class TokenCache:
     # ---------------------------------------------------------------- loading
     def _load(self, key: Key, stale: Entry | None) -> Entry:
         token = self._fetch(*key, stale.token if stale else None)
-        expires_at, refresh_at = serve_window(token, self._clock(), self._margin)
-        entry = Entry(token, expires_at, refresh_at)
         now = self._clock()
+        expires_at, refresh_at = serve_window(token, now, self._margin)
+        if stale is not None and token.expires_at <= stale.token.expires_at:
+            # Not newer than what we had (the spec's token has no jti: Zipteams may hand the same
+            # one back): its refresh time has passed already, and every request would start
+            # another refresh. Ask again after a back-off instead.
+            logger.info("refresh brought no newer token tenant=%s subtenant=%s; asking again in %gs",
+                        key[0], key[1], REFRESH_RETRY)
+            refresh_at = min(now + REFRESH_RETRY, max(expires_at, now))
+        entry = Entry(token, expires_at, refresh_at)
         with self._lock:
             self._entries[key] = entry
             held = self._history.get(key, ())

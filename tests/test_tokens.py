@@ -129,6 +129,25 @@ def test_failed_refresh_keeps_serving_and_retries_later(world):
     assert cache.get("acme", "sales-us").value != first.value
 
 
+def test_a_refresh_that_brings_the_same_token_waits_before_asking_again(world):
+    """The spec's token has no jti: Zipteams may answer a refresh with the token we have."""
+    sim, cache, clock, spawn = world
+    first = cache.get("acme", "sales-us")
+    clock.advance(0.75 * 940 + 1)
+    cache.get("acme", "sales-us")
+    sim.fault(malformed="same-token", count=1)
+    spawn.run()
+    assert sim.stats()["token_requests"] == 2
+    for _ in range(20):  # every request used to start another refresh from here on
+        assert cache.get("acme", "sales-us").value == first.value
+    assert spawn.jobs == []
+    clock.advance(31)
+    cache.get("acme", "sales-us")
+    spawn.run()
+    assert sim.stats()["token_requests"] == 3
+    assert cache.get("acme", "sales-us").value != first.value
+
+
 def test_concurrent_misses_make_one_upstream_call(world):
     sim, cache, _, _ = world
     sim.fault(delay=0.5, count=1)  # hold the first request open so the others pile up

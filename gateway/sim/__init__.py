@@ -72,6 +72,7 @@ class SimState:
             self.minted: set[str] = self._Minted(self.mint_journal)
             self.revoked: set[str] = set()
             self.first_seen: dict[tuple[str, str], str] = {}
+            self.last_token: dict[tuple[str, str], str] = {}
 
     def journal_request(self, entry: dict) -> None:
         with self.lock:
@@ -140,6 +141,7 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
         value = jwt.encode(claims, key, algorithm="HS256")
         with state.lock:
             state.minted.add(value)
+            state.last_token[(tenant, subtenant)] = value
         return value
 
     @app.after_request
@@ -186,6 +188,12 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
         if kind == "not-jwt":
             return jsonify(code="RESPONSE_SUCCESS", message="Request served successfully.",
                            data={"token": "not-a-jwt"})
+        if kind == "same-token":
+            # The token this subtenant got last time, again (the spec's tokens carry no jti).
+            with state.lock:
+                last = state.last_token.get((tenant, subtenant))
+            return jsonify(code="RESPONSE_SUCCESS", message="Request served successfully.", type="object",
+                           data={"token": last or mint(tenant, subtenant)})
         if kind == "wrong-subtenant":
             return jsonify(code="RESPONSE_SUCCESS", message="Request served successfully.",
                            data={"token": mint(tenant, subtenant + "-other")})
