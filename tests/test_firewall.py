@@ -324,3 +324,16 @@ def test_a_dashboard_csp_does_not_lift_the_framing_policy(browser, partner_page,
     ready, console, _ = outcomes["other"]
     assert not ready
     assert any("frame-ancestors" in line for line in console), console
+
+
+def test_a_proxied_body_shorter_than_its_content_length_is_a_quick_400(gunicorn, sim):
+    server = gunicorn(workers=1, GATEWAY_EMBED_MODE="proxy", ZIPTEAMS_TIMEOUT="10")
+    host, port = server.url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(("POST /dashboard/api/upload HTTP/1.1\r\nHost: x\r\nX-Forwarded-Email: alice@acme.example\r\n"
+                      f"Origin: {server.url}\r\nContent-Length: 100\r\nConnection: close\r\n\r\n0123456789").encode())
+        sock.shutdown(socket.SHUT_WR)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:60]
+    assert time.monotonic() - started < 5, "the dashboard was left waiting for the missing bytes"

@@ -156,6 +156,11 @@ class RequestBody:
         except Exception as exc:  # noqa: BLE001 - the server's parse errors (bad chunking) have no common base
             self.malformed = True
             raise BadRequestBody(f"request body could not be read ({type(exc).__name__})") from None
+        if not chunk and self.length is not None and self.seen < self.length:
+            # The client stopped before its Content-Length: forwarding the rest would leave the
+            # dashboard waiting for bytes that never come (a 504 for the client's mistake).
+            self.malformed = True
+            raise BadRequestBody(f"request body ended after {self.seen} of {self.length} bytes")
         self.seen += len(chunk)
         if self.seen > self.limit:
             self.too_large = True
