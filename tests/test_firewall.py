@@ -331,7 +331,7 @@ def test_a_proxied_body_shorter_than_its_content_length_is_a_quick_400(gunicorn,
     host, port = server.url.removeprefix("http://").split(":")
     started = time.monotonic()
     with socket.create_connection((host, int(port)), timeout=15) as sock:
-        sock.sendall(("POST /dashboard/api/upload HTTP/1.1\r\nHost: x\r\nX-Forwarded-Email: alice@acme.example\r\n"
+        sock.sendall((f"POST /dashboard/api/upload HTTP/1.1\r\nHost: {host}:{port}\r\nX-Forwarded-Email: alice@acme.example\r\n"
                       f"Origin: {server.url}\r\nContent-Length: 100\r\nConnection: close\r\n\r\n0123456789").encode())
         sock.shutdown(socket.SHUT_WR)
         answer = sock.recv(65536)
