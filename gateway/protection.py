@@ -35,7 +35,8 @@ CONFIG_HINTS = {
     "zipteams_missing_subtenant": "Zipteams says the subtenant id is missing: check the tenants file",
     "zipteams_invalid_token": "Zipteams sent a token that is not for this tenant/subtenant or not a usable JWT",
 }
-MAX_LIMITER_WAIT = 2.0    # a user waits this long at most for a rate-limit slot
+MAX_LIMITER_WAIT = 2.0
+REFRESH_RESERVE = 0.2     # share of the rate window only refreshes of tokens in use may take    # a user waits this long at most for a rate-limit slot
 BACKOFF_BASE = 0.2
 BACKOFF_CAP = 2.0
 
@@ -128,20 +129,32 @@ class RateLimiter:
         self._window: collections.deque = collections.deque()
         self._lock = threading.Lock()
 
-    def admit(self) -> float:
-        """0 if a request may go now (and counts it), else the seconds to wait."""
+    def admit(self, refresh: bool = False) -> float:
+        """0 if a request may go now (and counts it), else the seconds to wait.
+
+        A share of the window (``REFRESH_RESERVE``) is kept for refreshes of tokens in use:
+        a burst of cold requests (a restart, a new team's first visits) never starves the
+        refresh that keeps every open dashboard of a team working.
+        """
         if self._shared is not None:
-            wait = self._shared.admit(self._name, self.per_minute)
+            wait = self._shared.admit(self._name, self._limit(self.per_minute, refresh))
             if wait is not None:
                 return wait
         now = self._clock()
+        limit = self._limit(self.local_limit, refresh)
         with self._lock:
             while self._window and self._window[0] <= now - 60:
                 self._window.popleft()
-            if len(self._window) < self.local_limit:
+            if len(self._window) < limit:
                 self._window.append(now)
                 return 0.0
             return max(0.001, self._window[0] + 60 - now)
+
+    @staticmethod
+    def _limit(limit: int, refresh: bool) -> int:
+        if refresh or limit < 2:
+            return limit
+        return max(1, limit - max(1, math.ceil(limit * REFRESH_RESERVE)))
 
 
 # -------------------------------------------------------------- the fetch
@@ -171,7 +184,7 @@ class ProtectedFetch:
         if left > 0:
             self._refuse("backoff", ZipteamsThrottled("Zipteams asked us to wait", retry_after=math.ceil(left)))
 
-    def __call__(self, tenant: str, subtenant: str) -> DashboardToken:
+    def __call__(self, tenant: str, subtenant: str, *, refresh: bool = False) -> DashboardToken:
         self._check_backoff()
         try:
             probe = self.breaker.before()
@@ -184,7 +197,7 @@ class ProtectedFetch:
         settled = False  # the breaker heard the outcome; otherwise the probe slot is freed below
         try:
             while True:
-                wait = self.limiter.admit()
+                wait = self.limiter.admit(refresh)
                 if wait > 0:
                     if wait <= MAX_LIMITER_WAIT and self._monotonic() - started + wait < self.deadline:
                         self._sleep(wait)
@@ -241,7 +254,7 @@ class SharedLoader:
     every process fetches for itself, still one fetch per process.
     """
 
-    def __init__(self, fetch: Callable[[str, str], DashboardToken], shared: Shared | None, *,
+    def __init__(self, fetch: Callable[..., DashboardToken], shared: Shared | None, *,
                  margin: Callable[[DashboardToken], float], deadline: float = 20.0,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, poll: float = 0.05):
@@ -264,15 +277,16 @@ class SharedLoader:
         metrics.TOKEN_CACHE.labels("shared_hit").inc()
         return token
 
-    def _fetch_and_share(self, tenant: str, subtenant: str) -> DashboardToken:
-        token = self._fetch(tenant, subtenant)
+    def _fetch_and_share(self, tenant: str, subtenant: str, refresh: bool) -> DashboardToken:
+        token = self._get(tenant, subtenant, refresh)
         self._shared.put_token(tenant, subtenant, token.value, self._serve_until(token))
         return token
 
     def __call__(self, tenant: str, subtenant: str, stale: DashboardToken | None = None) -> DashboardToken:
         shared = self._shared
+        refresh = stale is not None
         if shared is None or not shared.available:
-            return self._fetch(tenant, subtenant)
+            return self._get(tenant, subtenant, refresh)
         token = self._from_shared(tenant, subtenant, stale)
         if token is not None:
             return token
@@ -283,11 +297,12 @@ class SharedLoader:
             if ident is not None:
                 try:
                     # Someone may have finished between our look and our lock.
-                    return self._from_shared(tenant, subtenant, stale) or self._fetch_and_share(tenant, subtenant)
+                    return self._from_shared(tenant, subtenant, stale) or \
+                        self._fetch_and_share(tenant, subtenant, refresh)
                 finally:
                     shared.release(tenant, subtenant, ident)
             if not shared.available:
-                return self._fetch(tenant, subtenant)
+                return self._get(tenant, subtenant, refresh)
             self._sleep(self._poll)
             token = self._from_shared(tenant, subtenant, stale)
             if token is not None:
@@ -298,6 +313,9 @@ class SharedLoader:
                                self._deadline, tenant, subtenant)
                 raise ZipteamsTimeout(f"another process's fetch took longer than {self._deadline:g}s",
                                       tenant=tenant, subtenant=subtenant)
+
+    def _get(self, tenant: str, subtenant: str, refresh: bool) -> DashboardToken:
+        return self._fetch(tenant, subtenant, refresh=refresh)
 
     def forget(self, tenant: str, subtenant: str, token: DashboardToken) -> None:
         if self._shared is not None:

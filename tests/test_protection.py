@@ -145,14 +145,38 @@ def test_the_half_open_probe_slot_is_freed_whatever_the_probe_raised(sim, t, mon
 # ------------------------------------------------------------ rate limiting
 def test_local_rate_limit_refuses_before_zipteams_would(sim, t):
     fetch = protected(sim, t, per_minute=3)
-    for sub in ("a", "b", "c"):
+    for sub in ("a", "b"):
         fetch("acme", sub)
+    fetch("acme", "c", refresh=True)  # the last slot of three is kept for refreshes
     with pytest.raises(ZipteamsThrottled) as info:
         fetch("acme", "d")
     assert info.value.status_code == 503 and 1 <= info.value.retry_after <= 60
     assert sim.stats()["token_requests"] == 3
     t.wall.advance(61)
     assert fetch("acme", "d").subtenant == "d"
+
+
+def test_a_burst_of_cold_requests_never_takes_the_share_kept_for_refreshes(sim, t):
+    fetch = protected(sim, t, per_minute=10)
+    for sub in "abcdefgh":  # 8 of 10: the other 2 are kept for refreshes of tokens in use
+        fetch("acme", sub)
+    with pytest.raises(ZipteamsThrottled):
+        fetch("acme", "cold")
+    assert fetch("acme", "a", refresh=True).subtenant == "a"
+    assert fetch("acme", "b", refresh=True).subtenant == "b"
+    with pytest.raises(ZipteamsThrottled):
+        fetch("acme", "c", refresh=True)  # the whole budget is spent now
+    assert sim.stats()["token_requests"] == 10
+
+
+def test_the_refresh_share_is_kept_in_the_shared_window_too(sim, t, redis_server):
+    shared = Shared(redis_server.url, SECRET_KEY, namespace="reserve", clock=t.wall)
+    fetch = protected(sim, t, per_minute=5, shared=shared, name="reserve")
+    for sub in "abcd":
+        fetch("acme", sub)
+    with pytest.raises(ZipteamsThrottled):
+        fetch("acme", "cold")
+    assert fetch("acme", "a", refresh=True).subtenant == "a"
 
 
 def test_rate_limit_is_split_between_workers_without_redis():
@@ -193,7 +217,7 @@ def test_processes_sharing_redis_fetch_each_token_once(redis_server):
         for _ in range(4):  # four "processes", each with its own cache and connections
             client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=5)
             shared = Shared(redis_server.url, SECRET_KEY, namespace="p")
-            loader = SharedLoader(lambda te, st, c=client: c.fetch_token(te, st), shared,
+            loader = SharedLoader(lambda te, st, c=client, **_: c.fetch_token(te, st), shared,
                                   margin=lambda tok: serve_window(tok, FakeClock().now, 60)[0])
             loaders.append(TokenCache(loader, margin=60))
         sim.fault(delay=0.5, count=1)
@@ -219,7 +243,7 @@ def test_shared_refresh_is_done_once(redis_server):
         for _ in range(3):
             client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=5, clock=clock)
             shared = Shared(redis_server.url, SECRET_KEY, namespace="p", clock=clock)
-            loader = SharedLoader(lambda te, st, c=client: c.fetch_token(te, st), shared,
+            loader = SharedLoader(lambda te, st, c=client, **_: c.fetch_token(te, st), shared,
                                   margin=lambda tok: serve_window(tok, clock(), 60)[0], clock=clock)
             caches.append(TokenCache(loader, margin=60, clock=clock, spawn=lambda job: job()))
         first = {c.get("acme", "s").value for c in caches}
@@ -242,7 +266,7 @@ def test_a_waiter_never_fetches_beside_a_live_lock_holder_and_gives_up_at_the_de
     assert holder.acquire("acme", "slow", 20 + 5)  # a fetch in flight elsewhere, deadline 20
     monotonic = FakeClock(start=0)
     fetches = []
-    waiter = SharedLoader(lambda te, st: fetches.append(st), Shared(redis_server.url, SECRET_KEY, namespace="p"),
+    waiter = SharedLoader(lambda te, st, **_: fetches.append(st), Shared(redis_server.url, SECRET_KEY, namespace="p"),
                           margin=lambda tok: 0, deadline=20, monotonic=monotonic,
                           sleep=lambda s: monotonic.advance(1.0))
     with pytest.raises(ZipteamsTimeout):
@@ -267,7 +291,7 @@ def test_each_attempt_is_capped_by_the_time_left_to_the_deadline(sim, t):
 def test_without_redis_each_process_fetches_for_itself(sim):
     client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=5)
     shared = Shared("redis://127.0.0.1:1/0", SECRET_KEY, namespace="p")
-    loader = SharedLoader(lambda te, st: client.fetch_token(te, st), shared,
+    loader = SharedLoader(lambda te, st, **_: client.fetch_token(te, st), shared,
                           margin=lambda tok: serve_window(tok, FakeClock().now, 60)[0])
     assert loader("acme", "s").subtenant == "s"
     assert sim.stats()["token_requests"] == 1
