@@ -6,7 +6,7 @@ dashboard may see (``policy``: an allow-list of headers, the dashboard's own
 cookies), given the session's token server-side in its one designated place
 and forwarded to the same path under ``ZIPTEAMS_DASHBOARD_URL`` (``view``).
 The answer streams back with every token this gateway holds for the team
-replaced by a per-session placeholder (``scrub``, ``placeholders``), so no token
+replaced by a per-user, per-team placeholder (``scrub``, ``placeholders``), so no token
 ever reaches the browser.
 """
 from .paths import upstream_path

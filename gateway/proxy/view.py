@@ -94,7 +94,7 @@ def init_app(app) -> None:
         cfg["ZIPTEAMS_DASHBOARD_URL"], timeout=cfg["ZIPTEAMS_TIMEOUT"],
         max_body=cfg["GATEWAY_PROXY_MAX_BODY"], token_in=cfg["GATEWAY_PROXY_TOKEN_IN"],
         forward=policy.FORWARD_REQUEST | extra, frame_ancestors=cfg["GATEWAY_FRAME_ANCESTORS"])
-    # Each (session, subtenant) placeholder, derived once: every page and proxied call asks again.
+    # Each (user, subtenant) placeholder, derived once: every page and proxied call asks again.
     app.extensions["placeholders"] = Memo(16384)
     app.register_blueprint(bp)
 
