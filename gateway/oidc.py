@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -134,6 +135,24 @@ def init_app(app: Flask) -> None:
         client_auth_methods=auth_methods or None)
     app.extensions["oidc_client"] = oauth.idp
     app.register_blueprint(bp)
+    _check_at_start(app)
+
+
+def _check_at_start(app: Flask) -> None:
+    """Discovery once at start-up, off the start-up path: a client authentication method the IdP
+    does not offer is one ERROR line at once, not a first user's failed sign-in."""
+    def run():
+        with app.app_context():
+            try:
+                meta = metadata()
+            except GatewayError as exc:
+                logger.warning("IdP discovery at start-up failed (%s): sign-ins will try again", exc.detail)
+                return
+            problem = auth_method_problem(meta, app.config["OIDC_CLIENT_AUTH_METHOD"])
+            if problem:
+                logger.error("%s: sign-ins will fail at the token endpoint", problem)
+
+    threading.Thread(target=run, name="idp-discovery", daemon=True).start()
 
 
 def _client():

@@ -345,6 +345,20 @@ def test_check_names_a_method_the_idp_does_not_offer(sim, certified_idp):  # noq
     assert "OIDC_CLIENT_AUTH_METHOD=client_secret_post is not in the IdP's token_endpoint_auth_methods_supported" in line
 
 
+def test_a_method_the_idp_does_not_offer_is_logged_at_start_up(make_app, certified_idp, tmp_path, caplog):  # noqa: F811
+    import time
+
+    provider = certified_idp(clients=[client_metadata("gateway", secret=SECRET)], accounts=ACCOUNTS,
+                             client_auth_methods=["client_secret_basic"])
+    with caplog.at_level(logging.ERROR):
+        oidc_app(make_app, provider, tmp_path, OIDC_CLIENT_AUTH_METHOD="client_secret_post")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("token_endpoint_auth_methods_supported" in r.getMessage()
+                                                       for r in caplog.records):
+            time.sleep(0.05)
+    assert any("OIDC_CLIENT_AUTH_METHOD=client_secret_post is not in" in r.getMessage() for r in caplog.records)
+
+
 def test_explain_reads_claims_and_names_a_groups_overage(sim, idp, tmp_path):
     import json
 
