@@ -59,8 +59,12 @@ class CircuitBreaker:
     CLOSED, HALF_OPEN, OPEN = 0, 1, 2
     NAMES = {0: "closed", 1: "half-open", 2: "open"}
 
-    def __init__(self, failures: int, cooldown: float, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, failures: int, cooldown: float, *, clock: Callable[[], float] = time.monotonic,
+                 schedule: Callable[[float, Callable[[], None]], None] | None = None):
         self.failures, self.cooldown, self._clock = failures, cooldown, clock
+        # Runs ``job`` after ``delay`` seconds; tests may capture it instead.
+        self._schedule = schedule or _timer
+        self.probe: Callable[[], None] | None = None  # set by ProtectedFetch
         self._lock = threading.Lock()
         self._state = self.CLOSED
         self._count = 0
@@ -105,9 +109,24 @@ class CircuitBreaker:
         with self._lock:
             self._probing = False
             self._count += 1
-            if self._state == self.HALF_OPEN or self._count >= self.failures:
+            opened = self._state == self.HALF_OPEN or self._count >= self.failures
+            if opened:
                 self._opened_at = self._clock()
                 self._set(self.OPEN)
+        if opened and self.probe is not None:
+            # Closed again by a probe of our own once the cool-down is over, not only by the
+            # next user who happens to need a new token (with tokens shared, none may come).
+            self._schedule(self.cooldown + 0.1, self._background_probe)
+
+    def _background_probe(self) -> None:
+        with self._lock:
+            due = self._state == self.OPEN and not self._probing
+        if not due:
+            return
+        try:
+            self.probe()
+        except Exception as exc:  # noqa: BLE001 - a failed probe reopens the breaker (and schedules the next)
+            logger.info("background probe toward Zipteams failed (%s)", type(exc).__name__)
 
     def neutral(self) -> None:
         """The call said nothing about Zipteams' health (a 429): free the probe slot."""
@@ -115,6 +134,12 @@ class CircuitBreaker:
             self._probing = False
             if self._state == self.HALF_OPEN:
                 self._opened_at = self._clock() - self.cooldown  # let the next request probe
+
+
+def _timer(delay: float, job: Callable[[], None]) -> None:
+    timer = threading.Timer(delay, job)
+    timer.daemon = True
+    timer.start()
 
 
 # ------------------------------------------------------------------ limiter

@@ -223,12 +223,21 @@ def init_app(app: Flask) -> None:
                         namespace=cfg["ZIPTEAMS_API_URL"] + "|" + cfg["ZIPTEAMS_API_KEY"], clock=clock)
     # The partner key names the budget; hashed so it never appears in Redis.
     name = hashlib.sha256(cfg["ZIPTEAMS_API_KEY"].encode()).hexdigest()[:16]
-    breaker = CircuitBreaker(cfg["GATEWAY_BREAKER_FAILURES"], cfg["GATEWAY_BREAKER_COOLDOWN"])
+    breaker = CircuitBreaker(cfg["GATEWAY_BREAKER_FAILURES"], cfg["GATEWAY_BREAKER_COOLDOWN"],
+                             schedule=cfg.get("BREAKER_SCHEDULE"))
     limiter = RateLimiter(cfg["ZIPTEAMS_MAX_RPM"], shared=shared, processes=cfg["WEB_CONCURRENCY"],
                           name=name, clock=clock)
     fetch = ProtectedFetch(client, limiter=limiter, breaker=breaker, retries=cfg["ZIPTEAMS_RETRIES"],
                            deadline=cfg["ZIPTEAMS_DEADLINE"], shared=shared, name=name, clock=clock,
                            sleep=cfg.get("SLEEP", time.sleep))
+    rules = app.extensions["rules"]
+
+    def probe() -> None:
+        # One real token request for the first team in the rules: is Zipteams back?
+        first = rules.current().subtenants[0]
+        fetch(first.tenant, first.id)
+
+    breaker.probe = probe
     margin = cfg["GATEWAY_TOKEN_MARGIN"]
     loader = SharedLoader(fetch, shared, margin=lambda t: serve_window(t, clock(), margin)[0],
                           deadline=cfg["ZIPTEAMS_DEADLINE"], clock=clock)

@@ -514,6 +514,9 @@ def base_config(sim: Sim, **overrides) -> dict:
         "GATEWAY_AUTH_MODE": "header",
         # GATEWAY_EMBED_MODE: the production default (proxy); tests about iframe mode say so.
         "TESTING": True,
+        # An opened breaker's background probe would hit the shared stand-in during a later
+        # test; tests about the probe pass a scheduler of their own.
+        "BREAKER_SCHEDULE": lambda delay, job: None,
     }
     config.update(overrides)
     LEAKS.secrets_in_config(config)

@@ -109,6 +109,39 @@ def test_cached_tokens_are_served_while_the_breaker_is_open(make_app, sim):
     assert client.get("/", headers=alice).status_code == 200  # cached: served as usual
 
 
+def test_an_open_breaker_is_closed_by_a_background_probe_without_user_traffic(sim, t):
+    jobs = []
+    fetch = protected(sim, t, retries=0, failures=1, cooldown=10)
+    fetch.breaker._schedule = lambda delay, job: jobs.append((delay, job))
+    fetch.breaker.probe = lambda: fetch("acme", "sales-us")
+    sim.fault(status=500, count=2)
+    with pytest.raises(ZipteamsServerError):
+        fetch("acme", "sales-us")
+    assert fetch.breaker.state == CircuitBreaker.OPEN and [d for d, _ in jobs] == [10.1]
+    t.wall.advance(10.1)
+    jobs.pop()[1]()  # the probe fails (Zipteams still down): open again, next probe scheduled
+    assert fetch.breaker.state == CircuitBreaker.OPEN and len(jobs) == 1
+    t.wall.advance(10.1)
+    jobs.pop()[1]()  # Zipteams is back: closed, with no user request in between
+    assert fetch.breaker.state == CircuitBreaker.CLOSED and jobs == []
+    assert sim.stats()["token_requests"] == 3
+
+
+def test_the_app_closes_its_breaker_by_itself_after_an_outage(make_app, sim):
+    from gateway.protection import _timer
+
+    client = make_app(GATEWAY_BREAKER_FAILURES="1", GATEWAY_BREAKER_COOLDOWN="0.5", ZIPTEAMS_RETRIES="0",
+                      BREAKER_SCHEDULE=_timer).test_client()
+    sim.fault(status=500, count=1)
+    assert client.get("/", headers=user_headers("bob@acme.example")).status_code == 502
+    assert client.get("/readyz").get_json()["zipteams"] == {"breaker": "open"}
+    deadline = time.monotonic() + 10
+    while client.get("/readyz").get_json()["zipteams"]["breaker"] != "closed" and time.monotonic() < deadline:
+        time.sleep(0.1)  # a real timer: nothing here asks for a token
+    assert client.get("/readyz").get_json()["zipteams"] == {"breaker": "closed"}
+    assert sim.stats()["token_requests"] == 2  # the user's failed one and the probe
+
+
 @pytest.mark.parametrize("fault, error", [
     ({"status": 400}, "ZipteamsBadRequest"), ({"status": 403}, "ZipteamsForbidden"),
     ({"malformed": "wrong-subtenant"}, "ZipteamsInvalidToken")])
