@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import sys
 
 import click
@@ -92,6 +93,7 @@ def check_command(key: str | None):
     click.echo(f"settings: ok (auth mode {cfg['GATEWAY_AUTH_MODE']}, embed mode {cfg['GATEWAY_EMBED_MODE']}, "
                f"cache {redact_url(cfg['GATEWAY_CACHE_URL'])})")
     click.echo(f"tenants file: ok ({len(rules)} subtenant rules)")
+    click.echo(warm_up_line(cfg, len(rules)))
     if cfg["GATEWAY_AUTH_MODE"] == "oidc":
         _check_idp(cfg)
     shared = current_app.extensions["shared"]
@@ -115,6 +117,22 @@ def check_command(key: str | None):
     click.echo(f"  expires: {expires:%Y-%m-%d %H:%M:%S} UTC "
                f"(in {(token.expires_at - token.issued_at) / 3600:.1f} h from issue)")
     click.echo(f"  fingerprint: {token.fingerprint}")
+
+
+def warm_up_line(cfg, teams: int) -> str:
+    """How long the rate budget takes to give every team its first token after a cold start."""
+    from .protection import RateLimiter
+
+    shared = cfg["GATEWAY_CACHE_URL"] != "memory://"
+    per_minute = cfg["ZIPTEAMS_MAX_RPM"] if shared else max(1, cfg["ZIPTEAMS_MAX_RPM"] // cfg["WEB_CONCURRENCY"])
+    cold = RateLimiter._limit(per_minute, refresh=False)
+    # Without Redis every worker fetches every team for itself, each from its own share.
+    minutes = math.ceil(teams / cold) if teams else 0
+    where = "shared by every worker through Redis" if shared else \
+        f"per worker, {cfg['WEB_CONCURRENCY']} workers each fetching every team"
+    return (f"warm-up: {teams} teams at {cold} first-token requests/minute ({where}; the rest of "
+            f"ZIPTEAMS_MAX_RPM={cfg['ZIPTEAMS_MAX_RPM']} is kept for refreshes): every team served within "
+            f"about {minutes} minute{'s' if minutes != 1 else ''} of a cold start")
 
 
 def _check_idp(cfg) -> None:

@@ -142,6 +142,17 @@ def test_cli_check_makes_one_token_request_and_never_prints_the_token(sim):
     assert sim.stats()["token_requests"] == 1
 
 
+def test_cli_check_prints_the_warm_up_time_the_rate_budget_implies(sim):
+    result = flask_cli(sim, "check")
+    assert result.returncode == 0, result.stderr
+    # 3 teams; 30/minute split over 2 workers is 15, of which 12 for first tokens.
+    assert "warm-up: 3 teams at 12 first-token requests/minute (per worker" in result.stdout
+    assert "within about 1 minute of a cold start" in result.stdout
+    shared = flask_cli(sim, "check", GATEWAY_CACHE_URL="redis://127.0.0.1:1/0", ZIPTEAMS_MAX_RPM="2")
+    assert "warm-up: 3 teams at 1 first-token requests/minute (shared by every worker through Redis" in shared.stdout
+    assert "within about 3 minutes" in shared.stdout
+
+
 def test_cli_check_fails_with_exit_1_when_zipteams_refuses(sim):
     result = flask_cli(sim, "check", ZIPTEAMS_API_SECRET="wrong-secret")
     assert result.returncode == 1 and "FAILED (zipteams_forbidden)" in result.stderr
