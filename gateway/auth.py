@@ -315,15 +315,13 @@ def logout():
         audit.event("logout", email=g.user.email)
     onward = _onward_signout()
     end_session("logout")
-    if onward is None:
-        return redirect(url_for("auth.signed_out"), code=303)
-    if current_app.config["GATEWAY_AUTH_MODE"] == "oidc":
-        # Kept in the now anonymous session for one page (it may name the ID token).
-        session["signout_next"] = onward
-        return redirect(url_for("auth.signed_out"), code=303)
-    # Behind an identity proxy the next request starts a fresh session from its headers,
-    # so a signed, short-lived ticket says "continue to GATEWAY_LOGOUT_URL" instead.
-    return redirect(url_for("auth.signed_out", bye=_tickets().dumps("bye")), code=303)
+    if onward is not None and current_app.config["GATEWAY_AUTH_MODE"] != "oidc":
+        # Behind an identity proxy the next request starts a fresh session from its headers,
+        # so a signed, short-lived ticket says "continue to GATEWAY_LOGOUT_URL" instead.
+        return redirect(url_for("auth.signed_out", bye=_tickets().dumps("bye")), code=303)
+    if onward is not None:
+        session["signout_next"] = onward  # kept in the now anonymous session for one page
+    return redirect(url_for("auth.signed_out"), code=303)
 
 
 def _tickets():

@@ -24,6 +24,7 @@ from typing import Callable
 from . import metrics
 from .config import redact_url
 from .errors import GatewayError
+from .shared import LOG_EVERY, RETRY_AFTER_ERROR  # the one back-off policy for every Redis call
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class SecurityState:
     once a minute.
     """
 
-    def __init__(self, backend, *, retry_after: float = 5.0, log_every: float = 60.0,
+    def __init__(self, backend, *, retry_after: float = RETRY_AFTER_ERROR, log_every: float = LOG_EVERY,
                  monotonic: Callable[[], float] = time.monotonic):
         self.backend = backend
         self._retry_after, self._log_every, self._monotonic = retry_after, log_every, monotonic

@@ -93,9 +93,9 @@ def dashboard_cookies(cookie_header: str) -> str:
     kept = []
     for pair in cookie_header.split(";"):
         name, eq, value = pair.strip().partition("=")
-        if eq and name.startswith(COOKIE_PREFIX) and _COOKIE_NAME.match(name[len(COOKIE_PREFIX):] or "-=") \
-                and _COOKIE_VALUE.match(value) and len(name) > len(COOKIE_PREFIX):
-            kept.append(f"{name[len(COOKIE_PREFIX):]}={value}")
+        own = name[len(COOKIE_PREFIX):] if name.startswith(COOKIE_PREFIX) else ""
+        if eq and _COOKIE_NAME.match(own) and _COOKIE_VALUE.match(value):
+            kept.append(f"{own}={value}")
     return "; ".join(kept)
 
 
