@@ -442,6 +442,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_GRACEFUL_TIMEOUT", "120",
             "Seconds requests in flight (large exports included) get to finish after the listener closes.",
             _positive_float),
+    Setting("GATEWAY_HEADER_TIMEOUT", "10",
+            "Seconds a client gets to send a request's line and headers; a slower one gets 408 and is "
+            "closed. Requests are read by the worker's event loop, not a thread, until complete.",
+            _positive_float),
+    Setting("GATEWAY_CLIENT_TIMEOUT", "30",
+            "Seconds a connection may make no progress (a request body read in place, an answer the "
+            "client stopped reading) before it is closed and its thread freed.", _positive_float),
+    Setting("GATEWAY_DOWNLOADS_PER_WORKER", "auto",
+            "Long dashboard answers (downloads, event streams, bodies over 1 MB) one worker streams at "
+            "once; more get a 503 to retry. auto: half of GATEWAY_THREADS, so short answers keep the rest.",
+            lambda raw: 0 if raw.strip().lower() == "auto" else _positive_int(raw)),
+    Setting("GATEWAY_DOWNLOADS_PER_USER", "2",
+            "Long dashboard answers one user may have streaming at once, per worker.", _positive_int),
     Setting("GATEWAY_DEBUG", "false",
             "Development only: allows the demo login. Never set it in production.", _bool),
 )

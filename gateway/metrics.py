@@ -39,6 +39,14 @@ LOG_LINES_DROPPED = Counter("gateway_log_lines_dropped_total",
 BREAKER_STATE = Gauge("gateway_breaker_state", "Circuit breaker toward Zipteams: 0 closed, 1 half-open, 2 open.",
                       multiprocess_mode="livemax")
 REDIS_ERRORS = Counter("gateway_redis_errors_total", "Failed calls to the shared Redis cache.")
+CLIENTS_READING = Gauge("gateway_clients_reading", "Connections whose request is still arriving (held by the "
+                        "event loop, not a thread).", multiprocess_mode="livesum")
+CLIENTS_TIMED_OUT = Counter("gateway_clients_timed_out_total",
+                            "Connections closed because the client was too slow: a request head not complete "
+                            "within GATEWAY_HEADER_TIMEOUT, or no progress for GATEWAY_CLIENT_TIMEOUT.")
+DOWNLOADS_REFUSED = Counter("gateway_downloads_refused_total",
+                            "Long dashboard answers refused with 503 because the worker's or the user's share "
+                            "of download threads was in use, by limit.", ["limit"])
 RULES_RELOADS = Counter("gateway_rules_reloads_total", "Tenant file reloads, by result.", ["result"])
 
 

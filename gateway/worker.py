@@ -1,26 +1,245 @@
-"""gunicorn's threaded worker, with a graceful stop an orchestrator can rely on.
+"""gunicorn's threaded worker, made to hold against slow clients and to stop gracefully.
 
-On SIGTERM a worker at once reports "not ready" (``/readyz`` answers 503, so the load
-balancer stops sending), keeps serving for ``GATEWAY_DRAIN_DELAY`` seconds while it
-notices, then closes its listening sockets (a new connection is refused at once instead
-of hanging in a backlog nobody reads) and lets the requests in flight finish within
-gunicorn's graceful timeout (``GATEWAY_GRACEFUL_TIMEOUT``).
+Slow clients. Stock gthread hands a connection to a thread as soon as its first byte
+arrives, so a client that sends half a request and waits (slowloris), or a body a byte at
+a time, holds one of a handful of threads. Here the event loop reads each request (head,
+and a body up to ``PREREAD_BODY`` bytes) without blocking; a thread only gets a request it
+can serve at once. A head not complete within ``GATEWAY_HEADER_TIMEOUT`` gets a 408 and
+is closed. In a thread, a socket that makes no progress for ``GATEWAY_CLIENT_TIMEOUT``
+(a larger body read in place, or an answer the client stopped reading) ends the
+connection, through the kernel's SO_RCVTIMEO / SO_SNDTIMEO. Long downloads are capped per
+worker and per user by the proxy (gateway/proxy/streams.py).
+
+Graceful stop. On SIGTERM a worker at once reports "not ready" (``/readyz`` answers 503,
+so the load balancer stops sending), keeps serving for ``GATEWAY_DRAIN_DELAY`` seconds
+while it notices, then closes its listening sockets (a new connection is refused at once
+instead of hanging in a backlog nobody reads) and lets the requests in flight finish
+within gunicorn's graceful timeout (``GATEWAY_GRACEFUL_TIMEOUT``).
 """
 from __future__ import annotations
 
+import errno
 import logging
+import selectors
+import socket
+import struct
 import threading
+import time
+from functools import partial
 
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn import http
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from . import ops
+from . import metrics, ops
 
 logger = logging.getLogger(__name__)
 
+PREREAD_BODY = 1024 * 1024       # bodies up to this size are read before a thread is given the request
+PREREAD_TOTAL = 32 * 1024 * 1024  # bytes held for unfinished requests per worker, at most
+HEAD_LIMIT = 64 * 1024           # past this without an end of head, gunicorn's own limits answer
+STOP_LINGER = 2.0                # a stopping worker waits this long for requests still arriving
+TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+class Incoming:
+    """One request's bytes as they arrive, and whether a thread could serve it without waiting."""
+
+    __slots__ = ("buf", "deadline", "head_end", "need", "chunk_at", "body_deadline")
+
+    def __init__(self, deadline: float):
+        self.buf = bytearray()
+        self.deadline = deadline
+        self.head_end = -1
+        self.need: int | None = None   # total bytes of a request with a Content-Length body
+        self.chunk_at = -1             # where the next chunk-size line starts (chunked bodies)
+        self.body_deadline = 0.0
+
+    def feed(self, data: bytes, now: float, body_timeout: float) -> bool:
+        """Add bytes; True once the request is complete (or malformed: gunicorn's parser answers it)."""
+        self.buf += data
+        if self.head_end < 0:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return len(self.buf) > HEAD_LIMIT
+            self.head_end = end + 4
+            self.body_deadline = now + body_timeout
+            if not self._plan_body():
+                return True
+        if self.need is not None:
+            return len(self.buf) >= self.need
+        if self.chunk_at >= 0:
+            return self._chunks_complete()
+        return True
+
+    def _plan_body(self) -> bool:
+        """Decide how much body to wait for; False when the thread should read (or refuse) it itself."""
+        length, chunked = None, False
+        for line in bytes(self.buf[:self.head_end]).split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == b"content-length":
+                if length is not None or not value.isdigit():
+                    return False
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = chunked or b"chunked" in value
+            elif name == b"expect":
+                return False  # 100-continue: the client waits for us before sending the body
+        if chunked:
+            self.chunk_at = self.head_end
+            return True
+        if length is None or length == 0 or length > PREREAD_BODY:
+            return False
+        self.need = self.head_end + length
+        return True
+
+    def _chunks_complete(self) -> bool:
+        buf = self.buf
+        while True:
+            eol = buf.find(b"\r\n", self.chunk_at)
+            if eol < 0:
+                return eol - self.chunk_at > 1024 or len(buf) - self.head_end > PREREAD_BODY
+            size_text = bytes(buf[self.chunk_at:eol]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                return True  # malformed: gunicorn's parser gives the 400
+            if size == 0:
+                # Trailer fields, then an empty line.
+                return buf.find(b"\r\n\r\n", eol) >= 0 or buf.startswith(b"\r\n", eol + 2)
+            self.chunk_at = eol + 2 + size + 2
+            if self.chunk_at > len(buf):
+                return self.chunk_at - self.head_end > PREREAD_BODY
+            if buf[self.chunk_at - 2:self.chunk_at] != b"\r\n":
+                return True
+
+
+def _socket_timeouts(sock: socket.socket, seconds: float) -> None:
+    # Kernel timeouts survive gunicorn's setblocking(True): a blocked read or write that
+    # makes no progress for this long fails with EAGAIN, and the thread is free again.
+    value = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
 
 class GatewayWorker(ThreadWorker):
-    drain_delay = 0.0  # set from the settings by gunicorn.conf.py
+    # Set from the app's settings by gunicorn.conf.py (post_worker_init).
+    drain_delay = 0.0
+    header_timeout = 10.0
+    client_timeout = 30.0
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.incoming: dict[TConn, Incoming] = {}
+        self.held = 0  # bytes in self.incoming
+
+    # ------------------------------------------------------------ reading requests
+    def accept(self, listener):
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        if self.cfg.is_ssl:
+            client_sock.setblocking(True)
+            self.enqueue_req(TConn(self.cfg, client_sock, client_addr, listener.getsockname()))
+            return
+        _socket_timeouts(client_sock, self.client_timeout)
+        conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())  # non-blocking
+        self._read_request(conn)
+
+    def on_client_socket_readable(self, conn, client):
+        """A kept-alive connection has a next request coming: read it here too."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        if self.cfg.is_ssl:
+            self.enqueue_req(conn)
+            return
+        self._read_request(conn)
+
+    def _read_request(self, conn: TConn) -> None:
+        self.incoming[conn] = Incoming(time.monotonic() + self.header_timeout)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_bytes, conn))
+        metrics.CLIENTS_READING.inc()
+
+    def _on_bytes(self, conn: TConn, sock) -> None:
+        incoming = self.incoming[conn]
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            if incoming.buf:
+                self._dispatch(conn)  # half-closed after a partial request: the parser answers it
+            else:
+                self._drop(conn)
+            return
+        self.held += len(data)
+        now = time.monotonic()
+        if incoming.feed(data, now, self.client_timeout) or self.held > PREREAD_TOTAL:
+            self._dispatch(conn)
+
+    def _forget(self, conn: TConn) -> Incoming:
+        incoming = self.incoming.pop(conn)
+        self.held -= len(incoming.buf)
+        metrics.CLIENTS_READING.dec()
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        return incoming
+
+    def _dispatch(self, conn: TConn) -> None:
+        incoming = self._forget(conn)
+        if conn.parser is None:
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        conn.parser.unreader.unread(bytes(incoming.buf))
+        conn.data_ready = True
+        self.enqueue_req(conn)
+
+    def _drop(self, conn: TConn, answer: bytes = b"") -> None:
+        self._forget(conn)
+        if answer:
+            try:
+                conn.sock.send(answer)
+            except OSError:
+                pass
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self):
+        super().murder_pending()
+        now = time.monotonic()
+        for conn, incoming in list(self.incoming.items()):
+            deadline = incoming.deadline if incoming.head_end < 0 else max(incoming.deadline,
+                                                                           incoming.body_deadline)
+            if now < deadline:
+                continue
+            metrics.CLIENTS_TIMED_OUT.inc()
+            # Nothing sent yet: an idle (maybe speculative) connection is just closed.
+            self._drop(conn, TIMED_OUT if incoming.buf else b"")
+
+    def _cap_keepalive(self, deadline):
+        super()._cap_keepalive(deadline)
+        for incoming in self.incoming.values():
+            incoming.deadline = min(incoming.deadline, deadline)
+            incoming.body_deadline = min(incoming.body_deadline or deadline, deadline)
+
+    # ------------------------------------------------------------ serving
+    def handle_request(self, req, conn):
+        try:
+            return super().handle_request(req, conn)
+        except BlockingIOError:
+            # SO_SNDTIMEO / SO_RCVTIMEO: the client stopped reading our answer or sending its body.
+            metrics.CLIENTS_TIMED_OUT.inc()
+            logger.info("client made no progress for %gs; connection closed", self.client_timeout)
+            return False
+
+    # ------------------------------------------------------------ graceful stop
     def handle_exit(self, sig, frame):
         if not self.alive or ops.DRAINING.is_set():
             return

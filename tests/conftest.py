@@ -570,14 +570,17 @@ class Gunicorn:
 
 
 def start_gunicorn(env: dict, log: Path, *, workers: int = 2, threads: int = 8,
-                   app: str = "wsgi:app", timeout: float = 30) -> Gunicorn:
+                   app: str = "wsgi:app", timeout: float = 30, worker_class: str | None = None) -> Gunicorn:
     # No drain delay unless a test asks for one: every test's server stops at its end.
     full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
-                "PYTHONPATH": str(ROOT), "GATEWAY_DRAIN_DELAY": "0", **env}
+                "PYTHONPATH": str(ROOT), "GATEWAY_DRAIN_DELAY": "0", **env,
+                # The app sizes per-worker shares from these, as in production.
+                "WEB_CONCURRENCY": str(workers), "GATEWAY_THREADS": str(threads)}
     out = open(log, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-         "--bind", "127.0.0.1:0", "--workers", str(workers), "--threads", str(threads), app],
+         "--bind", "127.0.0.1:0", "--workers", str(workers), "--threads", str(threads),
+         *(["--worker-class", worker_class] if worker_class else []), app],
         cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     LEAKS.log_files.append(log)
     deadline = time.monotonic() + timeout
@@ -606,10 +609,10 @@ def gunicorn(sim, tmp_path):
     """Start the gateway under real gunicorn: ``gunicorn(workers=2, **settings)``."""
     started: list[Gunicorn] = []
 
-    def factory(*, workers: int = 2, threads: int = 8, **settings):
+    def factory(*, workers: int = 2, threads: int = 8, worker_class: str | None = None, **settings):
         env = {k: v for k, v in base_config(sim, **settings).items() if isinstance(v, str)}
         server = start_gunicorn(env, tmp_path / f"gunicorn-{len(started)}.log",
-                                workers=workers, threads=threads)
+                                workers=workers, threads=threads, worker_class=worker_class)
         started.append(server)
         return server
 

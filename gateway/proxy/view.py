@@ -20,7 +20,7 @@ from ..errors import (BadRequestBody, ChoiceNeeded, CsrfRejected, GatewayError, 
                       PayloadTooLarge, UpstreamFailure, UpstreamTimeout)
 from ..peers import peer_is_trusted
 from ..zipteams import DashboardToken
-from . import policy, scrub
+from . import policy, scrub, streams
 from .paths import raw_request_uri, upstream_path
 from .placeholders import bound_match, placeholder_for
 
@@ -47,7 +47,7 @@ class DashboardProxy:
 
     def __init__(self, base_url: str, *, timeout: float, max_body: int, token_in: str,
                  forward: frozenset = policy.FORWARD_REQUEST, frame_ancestors: str = "'self'",
-                 pool_size: int = 32):
+                 pool_size: int = 32, slots: streams.Slots | None = None):
         self.base_url = base_url  # ends with "/"
         parts = urlsplit(base_url)
         self.upstream_origin = f"{parts.scheme}://{parts.netloc}"
@@ -56,6 +56,7 @@ class DashboardProxy:
         self.token_in = token_in
         self.forward = forward
         self.frame_headers = frame_headers(frame_ancestors)
+        self.slots = slots or streams.Slots(4, 2)
         # One pool for the one upstream origin: no per-request URL parsing or pool look-up.
         self.pool = urllib3.connection_from_url(base_url, maxsize=pool_size, block=False, retries=False,
                                                 timeout=urllib3.Timeout(connect=timeout, read=timeout))
@@ -93,7 +94,9 @@ def init_app(app) -> None:
     app.extensions["proxy"] = DashboardProxy(
         cfg["ZIPTEAMS_DASHBOARD_URL"], timeout=cfg["ZIPTEAMS_TIMEOUT"],
         max_body=cfg["GATEWAY_PROXY_MAX_BODY"], token_in=cfg["GATEWAY_PROXY_TOKEN_IN"],
-        forward=policy.FORWARD_REQUEST | extra, frame_ancestors=cfg["GATEWAY_FRAME_ANCESTORS"])
+        forward=policy.FORWARD_REQUEST | extra, frame_ancestors=cfg["GATEWAY_FRAME_ANCESTORS"],
+        slots=streams.Slots(cfg["GATEWAY_DOWNLOADS_PER_WORKER"] or max(1, cfg["GATEWAY_THREADS"] // 2),
+                            cfg["GATEWAY_DOWNLOADS_PER_USER"]))
     # Each (user, subtenant) placeholder, derived once: every page and proxied call asks again.
     app.extensions["placeholders"] = Memo(16384)
     app.register_blueprint(bp)
@@ -342,8 +345,19 @@ def dashboard(path: str):
         small = _small_body(upstream, pattern)
         if small is not None:
             return Response(small, status=upstream.status, headers=headers)
-    return Response(_body_stream(upstream, None if binary else pattern), status=upstream.status,
-                    headers=headers, direct_passthrough=True)
+    release = None
+    if streams.is_long(raw_headers):
+        try:
+            release = proxy.slots.take(g.user.subject or g.user.email)
+        except streams.TooManyDownloads:
+            upstream.close()
+            upstream.release_conn()
+            raise
+    response = Response(_body_stream(upstream, None if binary else pattern), status=upstream.status,
+                        headers=headers, direct_passthrough=True)
+    if release is not None:
+        response.call_on_close(release)
+    return response
 
 
 def _headers(raw_headers, proxy: DashboardProxy, pattern: scrub.Pattern, *, decoded: bool):
