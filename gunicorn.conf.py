@@ -6,10 +6,10 @@ import tempfile
 # Prometheus multiprocess mode: every worker writes its samples to one directory,
 # and a scrape of /metrics adds them up. This must come before anything imports
 # prometheus_client (gateway.logs does), so the master and every worker inherit it.
-_created_metrics_dir = None
+# (gunicorn re-reads this file on HUP: the environment remembers that we made the directory.)
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    _created_metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["GATEWAY_METRICS_DIR_CREATED"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 from gateway.config import env_int, env_seconds  # noqa: E402 - after the metrics directory is set
 
@@ -58,12 +58,19 @@ def post_worker_init(worker):
     worker.client_timeout = cfg.get("GATEWAY_CLIENT_TIMEOUT", worker.client_timeout)
 
 
-def child_exit(server, worker):
-    from prometheus_client import multiprocess
+def on_reload(server):
+    from gateway.worker import note_reload
 
-    multiprocess.mark_process_dead(worker.pid)
+    note_reload()
+
+
+def child_exit(server, worker):
+    from gateway.metrics import retire_process
+
+    retire_process(worker.pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def on_exit(server):
-    if _created_metrics_dir:
-        shutil.rmtree(_created_metrics_dir, ignore_errors=True)
+    created = os.environ.get("GATEWAY_METRICS_DIR_CREATED")
+    if created and created == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(created, ignore_errors=True)

@@ -14,12 +14,14 @@ Graceful stop. On SIGTERM a worker at once reports "not ready" (``/readyz`` answ
 so the load balancer stops sending), keeps serving for ``GATEWAY_DRAIN_DELAY`` seconds
 while it notices, then closes its listening sockets (a new connection is refused at once
 instead of hanging in a backlog nobody reads) and lets the requests in flight finish
-within gunicorn's graceful timeout (``GATEWAY_GRACEFUL_TIMEOUT``).
+within gunicorn's graceful timeout (``GATEWAY_GRACEFUL_TIMEOUT``). On a reload (HUP) the
+master starts new workers first, so the old ones stop accepting at once and stay "ready".
 """
 from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import selectors
 import socket
 import struct
@@ -39,6 +41,22 @@ PREREAD_TOTAL = 32 * 1024 * 1024  # bytes held for unfinished requests per worke
 HEAD_LIMIT = 64 * 1024           # past this without an end of head, gunicorn's own limits answer
 STOP_LINGER = 2.0                # a stopping worker waits this long for requests still arriving
 TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+RELOAD_WINDOW = 60.0             # a SIGTERM this soon after a HUP is the master replacing workers
+
+# When the master last reloaded (HUP): anonymous shared memory, mapped before any worker is
+# forked (this module is imported once, the config file's re-reading on HUP included), so the
+# workers the master stops after a HUP can tell that from the instance stopping.
+_RELOADED_AT = mmap.mmap(-1, 8)
+
+
+def note_reload() -> None:
+    """In the master, from gunicorn's on_reload hook: the next SIGTERMs are a reload's."""
+    struct.pack_into("d", _RELOADED_AT, 0, time.monotonic())
+
+
+def _reloading() -> bool:
+    noted = struct.unpack_from("d", _RELOADED_AT, 0)[0]
+    return noted > 0 and time.monotonic() - noted < RELOAD_WINDOW
 
 
 class Incoming:
@@ -242,6 +260,11 @@ class GatewayWorker(ThreadWorker):
     # ------------------------------------------------------------ graceful stop
     def handle_exit(self, sig, frame):
         if not self.alive or ops.DRAINING.is_set():
+            return
+        if _reloading():
+            # A HUP: fresh workers already share the listener, so the instance stays ready and
+            # this one just stops taking new connections and finishes what it has.
+            self.method_queue.defer(self._stop_accepting)
             return
         ops.DRAINING.set()
         # From a signal handler: the stop itself runs in the worker's own loop (method_queue).

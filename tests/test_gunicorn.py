@@ -1,5 +1,6 @@
 """The gateway under real gunicorn, as deployed: many users, many workers, one token each."""
 import json
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -189,3 +190,60 @@ def test_sigterm_turns_readyz_503_at_once_serves_through_the_drain_delay_then_re
     worker.join(timeout=20)
     assert in_flight["status"] == 200  # the request in flight was allowed to finish
     server.proc.wait(timeout=20)
+
+
+def test_a_reload_drops_no_request_keeps_the_instance_ready_and_folds_dead_workers_metrics(gunicorn, tmp_path):
+    import glob
+    import signal
+    import tempfile
+    import threading
+
+    created_before = set(glob.glob(tempfile.gettempdir() + "/gateway-metrics-*"))
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    server = gunicorn(workers=2, GATEWAY_DRAIN_DELAY="2", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    alice = user_headers("alice@acme.example")
+    stop, failures, answered, ready = threading.Event(), [], [0], []
+
+    def load(reuse: bool):
+        with recording_session() as http:
+            while not stop.is_set():
+                try:
+                    sender = http if reuse else requests
+                    status = sender.get(server.url + "/dashboard/api/summary", headers=alice, timeout=10).status_code
+                    answered[0] += 1
+                    if status != 200:
+                        failures.append(status)
+                except requests.RequestException as exc:
+                    failures.append(type(exc).__name__)
+
+    def probe():
+        while not stop.is_set():
+            ready.append(requests.get(server.url + "/readyz", timeout=5).status_code)
+            time.sleep(0.1)
+
+    import requests
+    threads = [threading.Thread(target=load, args=(n % 2 == 0,)) for n in range(6)] + [threading.Thread(target=probe)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1)
+    for _ in range(2):
+        server.proc.send_signal(signal.SIGHUP)
+        time.sleep(3)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert answered[0] > 100 and not failures, failures[:10]
+    assert set(ready) == {200}, ready  # the instance never looked unready to an orchestrator
+    files = sorted(p.name for p in metrics_dir.iterdir())
+    booted = re.findall(r"Booting worker with pid: (\d+)", server.log.read_text())
+    per_pid = {name for name in files if name.startswith(("counter_", "histogram_")) and "archive" not in name}
+    assert len(per_pid) <= 2 * 2, files  # only the two live workers' own files, besides the archives
+    assert "counter_archive.db" in files
+    text = requests.get(server.url + "/metrics", timeout=5).text
+    served = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith('gateway_requests_total{route="proxy.dashboard",status="200"}'))
+    assert served >= answered[0]  # counts of the replaced workers were kept, not lost
+    assert len(booted) == 6  # two HUPs: twice two fresh workers
+    server.stop()
+    assert set(glob.glob(tempfile.gettempdir() + "/gateway-metrics-*")) == created_before
