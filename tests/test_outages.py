@@ -165,3 +165,69 @@ def test_a_silent_redis_costs_one_time_out_per_window_not_one_per_request(make_a
         assert elapsed < 3.0, f"20 requests took {elapsed:.1f}s: each one waited on the silent Redis"
     finally:
         silent.close()
+
+
+# ------------------------------------------------- every mode x every kind of outage
+@pytest.fixture(scope="module")
+def idp():
+    oidc_mock = pytest.importorskip("oidc_provider_mock")
+    with oidc_mock.run_server_in_thread(port=0, require_nonce=True) as server:
+        yield f"http://localhost:{server.server_port}"
+
+
+def _signed_in(mode, make_app, redis_server, idp, monkeypatch):
+    """An app in ``mode`` on the real Redis, a client signed in to it, and that client's headers."""
+    settings = dict(GATEWAY_CACHE_URL=redis_server.url)
+    if mode == "jwt":
+        settings.update(GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_SECRET=HANDOFF_SECRET,
+                        GATEWAY_HANDOFF_ISSUER=ISS, GATEWAY_HANDOFF_AUDIENCE=AUD)
+    elif mode == "oidc":
+        from test_oidc import CLIENT_ID, PUBLIC
+
+        monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "1")  # the loopback IdP speaks plain HTTP
+        settings.update(GATEWAY_AUTH_MODE="oidc", OIDC_ISSUER=idp, OIDC_CLIENT_ID=CLIENT_ID,
+                        OIDC_CLIENT_SECRET="client-secret", GATEWAY_PUBLIC_URL=PUBLIC)
+    app = make_app(**settings)
+    client = app.test_client()
+    headers = {}
+    if mode == "header":
+        headers = ALICE
+    elif mode == "jwt":
+        assert client.get("/sso/jwt", query_string={"jwt": handoff_token()}).status_code == 302
+    else:
+        from test_oidc import login
+
+        _, answer = login(client, idp, {"email": "alice@acme.example", "groups": ["emea"]})
+        assert answer.status_code == 302
+    return app, client, headers
+
+
+@pytest.mark.parametrize("outage", ["stopped", "restarted-empty", "silent"])
+@pytest.mark.parametrize("mode", ["header", "jwt", "oidc"])
+def test_no_signed_in_user_is_signed_out_or_loses_a_form_in_any_mode(mode, outage, make_app, redis_server,
+                                                                      idp, monkeypatch):
+    app, client, headers = _signed_in(mode, make_app, redis_server, idp, monkeypatch)
+    page = client.get("/", headers=headers)
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    if outage == "silent":
+        redis_server.pause()
+    else:
+        redis_server.stop()
+        if outage == "restarted-empty":
+            redis_server.start()
+    try:
+        for _ in range(3):
+            assert client.get("/", headers=headers).status_code == 200
+            assert _dashboard_call(client, html, headers).status_code == 200
+        if mode == "header":
+            # The identity proxy's next request may come without our cookie: the open page still works.
+            assert _dashboard_call(app.test_client(), html, headers).status_code == 200
+    finally:
+        if outage == "silent":
+            redis_server.resume()
+        elif outage == "stopped":
+            redis_server.start()
+    assert client.get("/", headers=headers).status_code == 200  # and after Redis is back
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    assert client.post("/logout", data={"csrf_token": csrf}, headers=headers).status_code == 303
