@@ -86,7 +86,10 @@ def _from_claims(claims: dict) -> tuple[str, tuple[str, ...]]:
 @gateway_cli.command("check")
 @click.option("--subtenant", "key", metavar="TENANT/SUBTENANT",
               help="Which subtenant to request a token for (default: the first rule).")
-def check_command(key: str | None):
+@click.option("--all", "every", is_flag=True,
+              help="Request a token for every subtenant in the rules (one request each) and report "
+                   "each one's configuration errors.")
+def check_command(key: str | None, every: bool):
     """Validate every setting and the tenants file, then make one real token request."""
     cfg = current_app.config
     rules = _rules()
@@ -100,6 +103,9 @@ def check_command(key: str | None):
     if shared is not None:
         click.echo("shared cache: " + ("reachable" if shared.ping() else "UNREACHABLE (the gateway would "
                                                                           "still serve, per process)"))
+    if every:
+        _check_every_subtenant(rules)
+        return
     subtenant = rules.get(key) if key else rules.subtenants[0]
     if subtenant is None:
         click.echo(f"no rule for subtenant {key!r}; known: {', '.join(s.key for s in rules.subtenants)}", err=True)
@@ -119,20 +125,44 @@ def check_command(key: str | None):
     click.echo(f"  fingerprint: {token.fingerprint}")
 
 
+def _check_every_subtenant(rules) -> None:
+    """One token request per subtenant: a misconfigured one is named with what to fix."""
+    from .protection import CONFIG_HINTS
+
+    failed = 0
+    for subtenant in rules.subtenants:
+        try:
+            current_app.extensions["zipteams"].fetch_token(subtenant.tenant, subtenant.id)
+        except ZipteamsError as exc:
+            failed += 1
+            hint = CONFIG_HINTS.get(exc.code, "Zipteams did not answer properly: try again later")
+            click.echo(f"token request for {subtenant.key}: FAILED ({exc.code}): {hint}", err=True)
+            continue
+        click.echo(f"token request for {subtenant.key}: ok")
+    click.echo(f"{len(rules.subtenants) - failed} of {len(rules.subtenants)} subtenants got a token")
+    if failed:
+        sys.exit(1)
+
+
 def warm_up_line(cfg, teams: int) -> str:
     """How long the rate budget takes to give every team its first token after a cold start."""
-    from .protection import RateLimiter
+    from .protection import budget_per_minute, first_token_limit
 
     shared = cfg["GATEWAY_CACHE_URL"] != "memory://"
-    per_minute = cfg["ZIPTEAMS_MAX_RPM"] if shared else max(1, cfg["ZIPTEAMS_MAX_RPM"] // cfg["WEB_CONCURRENCY"])
-    cold = RateLimiter._limit(per_minute, refresh=False)
-    # Without Redis every worker fetches every team for itself, each from its own share.
-    minutes = math.ceil(teams / cold) if teams else 0
-    where = "shared by every worker through Redis" if shared else \
-        f"per worker, {cfg['WEB_CONCURRENCY']} workers each fetching every team"
-    return (f"warm-up: {teams} teams at {cold} first-token requests/minute ({where}; the rest of "
-            f"ZIPTEAMS_MAX_RPM={cfg['ZIPTEAMS_MAX_RPM']} is kept for refreshes): every team served within "
-            f"about {minutes} minute{'s' if minutes != 1 else ''} of a cold start")
+    # Without Redis every worker fetches every team for itself, all from the instance's one budget.
+    fetching = 1 if shared else cfg["WEB_CONCURRENCY"]
+    per_minute = budget_per_minute(cfg["ZIPTEAMS_MAX_RPM"], teams=teams, processes=fetching,
+                                   cooldown=cfg["GATEWAY_BREAKER_COOLDOWN"])
+    cold = first_token_limit(per_minute)
+    needed = teams * fetching
+    minutes = math.ceil(needed / cold) if needed else 0
+    where = "one fetch per team for every worker and instance, through Redis" if shared else \
+        f"{cfg['WEB_CONCURRENCY']} workers, each fetching every team for itself"
+    sized = "auto, from the rules" if cfg["ZIPTEAMS_MAX_RPM"] == "auto" else "set"
+    return (f"warm-up: {teams} teams need {needed} first-token requests ({where}); "
+            f"ZIPTEAMS_MAX_RPM={per_minute} ({sized}) lets {cold} a minute go to first tokens, the rest is "
+            f"kept for refreshes: every team served within about {minutes} minute{'s' if minutes != 1 else ''} "
+            f"of a cold start")
 
 
 def _check_idp(cfg) -> None:

@@ -27,7 +27,8 @@ ZIPTEAMS_CALLS = Counter("gateway_zipteams_requests_total",
 ZIPTEAMS_SECONDS = Histogram("gateway_zipteams_request_seconds", "Token request latency.",
                              buckets=LATENCY_BUCKETS)
 ZIPTEAMS_REFUSED = Counter("gateway_zipteams_refused_total",
-                           "Token requests not sent, to protect Zipteams: rate_limit, backoff, breaker.",
+                           "Token requests not sent, to protect Zipteams (rate_limit, backoff, breaker) or "
+                           "our threads (threads: too many already waiting for Zipteams).",
                            ["reason"])
 ZIPTEAMS_CONFIG_ERRORS = Counter("gateway_zipteams_config_errors_total",
                                  "Token requests Zipteams refused for a configuration reason (400, 403, a token "
@@ -36,8 +37,9 @@ STATE_UNAVAILABLE = Counter("gateway_state_unavailable_total",
                             "Revocation or single-use checks answered without the shared store, by use.", ["use"])
 LOG_LINES_DROPPED = Counter("gateway_log_lines_dropped_total",
                             "Log lines lost because the log queue was full or writing to stdout failed.")
+# One breaker per instance, which any worker may move: the latest change any live worker made is its state.
 BREAKER_STATE = Gauge("gateway_breaker_state", "Circuit breaker toward Zipteams: 0 closed, 1 half-open, 2 open.",
-                      multiprocess_mode="livemax")
+                      multiprocess_mode="livemostrecent")
 REDIS_ERRORS = Counter("gateway_redis_errors_total", "Failed calls to the shared Redis cache.")
 CLIENTS_READING = Gauge("gateway_clients_reading", "Connections whose request is still arriving (held by the "
                         "event loop, not a thread).", multiprocess_mode="livesum")

@@ -1,15 +1,18 @@
-"""Protecting Zipteams and ourselves: rate limit, 429 back-off, circuit breaker, retries,
-and a fetch shared across processes through Redis.
+"""Protecting Zipteams and ourselves: rate budget, 429 back-off, circuit breaker, retries,
+a cap on threads waiting for Zipteams, and a fetch shared across processes through Redis.
 
 The order of checks for one token fetch: a 429 back-off in force refuses at
 once; an open breaker refuses at once; the rate limiter admits the request or
 refuses it with the wait; then the call, retried with backoff and jitter on
 connection errors and 5xx inside a total deadline. Refusals never reach
-Zipteams and are counted in ``gateway_zipteams_refused_total``.
+Zipteams and are counted in ``gateway_zipteams_refused_total``. The breaker,
+the back-off and the rate window are the instance's (``gateway.instance``):
+every worker shares them, and with Redis the window and back-off are shared
+by every instance too.
 """
 from __future__ import annotations
 
-import collections
+import itertools
 import logging
 import math
 import random
@@ -18,8 +21,10 @@ import time
 from typing import Callable
 
 from . import metrics
+from .breaker import BreakerOpen, CircuitBreaker  # also imported from here by ops and the tests
 from .errors import ServiceBusy
-from .shared import LOCK_SLACK, Shared
+from .instance import InstanceState
+from .shared import Shared
 from .zipteams import (DashboardToken, ZipteamsBadRequest, ZipteamsClient, ZipteamsError, ZipteamsForbidden,
                        ZipteamsInvalidToken, ZipteamsRateLimited, ZipteamsServerError, ZipteamsTimeout,
                        ZipteamsUnreachable, parse_token)
@@ -35,8 +40,12 @@ CONFIG_HINTS = {
     "zipteams_missing_subtenant": "Zipteams says the subtenant id is missing: check the tenants file",
     "zipteams_invalid_token": "Zipteams sent a token that is not for this tenant/subtenant or not a usable JWT",
 }
-MAX_LIMITER_WAIT = 2.0
-REFRESH_RESERVE = 0.2     # share of the rate window only refreshes of tokens in use may take    # a user waits this long at most for a rate-limit slot
+MAX_LIMITER_WAIT = 2.0    # a user waits this long at most for a rate-limit slot
+REFRESH_RESERVE = 0.2     # share of the rate window only refreshes of tokens in use may take
+AUTO_MIN_RPM = 30         # the auto budget never goes below the old fixed default
+FETCHES_PER_TEAM = 2      # auto: a first token and one renewal per team and fetching process, per minute
+GATE_PATIENCE = 2.0       # as long as a user waits for a rate-limit slot; a healthy Zipteams answers well within it
+GATE_RETRY_AFTER = 5
 BACKOFF_BASE = 0.2
 BACKOFF_CAP = 2.0
 
@@ -46,113 +55,57 @@ class ZipteamsThrottled(ServiceBusy):
     code = "zipteams_throttled"
 
 
-class BreakerOpen(ServiceBusy):
-    """Zipteams kept failing: token requests fail fast until the cool-down ends."""
-    code = "zipteams_breaker_open"
-    title = "The dashboard is unavailable"
-    message = "The dashboard service is failing, so we are giving it a short break."
-    hint = "Try again in a minute."
+class ZipteamsQueueFull(ServiceBusy):
+    """Too many of this worker's threads already wait for Zipteams: keep the rest for cached users."""
+    code = "zipteams_queue_full"
+    message = "Many people are waiting for the dashboard service right now."
 
 
-# ------------------------------------------------------------------ breaker
-class CircuitBreaker:
-    CLOSED, HALF_OPEN, OPEN = 0, 1, 2
-    NAMES = {0: "closed", 1: "half-open", 2: "open"}
+# ------------------------------------------------------------------ budget
+def budget_per_minute(setting: int | str, *, teams: int, processes: int, cooldown: float) -> int:
+    """ZIPTEAMS_MAX_RPM as a number: the setting itself, or the ``auto`` size.
 
-    def __init__(self, failures: int, cooldown: float, *, clock: Callable[[], float] = time.monotonic,
-                 schedule: Callable[[float, Callable[[], None]], None] | None = None):
-        self.failures, self.cooldown, self._clock = failures, cooldown, clock
-        # Runs ``job`` after ``delay`` seconds; tests may capture it instead.
-        self._schedule = schedule or _timer
-        self.probe: Callable[[], None] | None = None  # set by ProtectedFetch
-        self._lock = threading.Lock()
-        self._state = self.CLOSED
-        self._count = 0
-        self._opened_at = 0.0
-        self._probing = False
-        metrics.BREAKER_STATE.set(self.CLOSED)
+    auto: every team's first token and one renewal in the same minute, in every process
+    that fetches for itself (each worker without Redis, one fetch for all with it), plus one
+    breaker probe per cool-down; never below AUTO_MIN_RPM. A fifth of it is kept for
+    refreshes (``REFRESH_RESERVE``), so first tokens get the rest: a cold start warms every
+    team within a minute. Zipteams publishes no limit (its 429 only says "try again in 60
+    seconds"), so this sizes for what the rules need rather than for a number we don't know.
+    """
+    if setting != "auto":
+        return int(setting)
+    probes = math.ceil(60 / cooldown)
+    return max(AUTO_MIN_RPM, FETCHES_PER_TEAM * teams * processes + probes)
+
+
+def first_token_limit(limit: int) -> int:
+    """The part of a minute's budget that first tokens (not refreshes) may use."""
+    if limit < 2:
+        return limit
+    return max(1, limit - max(1, math.ceil(limit * REFRESH_RESERVE)))
+
+
+class RateLimiter:
+    """A one-minute sliding window toward Zipteams, and the 429 back-off.
+
+    Shared in Redis by every instance when it is configured and answering; otherwise the
+    instance's window (every worker of this instance counts in one window, so one busy
+    worker may use the whole budget). ``per_minute`` may be a function: the auto budget
+    follows the team count when the rules are reloaded.
+    """
+
+    def __init__(self, per_minute: int | Callable[[], int], *, shared: Shared | None, name: str,
+                 instance: InstanceState | None = None, clock: Callable[[], float] = time.time):
+        self._per_minute = per_minute if callable(per_minute) else (lambda: per_minute)
+        self._shared, self._name, self._clock = shared, name, clock
+        if instance is None:
+            instance = InstanceState(window_capacity=max(4096, 4 * self.per_minute))
+        self._instance = instance
+        self._capped = False
 
     @property
-    def state(self) -> int:
-        with self._lock:
-            if self._state == self.OPEN and self._clock() - self._opened_at >= self.cooldown:
-                return self.HALF_OPEN
-            return self._state
-
-    def _set(self, state: int) -> None:
-        if state != self._state:
-            logger.warning("zipteams breaker %s -> %s", self.NAMES[self._state], self.NAMES[state])
-        self._state = state
-        metrics.BREAKER_STATE.set(state)
-
-    def before(self) -> bool:
-        """Raise BreakerOpen unless a request may go now; True if it is the half-open probe."""
-        with self._lock:
-            if self._state == self.CLOSED:
-                return False
-            waited = self._clock() - self._opened_at
-            if self._state == self.OPEN and waited < self.cooldown:
-                raise BreakerOpen("breaker open", retry_after=max(1, math.ceil(self.cooldown - waited)))
-            if self._probing:
-                raise BreakerOpen("breaker half-open, probe in flight", retry_after=1)
-            self._set(self.HALF_OPEN)
-            self._probing = True
-            return True
-
-    def success(self) -> None:
-        with self._lock:
-            self._count = 0
-            self._probing = False
-            self._set(self.CLOSED)
-
-    def failure(self) -> None:
-        with self._lock:
-            self._probing = False
-            self._count += 1
-            opened = self._state == self.HALF_OPEN or self._count >= self.failures
-            if opened:
-                self._opened_at = self._clock()
-                self._set(self.OPEN)
-        if opened and self.probe is not None:
-            # Closed again by a probe of our own once the cool-down is over, not only by the
-            # next user who happens to need a new token (with tokens shared, none may come).
-            self._schedule(self.cooldown + 0.1, self._background_probe)
-
-    def _background_probe(self) -> None:
-        with self._lock:
-            due = self._state == self.OPEN and not self._probing
-        if not due:
-            return
-        try:
-            self.probe()
-        except Exception as exc:  # noqa: BLE001 - a failed probe reopens the breaker (and schedules the next)
-            logger.info("background probe toward Zipteams failed (%s)", type(exc).__name__)
-
-    def neutral(self) -> None:
-        """The call said nothing about Zipteams' health (a 429): free the probe slot."""
-        with self._lock:
-            self._probing = False
-            if self._state == self.HALF_OPEN:
-                self._opened_at = self._clock() - self.cooldown  # let the next request probe
-
-
-def _timer(delay: float, job: Callable[[], None]) -> None:
-    timer = threading.Timer(delay, job)
-    timer.daemon = True
-    timer.start()
-
-
-# ------------------------------------------------------------------ limiter
-class RateLimiter:
-    """A one-minute sliding window toward Zipteams: shared in Redis, else per process."""
-
-    def __init__(self, per_minute: int, *, shared: Shared | None, processes: int, name: str,
-                 clock: Callable[[], float] = time.time):
-        self.per_minute = per_minute
-        self.local_limit = max(1, per_minute // max(1, processes))
-        self._shared, self._name, self._clock = shared, name, clock
-        self._window: collections.deque = collections.deque()
-        self._lock = threading.Lock()
+    def per_minute(self) -> int:
+        return self._per_minute()
 
     def admit(self, refresh: bool = False) -> float:
         """0 if a request may go now (and counts it), else the seconds to wait.
@@ -161,25 +114,75 @@ class RateLimiter:
         a burst of cold requests (a restart, a new team's first visits) never starves the
         refresh that keeps every open dashboard of a team working.
         """
+        limit = self.per_minute
+        if not refresh:
+            limit = first_token_limit(limit)
         if self._shared is not None:
-            wait = self._shared.admit(self._name, self._limit(self.per_minute, refresh))
+            wait = self._shared.admit(self._name, limit)
             if wait is not None:
                 return wait
-        now = self._clock()
-        limit = self._limit(self.local_limit, refresh)
-        with self._lock:
-            while self._window and self._window[0] <= now - 60:
-                self._window.popleft()
-            if len(self._window) < limit:
-                self._window.append(now)
-                return 0.0
-            return max(0.001, self._window[0] + 60 - now)
+        if limit > self._instance.capacity and not self._capped:
+            # The window's ring was sized at start; the rules have grown far beyond that since.
+            self._capped = True
+            logger.warning("rate budget of %d/minute capped at %d until the next restart",
+                           limit, self._instance.capacity)
+        return self._instance.admit(limit, self._clock())
 
-    @staticmethod
-    def _limit(limit: int, refresh: bool) -> int:
-        if refresh or limit < 2:
-            return limit
-        return max(1, limit - max(1, math.ceil(limit * REFRESH_RESERVE)))
+    # ------------------------------------------------------------- 429 back-off
+    def back_off(self, seconds: float) -> None:
+        """Zipteams answered 429: no token request from this instance (or any, with Redis) for ``seconds``."""
+        until = self._clock() + seconds
+        with self._instance.lock:
+            self._instance["backoff_until"] = max(self._instance["backoff_until"], until)
+        if self._shared is not None:
+            self._shared.set_backoff(self._name, seconds)
+
+    def backoff_left(self) -> float:
+        with self._instance.lock:
+            until = self._instance["backoff_until"]
+        if self._shared is not None:
+            until = max(until, self._shared.backoff_until(self._name))
+        return until - self._clock()
+
+
+# ------------------------------------------------------------ thread cap
+class FetchGate:
+    """At most ``limit`` threads of this process inside a token fetch or waiting on one.
+
+    A stalled Zipteams would otherwise hold every thread, and users whose token is cached
+    would queue behind those waiting for one. Past the limit a thread waits for a place
+    only while the fetches ahead of it are young (a healthy Zipteams answers well within
+    ``patience``, as in a cold start's burst of first visits); once they have run longer
+    than that, Zipteams is slow, waiting would hold one more thread, and the request gets
+    a fast 503 with Retry-After instead.
+    """
+
+    def __init__(self, limit: int, *, patience: float = GATE_PATIENCE,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.limit, self.patience, self._monotonic = max(1, limit), patience, monotonic
+        self._cond = threading.Condition()
+        self._inside: dict[int, float] = {}  # ticket -> when its holder entered
+        self._tickets = itertools.count()
+
+    def enter(self) -> int:
+        with self._cond:
+            arrived = self._monotonic()
+            while len(self._inside) >= self.limit:
+                now = self._monotonic()
+                waited, oldest = now - arrived, now - min(self._inside.values())
+                if max(waited, oldest) >= self.patience:
+                    metrics.ZIPTEAMS_REFUSED.labels("threads").inc()
+                    raise ZipteamsQueueFull(f"{len(self._inside)} threads already wait for Zipteams",
+                                            retry_after=GATE_RETRY_AFTER)
+                self._cond.wait(self.patience - max(waited, oldest))
+            ticket = next(self._tickets)
+            self._inside[ticket] = self._monotonic()
+            return ticket
+
+    def leave(self, ticket: int) -> None:
+        with self._cond:
+            self._inside.pop(ticket, None)
+            self._cond.notify()
 
 
 # -------------------------------------------------------------- the fetch
@@ -187,30 +190,29 @@ class ProtectedFetch:
     """Fetches a token from Zipteams with every protection in front of it."""
 
     def __init__(self, client: ZipteamsClient, *, limiter: RateLimiter, breaker: CircuitBreaker,
-                 retries: int, deadline: float, shared: Shared | None, name: str,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
+                 retries: int, deadline: float, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 rng: random.Random | None = None):
         self.client, self.limiter, self.breaker = client, limiter, breaker
-        self.retries, self.deadline, self._shared, self._name = retries, deadline, shared, name
+        self.retries, self.deadline = retries, deadline
         self._clock, self._monotonic, self._sleep = clock, monotonic, sleep
         self._rng = rng or random.Random()
-        self._backoff_until = 0.0
 
     def _refuse(self, reason: str, error: Exception) -> None:
         metrics.ZIPTEAMS_REFUSED.labels(reason).inc()
         logger.info("token request not sent reason=%s", reason)
         raise error
 
-    def _check_backoff(self) -> None:
-        until = self._backoff_until
-        if self._shared is not None:
-            until = max(until, self._shared.backoff_until(self._name))
-        left = until - self._clock()
+    def __call__(self, tenant: str, subtenant: str, *, refresh: bool = False,
+                 within: float | None = None) -> DashboardToken:
+        """``within``: what is left of the caller's deadline (after waiting on another
+        process's fetch); the fetch never runs past it, nor past ZIPTEAMS_DEADLINE."""
+        deadline = self.deadline if within is None else min(self.deadline, within)
+        if deadline <= 0:
+            raise ZipteamsTimeout(f"deadline of {self.deadline:g}s spent waiting", tenant=tenant, subtenant=subtenant)
+        left = self.limiter.backoff_left()
         if left > 0:
             self._refuse("backoff", ZipteamsThrottled("Zipteams asked us to wait", retry_after=math.ceil(left)))
-
-    def __call__(self, tenant: str, subtenant: str, *, refresh: bool = False) -> DashboardToken:
-        self._check_backoff()
         try:
             probe = self.breaker.before()
         except BreakerOpen as exc:
@@ -224,30 +226,28 @@ class ProtectedFetch:
             while True:
                 wait = self.limiter.admit(refresh)
                 if wait > 0:
-                    if wait <= MAX_LIMITER_WAIT and self._monotonic() - started + wait < self.deadline:
+                    if wait <= MAX_LIMITER_WAIT and self._monotonic() - started + wait < deadline:
                         self._sleep(wait)
                         continue
                     self._refuse("rate_limit", ZipteamsThrottled(
                         "local rate limit toward Zipteams reached", retry_after=max(1, math.ceil(wait))))
-                left = self.deadline - (self._monotonic() - started)
+                left = deadline - (self._monotonic() - started)
                 if left <= 0:
-                    self.breaker.failure()
+                    self.breaker.failure(probe)
                     settled = True
-                    raise ZipteamsTimeout(f"deadline of {self.deadline:g}s spent", tenant=tenant, subtenant=subtenant)
+                    raise ZipteamsTimeout(f"deadline of {deadline:g}s spent", tenant=tenant, subtenant=subtenant)
                 try:
                     token = self.client.fetch_token(tenant, subtenant, within=left)
                 except ZipteamsRateLimited as exc:
-                    self._backoff_until = self._clock() + exc.retry_after
-                    if self._shared is not None:
-                        self._shared.set_backoff(self._name, exc.retry_after)
+                    self.limiter.back_off(exc.retry_after)
                     raise
                 except (ZipteamsServerError, ZipteamsUnreachable) as exc:
                     delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt) * (0.5 + self._rng.random())
-                    if attempt < retries and self._monotonic() - started + delay < self.deadline:
+                    if attempt < retries and self._monotonic() - started + delay < deadline:
                         attempt += 1
                         self._sleep(delay)
                         continue
-                    self.breaker.failure()
+                    self.breaker.failure(probe)
                     settled = True
                     raise exc
                 except CONFIGURATION_ERRORS as exc:
@@ -258,17 +258,17 @@ class ProtectedFetch:
                                  tenant, subtenant, exc.code, CONFIG_HINTS.get(exc.code, "check the tenants file"))
                     raise
                 except ZipteamsError:
-                    self.breaker.failure()  # timeouts, malformed envelopes: Zipteams is not well
+                    self.breaker.failure(probe)  # timeouts, malformed envelopes: Zipteams is not well
                     settled = True
                     raise
-                self.breaker.success()
+                self.breaker.success(probe)
                 settled = True
                 return token
         finally:
             if not settled:
-                # Throttled, refused by our limiter, a configuration error, or anything unexpected:
-                # nothing learned about Zipteams' health, but the half-open probe slot is freed.
-                self.breaker.neutral()
+                # Throttled, refused by our limiter, a 429, a configuration error, or anything
+                # unexpected: nothing learned about Zipteams' health, but the probe slot is freed.
+                self.breaker.neutral(probe)
 
 
 class SharedLoader:
@@ -302,8 +302,8 @@ class SharedLoader:
         metrics.TOKEN_CACHE.labels("shared_hit").inc()
         return token
 
-    def _fetch_and_share(self, tenant: str, subtenant: str, refresh: bool) -> DashboardToken:
-        token = self._get(tenant, subtenant, refresh)
+    def _fetch_and_share(self, tenant: str, subtenant: str, refresh: bool, within: float) -> DashboardToken:
+        token = self._get(tenant, subtenant, refresh, within)
         self._shared.put_token(tenant, subtenant, token.value, self._serve_until(token))
         return token
 
@@ -318,16 +318,17 @@ class SharedLoader:
         # The deadline covers the wait for another process's fetch as well as our own fetch.
         give_up = self._monotonic() + self._deadline
         while True:
-            ident = shared.acquire(tenant, subtenant, self._deadline + LOCK_SLACK)
-            if ident is not None:
+            held = shared.acquire(tenant, subtenant)
+            if held is not None:
                 try:
-                    # Someone may have finished between our look and our lock.
+                    # Someone may have finished between our look and our lock. Our fetch gets
+                    # only what the wait left of the deadline, not a whole deadline of its own.
                     return self._from_shared(tenant, subtenant, stale) or \
-                        self._fetch_and_share(tenant, subtenant, refresh)
+                        self._fetch_and_share(tenant, subtenant, refresh, give_up - self._monotonic())
                 finally:
-                    shared.release(tenant, subtenant, ident)
+                    held.release()
             if not shared.available:
-                return self._get(tenant, subtenant, refresh)
+                return self._get(tenant, subtenant, refresh, give_up - self._monotonic())
             self._sleep(self._poll)
             token = self._from_shared(tenant, subtenant, stale)
             if token is not None:
@@ -339,8 +340,10 @@ class SharedLoader:
                 raise ZipteamsTimeout(f"another process's fetch took longer than {self._deadline:g}s",
                                       tenant=tenant, subtenant=subtenant)
 
-    def _get(self, tenant: str, subtenant: str, refresh: bool) -> DashboardToken:
-        return self._fetch(tenant, subtenant, refresh=refresh)
+    def _get(self, tenant: str, subtenant: str, refresh: bool, within: float | None = None) -> DashboardToken:
+        if within is None:
+            return self._fetch(tenant, subtenant, refresh=refresh)
+        return self._fetch(tenant, subtenant, refresh=refresh, within=within)
 
     def forget(self, tenant: str, subtenant: str, token: DashboardToken) -> None:
         if self._shared is not None:

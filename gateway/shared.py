@@ -29,14 +29,11 @@ from .config import redact_url
 logger = logging.getLogger(__name__)
 
 PREFIX = "zg:"
-LOCK_SLACK = 5.0          # a fetch lock lasts the fetch's deadline plus this
+LOCK_SLACK = 5.0          # an instance's probe slot outlives the probe's deadline by this
+LOCK_LEASE = 6.0          # a fetch lock lives this long unless its holder renews it...
+LOCK_RENEW = 2.0          # ...which it does this often while its fetch runs
 RETRY_AFTER_ERROR = 5.0   # seconds Redis is left alone after it failed
 LOG_EVERY = 60.0
-
-# Compare-and-delete: only the holder's own lock is released.
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
-"""
 # Sliding one-minute window: admit and record a request if under the limit,
 # else answer how many milliseconds until the oldest leaves the window.
 _WINDOW = """
@@ -76,7 +73,7 @@ class Shared:
         self._last_log = -LOG_EVERY
         self._was_down = False
         self._lock = threading.Lock()
-        self._release = self._redis.register_script(_RELEASE)
+        self._lock_errors = (redis.exceptions.LockError,)
         self._window = self._redis.register_script(_WINDOW)
 
     def __repr__(self) -> str:
@@ -111,6 +108,8 @@ class Shared:
             return default
         try:
             result = fn()
+        except self._lock_errors:
+            raise  # about that lock (not ours any more), not about Redis' health
         except self._errors as exc:
             self._failed(what, exc)
             return default
@@ -151,22 +150,20 @@ class Shared:
             self._call("delete", lambda: self._redis.delete(self._token_key(tenant, subtenant)))
 
     # ------------------------------------------------------------- locks
-    def acquire(self, tenant: str, subtenant: str, seconds: float) -> str | None:
-        """A lock id if we may fetch this pair now; None if someone else is fetching it.
+    def acquire(self, tenant: str, subtenant: str) -> "FetchLock | None":
+        """The fetch lock for this pair if we may fetch it now; None if someone else is fetching it.
 
-        ``seconds`` must outlast the longest possible fetch (its deadline, which caps each
-        attempt's time-outs, plus slack): a lock that expired under a live holder would let
-        the waiters each fetch for themselves, the herd returning exactly when Zipteams is slow.
-        Also None when Redis is unreachable: callers then check ``available``.
+        redis-py's Lock on a short lease that its holder renews while the fetch runs: a
+        fetch however slow keeps it (waiters never fetch beside a live holder), and the lock
+        of a holder that died (``kill -9`` mid-fetch) is gone within ``LOCK_LEASE`` seconds
+        instead of stalling the team for a whole deadline. Also None when Redis is
+        unreachable: callers then check ``available``.
         """
-        ident = secrets.token_hex(8)
-        key = f"{self._ns}lock:{tenant}/{subtenant}"
-        got = self._call("lock", lambda: self._redis.set(key, ident, nx=True, px=int(seconds * 1000)))
-        return ident if got else None
-
-    def release(self, tenant: str, subtenant: str, ident: str) -> None:
-        key = f"{self._ns}lock:{tenant}/{subtenant}"
-        self._call("unlock", lambda: self._release(keys=[key], args=[ident]))
+        lock = self._redis.lock(f"{self._ns}lock:{tenant}/{subtenant}", timeout=LOCK_LEASE,
+                                blocking=False, thread_local=False)  # renewed from another thread
+        if not self._call("lock", lambda: lock.acquire(blocking=False), False):
+            return None
+        return FetchLock(self, lock)
 
     def locked(self, tenant: str, subtenant: str) -> bool:
         key = f"{self._ns}lock:{tenant}/{subtenant}"
@@ -192,3 +189,26 @@ class Shared:
             return float(raw) if raw else 0.0
         except ValueError:
             return 0.0
+
+
+class FetchLock:
+    """A held fetch lock, renewed in the background until released."""
+
+    def __init__(self, shared: Shared, lock):
+        self._shared, self._lock = shared, lock
+        self._done = threading.Event()
+        threading.Thread(target=self._renew, daemon=True, name="fetch-lock-renewal").start()
+
+    def _renew(self) -> None:
+        while not self._done.wait(LOCK_RENEW):
+            try:
+                self._shared._call("lock renewal", lambda: self._lock.extend(LOCK_LEASE, replace_ttl=True))
+            except self._shared._lock_errors:
+                return  # it expired under us (Redis lost it): nothing left to renew
+
+    def release(self) -> None:
+        self._done.set()
+        try:
+            self._shared._call("unlock", self._lock.release)
+        except self._shared._lock_errors:
+            pass  # expired already: someone else may hold it now, and it is theirs

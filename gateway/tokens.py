@@ -23,8 +23,10 @@ from cachetools import TLRUCache
 from flask import Flask, current_app
 
 from . import audit, metrics
-from .protection import CircuitBreaker, ProtectedFetch, RateLimiter, SharedLoader
-from .shared import Shared
+from .instance import InstanceState
+from .protection import (CircuitBreaker, FetchGate, ProtectedFetch, RateLimiter, SharedLoader,
+                         budget_per_minute)
+from .shared import LOCK_SLACK, Shared
 from .zipteams import DashboardToken, ZipteamsClient
 
 logger = logging.getLogger(__name__)
@@ -65,14 +67,17 @@ class TokenCache:
     shared loader can tell a newer token from the one we already have.
     ``clock`` returns wall-clock seconds (the JWT's ``exp`` is wall-clock);
     tests inject a fake one. ``spawn`` starts a background refresh; tests may
-    run it inline.
+    run it inline. ``gate`` caps the request threads that fetch or wait for a
+    fetch (background refreshes have threads of their own and are not counted).
     """
 
     def __init__(self, fetch: Callable[..., DashboardToken], *, margin: float = 60.0,
                  maxsize: int = 10000, clock: Callable[[], float] = time.time,
                  spawn: Callable[[Callable[[], None]], None] | None = None,
-                 on_evict: Callable[[str, str, DashboardToken], None] | None = None):
+                 on_evict: Callable[[str, str, DashboardToken], None] | None = None,
+                 gate: FetchGate | None = None):
         self._fetch = fetch
+        self._gate = gate
         self._margin = margin
         self._clock = clock
         self._spawn = spawn or _daemon_thread
@@ -108,9 +113,18 @@ class TokenCache:
                 # Started outside the lock: the refresh takes it to store its result.
                 self._spawn(lambda: self._refresh(key, entry))
             return entry.token
+        if self._gate is None:
+            return self._miss(key)
+        ticket = self._gate.enter()  # raises ZipteamsQueueFull past the cap
+        try:
+            return self._miss(key)
+        finally:
+            self._gate.leave(ticket)
+
+    def _miss(self, key: Key) -> DashboardToken:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None:  # filled while we were away from the lock
+            if entry is not None:  # filled while we were away from the lock (or waiting at the gate)
                 return entry.token
             self.stats["misses"] += 1
             metrics.TOKEN_CACHE.labels("miss").inc()
@@ -223,14 +237,25 @@ def init_app(app: Flask) -> None:
                         namespace=cfg["ZIPTEAMS_API_URL"] + "|" + cfg["ZIPTEAMS_API_KEY"], clock=clock)
     # The partner key names the budget; hashed so it never appears in Redis.
     name = hashlib.sha256(cfg["ZIPTEAMS_API_KEY"].encode()).hexdigest()[:16]
-    breaker = CircuitBreaker(cfg["GATEWAY_BREAKER_FAILURES"], cfg["GATEWAY_BREAKER_COOLDOWN"],
-                             schedule=cfg.get("BREAKER_SCHEDULE"))
-    limiter = RateLimiter(cfg["ZIPTEAMS_MAX_RPM"], shared=shared, processes=cfg["WEB_CONCURRENCY"],
-                          name=name, clock=clock)
-    fetch = ProtectedFetch(client, limiter=limiter, breaker=breaker, retries=cfg["ZIPTEAMS_RETRIES"],
-                           deadline=cfg["ZIPTEAMS_DEADLINE"], shared=shared, name=name, clock=clock,
-                           sleep=cfg.get("SLEEP", time.sleep))
     rules = app.extensions["rules"]
+    cooldown = cfg["GATEWAY_BREAKER_COOLDOWN"]
+    # Without Redis every worker fetches each team for itself; with it, one fetch serves all.
+    fetching = 1 if shared is not None else cfg["WEB_CONCURRENCY"]
+
+    def per_minute() -> int:
+        # Follows the rules: a reload that adds teams raises the auto budget at once.
+        return budget_per_minute(cfg["ZIPTEAMS_MAX_RPM"], teams=len(rules.current()),
+                                 processes=fetching, cooldown=cooldown)
+
+    # Made here, before gunicorn forks the workers: the breaker, the 429 back-off and the
+    # rate window are then one per instance (gateway.instance).
+    instance = InstanceState(window_capacity=max(4096, 4 * per_minute()))
+    breaker = CircuitBreaker(cfg["GATEWAY_BREAKER_FAILURES"], cooldown, instance=instance,
+                             probe_lease=cfg["ZIPTEAMS_DEADLINE"] + LOCK_SLACK,
+                             schedule=cfg.get("BREAKER_SCHEDULE"))
+    limiter = RateLimiter(per_minute, shared=shared, name=name, instance=instance, clock=clock)
+    fetch = ProtectedFetch(client, limiter=limiter, breaker=breaker, retries=cfg["ZIPTEAMS_RETRIES"],
+                           deadline=cfg["ZIPTEAMS_DEADLINE"], clock=clock, sleep=cfg.get("SLEEP", time.sleep))
 
     def probe() -> None:
         # One real token request for the first team in the rules: is Zipteams back?
@@ -244,8 +269,11 @@ def init_app(app: Flask) -> None:
     app.extensions["zipteams"] = client
     app.extensions["shared"] = shared
     app.extensions["breaker"] = breaker
+    app.extensions["limiter"] = limiter
+    # Half of a worker's threads at most wait on Zipteams; the rest serve users whose token is cached.
+    gate = FetchGate(max(1, cfg["GATEWAY_THREADS"] // 2))
     app.extensions["tokens"] = TokenCache(loader, margin=margin, maxsize=cfg["GATEWAY_TOKEN_CACHE_SIZE"],
-                                          clock=clock, on_evict=loader.forget)
+                                          clock=clock, on_evict=loader.forget, gate=gate)
 
 
 def cache() -> TokenCache:

@@ -145,12 +145,24 @@ def test_cli_check_makes_one_token_request_and_never_prints_the_token(sim):
 def test_cli_check_prints_the_warm_up_time_the_rate_budget_implies(sim):
     result = flask_cli(sim, "check")
     assert result.returncode == 0, result.stderr
-    # 3 teams; 30/minute split over 2 workers is 15, of which 12 for first tokens.
-    assert "warm-up: 3 teams at 12 first-token requests/minute (per worker" in result.stdout
+    # 3 teams fetched by each of 2 workers; auto: 2 x 3 x 2 + 20 probes = 32, a fifth kept for refreshes.
+    assert ("warm-up: 3 teams need 6 first-token requests (2 workers, each fetching every team for itself); "
+            "ZIPTEAMS_MAX_RPM=32 (auto, from the rules) lets 25 a minute go to first tokens") in result.stdout
     assert "within about 1 minute of a cold start" in result.stdout
     shared = flask_cli(sim, "check", GATEWAY_CACHE_URL="redis://127.0.0.1:1/0", ZIPTEAMS_MAX_RPM="2")
-    assert "warm-up: 3 teams at 1 first-token requests/minute (shared by every worker through Redis" in shared.stdout
+    assert ("warm-up: 3 teams need 3 first-token requests (one fetch per team for every worker and instance, "
+            "through Redis); ZIPTEAMS_MAX_RPM=2 (set) lets 1 a minute go to first tokens") in shared.stdout
     assert "within about 3 minutes" in shared.stdout
+
+
+def test_cli_check_all_names_each_misconfigured_subtenant_with_what_to_fix(sim):
+    sim.fault(status=400, count=1, message="Subtenant ID is invalid")  # the first rule's subtenant
+    result = flask_cli(sim, "check", "--all")
+    assert result.returncode == 1
+    assert ("token request for acme/sales-emea: FAILED (zipteams_bad_request): Zipteams refused the tenant "
+            "or subtenant id: check the tenants file") in result.stderr
+    assert "token request for acme/sales-us: ok" in result.stdout and "2 of 3 subtenants got a token" in result.stdout
+    assert sim.stats()["token_requests"] == 3
 
 
 def test_cli_check_fails_with_exit_1_when_zipteams_refuses(sim):

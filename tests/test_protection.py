@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import API_KEY, API_SECRET, SECRET_KEY, FakeClock, start_sim, user_headers
+from gateway.instance import InstanceState
 from gateway.protection import (BreakerOpen, CircuitBreaker, ProtectedFetch, RateLimiter, SharedLoader,
                                 ZipteamsThrottled)
 from gateway.shared import Shared
@@ -33,12 +34,16 @@ def t():
     return FakeTime()
 
 
-def protected(sim, t, *, retries=2, per_minute=1000, shared=None, failures=3, cooldown=30, name="p"):
+def protected(sim, t, *, retries=2, per_minute=1000, shared=None, failures=3, cooldown=30, name="p",
+              instance=None, pid=None):
+    """A worker's fetch pipeline; workers of one instance pass the same ``instance`` (and own pids)."""
     client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=2)
-    breaker = CircuitBreaker(failures, cooldown, clock=t.monotonic)
-    limiter = RateLimiter(per_minute, shared=shared, processes=1, name=name, clock=t.wall)
+    instance = instance if instance is not None else InstanceState()
+    breaker = CircuitBreaker(failures, cooldown, instance=instance, clock=t.monotonic,
+                             **({"pid": lambda: pid} if pid else {}))
+    limiter = RateLimiter(per_minute, shared=shared, name=name, instance=instance, clock=t.wall)
     return ProtectedFetch(client, limiter=limiter, breaker=breaker, retries=retries, deadline=20,
-                          shared=shared, name=name, clock=t.wall, monotonic=t.monotonic, sleep=t.sleep)
+                          clock=t.wall, monotonic=t.monotonic, sleep=t.sleep)
 
 
 # ------------------------------------------------------------------ retries
@@ -128,7 +133,7 @@ def test_an_open_breaker_is_closed_by_a_background_probe_without_user_traffic(si
 
 
 def test_the_app_closes_its_breaker_by_itself_after_an_outage(make_app, sim):
-    from gateway.protection import _timer
+    from gateway.breaker import _timer
 
     client = make_app(GATEWAY_BREAKER_FAILURES="1", GATEWAY_BREAKER_COOLDOWN="0.5", ZIPTEAMS_RETRIES="0",
                       BREAKER_SCHEDULE=_timer).test_client()
@@ -212,8 +217,21 @@ def test_the_refresh_share_is_kept_in_the_shared_window_too(sim, t, redis_server
     assert fetch("acme", "a", refresh=True).subtenant == "a"
 
 
-def test_rate_limit_is_split_between_workers_without_redis():
-    assert RateLimiter(30, shared=None, processes=4, name="p").local_limit == 7
+def test_without_redis_one_busy_worker_may_use_the_whole_instance_budget(sim, t):
+    """The budget used to be split per worker: 30/minute over 4 workers left one busy worker 7."""
+    instance = InstanceState()
+    busy, idle = (protected(sim, t, per_minute=10, instance=instance, pid=p) for p in (101, 102))
+    for sub in "abcdefgh":  # 8 of 10 by one worker; the other 2 are kept for refreshes
+        busy("acme", sub)
+    with pytest.raises(ZipteamsThrottled):
+        idle("acme", "cold")  # one window for the instance, not one per worker
+    idle("acme", "a", refresh=True)
+    busy("acme", "b", refresh=True)
+    with pytest.raises(ZipteamsThrottled):
+        idle("acme", "c", refresh=True)
+    assert sim.stats()["token_requests"] == 10
+    t.wall.advance(61)
+    assert idle("acme", "cold").subtenant == "cold"
 
 
 def test_a_429_stops_token_requests_for_the_wait_it_names(sim, t):
@@ -296,7 +314,7 @@ def test_a_waiter_never_fetches_beside_a_live_lock_holder_and_gives_up_at_the_de
     from gateway.zipteams import ZipteamsTimeout
 
     holder = Shared(redis_server.url, SECRET_KEY, namespace="p")
-    assert holder.acquire("acme", "slow", 20 + 5)  # a fetch in flight elsewhere, deadline 20
+    assert holder.acquire("acme", "slow")  # a fetch in flight elsewhere (renewed while it runs), deadline 20
     monotonic = FakeClock(start=0)
     fetches = []
     waiter = SharedLoader(lambda te, st, **_: fetches.append(st), Shared(redis_server.url, SECRET_KEY, namespace="p"),
@@ -312,8 +330,8 @@ def test_each_attempt_is_capped_by_the_time_left_to_the_deadline(sim, t):
     from gateway.zipteams import ZipteamsTimeout
 
     client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=10)
-    fetch = ProtectedFetch(client, limiter=RateLimiter(100, shared=None, processes=1, name="p"),
-                           breaker=CircuitBreaker(5, 30), retries=0, deadline=1.0, shared=None, name="p")
+    fetch = ProtectedFetch(client, limiter=RateLimiter(100, shared=None, name="p"),
+                           breaker=CircuitBreaker(5, 30), retries=0, deadline=1.0)
     sim.fault(delay=3, count=1)
     started = time.monotonic()
     with pytest.raises(ZipteamsTimeout):

@@ -1,4 +1,6 @@
 """The shared Redis tier against a real redis-server: encrypted, locked, fail-soft."""
+import time
+
 import redis as redis_lib
 
 from conftest import JWT_SHAPE, SECRET_KEY, FakeClock, free_port
@@ -47,12 +49,33 @@ def test_partners_sharing_a_redis_do_not_see_each_other(redis_server):
 
 def test_lock_is_exclusive_and_released_only_by_its_holder(redis_server):
     a, b = make(redis_server.url), make(redis_server.url)
-    ident = a.acquire("acme", "sales", 15)
-    assert ident and b.acquire("acme", "sales", 15) is None and b.locked("acme", "sales")
-    b.release("acme", "sales", "not-the-holder")
-    assert b.acquire("acme", "sales", 15) is None
-    a.release("acme", "sales", ident)
-    assert b.acquire("acme", "sales", 15)
+    held = a.acquire("acme", "sales")
+    assert held and b.acquire("acme", "sales") is None and b.locked("acme", "sales")
+    held.release()
+    again = b.acquire("acme", "sales")
+    assert again
+    held.release()  # a second release by the old holder does not free b's lock
+    assert a.acquire("acme", "sales") is None
+    again.release()
+
+
+def test_a_live_holder_keeps_its_lock_past_the_lease_and_a_dead_one_loses_it(redis_server, monkeypatch):
+    redis = redis_lib
+
+    from gateway import shared
+
+    monkeypatch.setattr(shared, "LOCK_LEASE", 1.0)
+    monkeypatch.setattr(shared, "LOCK_RENEW", 0.2)
+    a, b = make(redis_server.url), make(redis_server.url)
+    held = a.acquire("acme", "sales")
+    time.sleep(2.0)  # twice the lease: renewed meanwhile by its holder
+    assert b.acquire("acme", "sales") is None
+    held.release()
+    # A holder that died mid-fetch (its process killed: nobody renews) loses the lock with its lease.
+    redis.Redis.from_url(redis_server.url).set(f"{b._ns}lock:acme/sales", "dead-holder", px=1000)
+    assert b.acquire("acme", "sales") is None
+    time.sleep(1.2)
+    assert b.acquire("acme", "sales")
 
 
 def test_shared_rate_window(redis_server):

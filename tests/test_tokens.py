@@ -196,3 +196,37 @@ def test_evict_only_the_given_token(world):
     second = cache.get("acme", "sales-us")
     cache.evict("acme", "sales-us", first)  # stale: the newer token stays
     assert cache.peek("acme", "sales-us") is second
+
+
+def test_threads_waiting_for_zipteams_are_capped_and_cached_users_keep_being_served(world):
+    """A stalled Zipteams used to take every thread: cached users' throughput fell to 11 %."""
+    from gateway.protection import FetchGate, ZipteamsQueueFull
+
+    sim, _, clock, _ = world
+    client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=5, clock=clock)
+    ticks = FakeClock(start=0)
+    stalled, inside = threading.Event(), threading.Semaphore(0)
+
+    def fetch(tenant, subtenant, stale=None):
+        if subtenant.startswith("cold"):
+            inside.release()
+            stalled.wait(timeout=30)  # Zipteams stalls for the cold teams
+        return client.fetch_token(tenant, subtenant)
+
+    cache = TokenCache(fetch, margin=60, clock=clock, spawn=lambda job: None,
+                       gate=FetchGate(2, patience=1.0, monotonic=ticks))
+    warm = cache.get("acme", "warm")
+    waiting = [threading.Thread(target=cache.get, args=("acme", f"cold-{i}")) for i in range(2)]
+    for thread in waiting:
+        thread.start()
+    inside.acquire()
+    inside.acquire()  # two threads (the cap) now wait on Zipteams
+    ticks.advance(1.0)
+    with pytest.raises(ZipteamsQueueFull) as info:
+        cache.get("acme", "cold-2")  # a third: a fast 503, not one more thread held
+    assert info.value.status_code == 503 and info.value.retry_after
+    assert cache.get("acme", "warm") is warm  # cached users never meet the cap
+    stalled.set()
+    for thread in waiting:
+        thread.join(timeout=10)
+    assert cache.get("acme", "cold-2").subtenant == "cold-2"
