@@ -343,7 +343,7 @@ class GunicornLogger(glogging.Logger):
         self.error_log.addFilter(_without_queries)
 
 
-_QUERY = re.compile(r"\?[^\s'\"]*")
+_QUERY = re.compile(r"\?[^\s'\"]+")  # a query, not a question ("Perhaps out of memory?")
 
 
 def _without_queries(record: logging.LogRecord) -> bool:

@@ -202,3 +202,19 @@ def test_a_failed_write_is_counted_and_announced_when_writing_works_again(writer
     logging.getLogger("gateway.test").warning("back")
     lines = written(handler, stream)
     assert any("1 log lines were dropped" in line for line in lines) and any("back" in line for line in lines)
+
+
+def test_only_queries_are_removed_from_gunicorn_lines_not_question_marks():
+    import logging
+
+    from gateway.logs import _without_queries
+
+    def cleaned(message: str) -> str:
+        record = logging.LogRecord("gunicorn.error", logging.ERROR, __file__, 1, message, None, None)
+        _without_queries(record)
+        return record.getMessage()
+
+    assert cleaned("Worker (pid:12) was sent SIGKILL! Perhaps out of memory?") == \
+        "Worker (pid:12) was sent SIGKILL! Perhaps out of memory?"
+    assert cleaned("Invalid request from ip=1.2.3.4: 'GET /sso/jwt?jwt=eyJabc HTTP/1.1'") == \
+        "Invalid request from ip=1.2.3.4: 'GET /sso/jwt?[query removed] HTTP/1.1'"
