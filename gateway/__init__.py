@@ -64,7 +64,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.jinja_env.globals["embed_mode"] = app.config["GATEWAY_EMBED_MODE"]
 
     # Order matters: request ids first, so every later line and page carries one.
-    from . import auth, cli, embed, errors, logs, ops, proxy, security, sessions, state, tokens
+    from . import auth, cli, embed, errors, logs, ops, proxy, sdk, security, sessions, state, tokens
     from .memo import Memo
 
     logs.init_app(app)
@@ -76,6 +76,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(embed.bp)
+    app.register_blueprint(sdk.bp)
     app.extensions["embed_pages"] = Memo(4096)  # rendered embed pages (embed.render_embed)
     if app.config["GATEWAY_EMBED_MODE"] == "proxy":
         proxy.init_app(app)
@@ -103,8 +104,9 @@ def _fixed_urls(app: Flask) -> None:
 
     with app.test_request_context():
         app.jinja_env.globals["urls"] = {
-            "css": versioned("gateway.css"), "js": versioned("gateway.js"),
+            "css": versioned("gateway.css"), "js": versioned("gateway.js"), "embed_js": versioned("embed.js"),
             "brand_css": url_for("embed.brand_css", v=app.config["GATEWAY_BRAND_COLOR"].lstrip("#")),
+            "favicon": url_for("embed.favicon", v=app.config["GATEWAY_BRAND_COLOR"].lstrip("#")),
             "select": url_for("embed.select"), "logout": url_for("auth.logout"),
             "login": url_for("auth.login"), "index": url_for("embed.index"),
             "dashboard": url_for("proxy.dashboard", path="") if "proxy" in app.blueprints else "",

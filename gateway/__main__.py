@@ -19,6 +19,13 @@ def _partner(value: str) -> tuple[str, str]:
     return key, secret
 
 
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("expected a port from 0 to 65535")
+    return port
+
+
 def run_sim(args: argparse.Namespace) -> int:
     from .sim import create_sim_app
     from .sim.server import ServerThread
@@ -35,33 +42,77 @@ def run_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+# What the demo decides whatever the environment says: its own stand-in's credentials and
+# URLs, the demo sign-in, cookies over plain HTTP on loopback, and one process, whose
+# rate budget toward the stand-in is therefore never split between workers.
+DEMO_OWNS = {
+    "GATEWAY_AUTH_MODE": "demo",
+    "GATEWAY_COOKIE_SECURE": "false",
+    "WEB_CONCURRENCY": "1",
+}
+# A user no rule names, so the "not linked to a team" page can be seen.
+DEMO_USER_WITHOUT_TEAM = "no-team@demo.example"
+DEFAULT_SIM_PORT = 8080
+
+
+def demo_config(environment: dict[str, str], args: argparse.Namespace, sim_url: str, key: str, secret: str,
+                state_db: str) -> dict:
+    """The demo's settings: the environment's (branding, modes, idle times, rate limits...),
+    flags where given, the demo's own where it must decide, defaults for a console."""
+    config: dict = {
+        "GATEWAY_TENANTS_FILE": str(ROOT / "tenants.example.toml"),
+        "GATEWAY_LOG_FORMAT": "text",  # a person reads this console
+        "GATEWAY_STATE_DB": state_db,
+    }
+    if "GATEWAY_SECRET_KEY_FILE" not in environment:  # both at once would be refused
+        config["GATEWAY_SECRET_KEY"] = secrets.token_urlsafe(32)
+    owned = {"ZIPTEAMS_API_KEY", "ZIPTEAMS_API_SECRET", "ZIPTEAMS_API_URL", "ZIPTEAMS_DASHBOARD_URL", *DEMO_OWNS}
+    config.update({name: value for name, value in environment.items()
+                   if name not in owned and name.removesuffix("_FILE") not in owned})
+    if args.mode:
+        config["GATEWAY_EMBED_MODE"] = args.mode
+    if args.tenants:
+        config["GATEWAY_TENANTS_FILE"] = str(args.tenants)
+    config.update(DEMO_OWNS)
+    config.update({
+        "ZIPTEAMS_API_KEY": key,
+        "ZIPTEAMS_API_SECRET": secret,
+        "ZIPTEAMS_API_URL": sim_url + "/api/v1",
+        "ZIPTEAMS_DASHBOARD_URL": sim_url + "/dashboard/",
+        "DEMO_COMMAND": True,
+        "DEMO_EXTRA_USERS": (DEMO_USER_WITHOUT_TEAM,),
+    })
+    return config
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from . import create_app
     from .sim import create_sim_app
     from .sim.server import ServerThread
+    from .tenants import RulesError
 
     key, secret = "demo-" + secrets.token_hex(6), secrets.token_urlsafe(24)
-    state_dir = tempfile.TemporaryDirectory(prefix="zipteams-demo-")
-    sim = ServerThread(create_sim_app({key: secret}, token_ttl=args.token_ttl), "127.0.0.1", 0).start()
-    app = create_app({
-        "ZIPTEAMS_API_KEY": key,
-        "ZIPTEAMS_API_SECRET": secret,
-        "ZIPTEAMS_API_URL": sim.url + "/api/v1",
-        "ZIPTEAMS_DASHBOARD_URL": sim.url + "/dashboard/",
-        "GATEWAY_SECRET_KEY": secrets.token_urlsafe(32),
-        "GATEWAY_TENANTS_FILE": str(args.tenants),
-        "GATEWAY_AUTH_MODE": "demo",
-        "GATEWAY_EMBED_MODE": args.mode,
-        "GATEWAY_COOKIE_SECURE": "false",
-        "GATEWAY_LOG_LEVEL": "INFO",
-        "GATEWAY_LOG_FORMAT": "text",  # a person reads this console
-        "GATEWAY_STATE_DB": str(Path(state_dir.name) / "state.db"),
-        "DEMO_COMMAND": True,
-    })
-    server = ServerThread(app, args.host, args.port)
-    print(f"Zipteams embed gateway demo ({args.mode} mode): open {server.url}/ in your browser.\n"
-          f"Stand-in Zipteams at {sim.url}. Press Ctrl+C to stop.", flush=True)
     try:
+        sim = ServerThread(create_sim_app({key: secret}, token_ttl=args.token_ttl), "127.0.0.1", args.sim_port)
+    except OSError as exc:
+        print(f"gateway: the stand-in cannot listen on 127.0.0.1:{args.sim_port} ({exc.strerror or exc}); "
+              "choose another port with --sim-port, or --sim-port 0 for any free one", file=sys.stderr)
+        return 1
+    sim.start()
+    state_dir = tempfile.TemporaryDirectory(prefix="zipteams-demo-")
+    try:
+        config = demo_config(settings.environment_settings(), args, sim.url, key, secret,
+                             str(Path(state_dir.name) / "state.db"))
+        try:
+            app = create_app(config)
+        except (settings.ConfigError, RulesError) as exc:
+            print(f"gateway: cannot start the demo: {exc}", file=sys.stderr)
+            return 3
+        port = app.config["PORT"] if args.port is None else args.port
+        server = ServerThread(app, args.host, port)
+        mode = app.config["GATEWAY_EMBED_MODE"]
+        print(f"Zipteams embed gateway demo ({mode} mode): open {server.url}/ in your browser.\n"
+              f"Stand-in Zipteams at {sim.url}. Press Ctrl+C to stop.", flush=True)
         server.serve_until_interrupted()
     finally:
         sim.stop()
@@ -74,12 +125,24 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Zipteams Insights embed gateway tools.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the gateway and the Zipteams stand-in together")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
-    demo.add_argument("--mode", choices=("proxy", "iframe"), default="proxy")
-    demo.add_argument("--tenants", default=ROOT / "tenants.example.toml")
-    demo.add_argument("--token-ttl", type=int, default=86400, help="stand-in token lifetime, seconds")
+    demo = sub.add_parser(
+        "demo", help="run the gateway and the Zipteams stand-in together",
+        description="Run the gateway and a Zipteams stand-in together on this machine. Every other "
+                    "setting (branding, embed mode, idle times, rate limits...) is read from the "
+                    "environment as in production; the demo supplies the stand-in's credentials and "
+                    "URLs, its own sign-in page, cookies over plain HTTP and one process "
+                    "(WEB_CONCURRENCY=1).")
+    demo.add_argument("--host", default="127.0.0.1", help="address the gateway listens on (default: 127.0.0.1)")
+    demo.add_argument("--port", type=_port, default=None,
+                      help="port the gateway listens on (default: $PORT if set, else 8000)")
+    demo.add_argument("--sim-port", type=_port, default=DEFAULT_SIM_PORT, metavar="PORT",
+                      help=f"port of the Zipteams stand-in (default: {DEFAULT_SIM_PORT}; 0: any free port)")
+    demo.add_argument("--mode", choices=("proxy", "iframe"), default=None,
+                      help="embed mode (default: $GATEWAY_EMBED_MODE if set, else proxy)")
+    demo.add_argument("--tenants", default=None, metavar="FILE",
+                      help="tenant rules (default: $GATEWAY_TENANTS_FILE if set, else tenants.example.toml)")
+    demo.add_argument("--token-ttl", type=int, default=86400, metavar="SECONDS",
+                      help="lifetime of the stand-in's tokens (default: 86400; 60 shows renewal)")
     demo.set_defaults(func=run_demo)
 
     sim = sub.add_parser("sim", help="run the Zipteams stand-in (token API and dashboard)")

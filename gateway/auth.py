@@ -40,9 +40,13 @@ HANDOFF_MAX_LIFETIME = 300
 ASSERTION_REMEMBER_SECONDS = 60  # a proxy's assertion, once verified (see gateway.assertions)
 SIGNOUT_TICKET_SECONDS = 60  # a sign-out continues to GATEWAY_LOGOUT_URL within this
 SEEN_GRANULARITY = 60  # rewrite the cookie's last-seen time at most once a minute
-OPEN_ENDPOINTS = frozenset({"static", "ops.healthz", "ops.readyz", "ops.metrics_endpoint", "embed.brand_css"})
-# Asked by open pages on a timer: they must not keep an idle session alive.
-PASSIVE_ENDPOINTS = frozenset({"embed.session_status"})
+OPEN_ENDPOINTS = frozenset({"static", "ops.healthz", "ops.readyz", "ops.metrics_endpoint", "embed.brand_css",
+                            "embed.favicon", "embed.favicon_ico", "sdk.script"})
+# Asked without a person asking: an open page's timers, and the dashboard's own traffic
+# (its background polling goes through /dashboard/). They must not keep an idle session
+# alive; what does is a top-level page, a form, and the embed page's activity signal
+# (embed.session_activity: pointer or keyboard use, reported at most once a minute).
+PASSIVE_ENDPOINTS = frozenset({"embed.session_status", "embed.renew_frame", "proxy.dashboard"})
 
 
 class HandoffRejected(GatewayError):
@@ -51,6 +55,7 @@ class HandoffRejected(GatewayError):
     title = "This sign-in link did not work"
     message = "The link that brought you here is invalid, expired or was already used."
     hint = "Go back to the page you came from and open the dashboard again."
+    action = None  # the way back is the partner's app, which we cannot link to
 
 
 class SessionEnded(Unauthenticated):
@@ -58,7 +63,7 @@ class SessionEnded(Unauthenticated):
     title = "Your session has ended"
     message = "You were signed out, or were away for a while, so the dashboard is no longer shown."
     hint = "Sign in again to continue."
-    action_url = "/login"
+    action = "signin"
     action_text = "Sign in again"
 
 
@@ -205,6 +210,9 @@ def load_user() -> None:
         return
     sess = session._get_current_object()
     problem = _session_problem(sess, endpoint)
+    if problem:
+        # "Sign in again" comes back to the team this session showed (errors.render_error).
+        ctx.ended_team = sess.get("subtenant")
     if problem == "revoked":
         sess.clear()
         ctx.session_ended = problem
@@ -256,15 +264,18 @@ def login():
     if mode != "demo":
         abort(404)
     rules = current_app.extensions["rules"].current()
+    # The demo command adds users no rule names, so the "not linked to a team" page can be seen.
+    users = rules.users() + [u for u in current_app.config.get("DEMO_EXTRA_USERS", ()) if u not in rules.users()]
     if request.method == "POST":
         security.require_csrf()
         email = normalize_email(request.form.get("email", ""))
-        if email is None or email not in rules.users():
+        if email is None or email not in users:
             raise Unauthenticated("demo login for a user not in the tenants file")
         start_session(User(email))
         return redirect(next_url)
     security.ensure_csrf()
-    return render_template("login.html", users=rules.users(), next_url=next_url)
+    return render_template("login.html", users=[(email, len(rules.match(email))) for email in users],
+                           next_url=next_url)
 
 
 @bp.route("/sso/jwt", methods=("GET", "POST"))

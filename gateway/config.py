@@ -201,6 +201,21 @@ def _logout_url(raw: str) -> str:
     return value
 
 
+_MAILTO = re.compile(r"mailto:[^@\s\"'<>?]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}(\?[^\s\"'<>]*)?", re.IGNORECASE)
+
+
+def _help_url(raw: str) -> str:
+    value = raw.strip()
+    if _MAILTO.fullmatch(value):
+        return value
+    try:
+        return _logout_url(value)  # the same rules: a path here, or http(s) without credentials
+    except ValueError as exc:
+        reason = "must not carry credentials" if "credentials" in str(exc) else (
+            "must be an http(s):// URL, a path on this site such as /help, or mailto:address")
+        raise ValueError(reason) from None
+
+
 def _non_empty(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must not be empty")
@@ -361,7 +376,9 @@ SETTINGS: tuple[Setting, ...] = (
             "JWT mode: JWKS URL with your app's public keys for RS256/ES256 hand-off tokens.", _optional_url),
     Setting("GATEWAY_HANDOFF_AUDIENCE", "", "JWT mode: required aud of hand-off tokens.", str),
     Setting("GATEWAY_HANDOFF_ISSUER", "", "JWT mode: required iss of hand-off tokens.", str),
-    Setting("GATEWAY_SESSION_IDLE", "1800", "Seconds without a request after which a session ends.",
+    Setting("GATEWAY_SESSION_IDLE", "1800",
+            "Seconds without a person's activity (a page, a form, or the embed page's activity signal; the "
+            "dashboard's own polling does not count) after which a session ends.",
             _positive_int),
     Setting("GATEWAY_SESSION_MAX", "43200", "Seconds after sign-in at which a session ends regardless.",
             _positive_int),
@@ -383,6 +400,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_LOGOUT_URL", "",
             "Where to send the browser after sign-out (e.g. your proxy's /oauth2/sign_out). Empty: a signed-out page.",
             _logout_url),
+    Setting("GATEWAY_HELP_URL", "",
+            "Your help or access-request page (http(s) URL, a path, or mailto:), linked from error pages, "
+            "e.g. for a user not linked to any team. Empty: no link.", _help_url),
     Setting("GATEWAY_EMBED_MODE", "proxy",
             "proxy (dashboard served through the gateway, token stays on the server) or iframe (token in the iframe URL).",
             _choice("proxy", "iframe")),
@@ -398,10 +418,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Proxy mode: extra request header names, comma-separated, forwarded to the dashboard besides the "
             "built-in allow-list (see SECURITY.md). Identity, assertion, secret and cookie headers are refused.",
             _header_names),
-    Setting("ZIPTEAMS_MAX_RPM", "30",
-            "Most token requests per minute this gateway sends to Zipteams (shared by all workers "
-            "through Redis; split between workers without it), so it never provokes a 429.",
-            _positive_int),
+    Setting("ZIPTEAMS_MAX_RPM", "auto",
+            "Most token requests per minute sent to Zipteams: by every instance together through Redis, "
+            "else by this instance's workers together. auto: 2 per team in the rules per fetching process "
+            "(every worker without Redis, one with it) plus 60/GATEWAY_BREAKER_COOLDOWN for the breaker's "
+            "probes, at least 30; see Protecting Zipteams. A number wins over auto.",
+            lambda raw: "auto" if raw.strip().lower() == "auto" else _positive_int(raw)),
     Setting("ZIPTEAMS_RETRIES", "2",
             "Retries, with backoff and jitter, after a connection error or a 5xx from Zipteams.",
             _non_negative_int),
@@ -410,8 +432,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_BREAKER_FAILURES", "5",
             "Consecutive Zipteams failures after which token requests fail fast for a cool-down.",
             _positive_int),
-    Setting("GATEWAY_BREAKER_COOLDOWN", "30",
-            "Seconds the breaker stays open before one probe request is let through.", _positive_float),
+    Setting("GATEWAY_BREAKER_COOLDOWN", "3",
+            "Seconds an open breaker waits before one probe request is let through (its own background "
+            "probe, or a user's), and again after each failed probe. Users fail fast meanwhile.",
+            _positive_float),
     Setting("GATEWAY_CACHE_URL", "memory://",
             "Token cache shared by every worker and instance: memory:// (per process) or "
             "redis://host:port/db.", _cache_url),
@@ -433,9 +457,13 @@ SETTINGS: tuple[Setting, ...] = (
             _choice("json", "text")),
     Setting("PORT", "8000", "Port gunicorn listens on (all interfaces).", _positive_int),
     Setting("WEB_CONCURRENCY", "2",
-            "gunicorn worker processes. Without Redis, ZIPTEAMS_MAX_RPM is split between them.",
+            "gunicorn worker processes. Without Redis each fetches every team's token for itself "
+            "(ZIPTEAMS_MAX_RPM=auto counts them).",
             _positive_int),
-    Setting("GATEWAY_THREADS", "8", "Threads per gunicorn worker.", _positive_int),
+    Setting("GATEWAY_THREADS", "8",
+            "Threads per gunicorn worker. At most half of them fetch or wait for a token at once; past "
+            "that a first visit gets a quick 503 to retry, so users whose token is cached keep the rest.",
+            _positive_int),
     Setting("GATEWAY_DRAIN_DELAY", "5",
             "Seconds a stopping instance keeps serving after SIGTERM with /readyz already 503, so the load "
             "balancer notices before the listener closes.", _non_negative_float),
@@ -501,6 +529,16 @@ def load(source: Mapping[str, str] | None = None) -> dict[str, Any]:
             raise ConfigError(f"{setting.name}{shown} is invalid: {redact_url(str(exc))}") from None
     _check_together(config)
     return config
+
+
+def environment_settings(source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The settings the environment sets, as strings (secrets' NAME_FILE too), unparsed.
+
+    For ``python -m gateway demo``, which lays its stand-in's settings over them.
+    """
+    source = os.environ if source is None else source
+    names = [s.name for s in SETTINGS] + [s.name + "_FILE" for s in SETTINGS if s.secret]
+    return {name: source[name] for name in names if name in source}
 
 
 def _check_together(config: dict[str, Any]) -> None:

@@ -7,15 +7,16 @@ subtenants they match, so nothing a browser sends can reach another team.
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from flask import (Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session,
                    url_for)
 
-from . import audit, security, tokens
+from . import audit, loading, security, tokens
 from .auth import login_required
-from .errors import NotLinked
+from .errors import NotLinked, TeamNotAllowed
 from .tenants import Match
+from .zipteams import DashboardToken
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("embed", __name__)
@@ -58,12 +59,32 @@ def current_subtenant() -> Match:
     return match
 
 
-def frame_src(match: Match) -> tuple[str, float]:
+def requested_match(team: str | None) -> Match:
+    """The team a page is for: the one its address names (``?team=``), else the session's.
+
+    The address is rechecked against the rules like everything else: a team the user is
+    not linked to is refused, never shown and never silently replaced by another.
+    """
+    if team is None:
+        return current_subtenant()
+    matches = user_matches()
+    if not matches:
+        raise NotLinked("user matches no subtenant rule")
+    match = next((m for m in matches if m.key == team), None)
+    if match is None:
+        audit.event("subtenant_denied", email=g.user.email, reason="team in the address not matched")
+        raise TeamNotAllowed("team in the address is not one of the user's")
+    g.subtenant_match = match
+    return match
+
+
+def frame_src(match: Match, token: DashboardToken | None = None) -> tuple[str, float]:
     """The iframe's URL for this subtenant, and when the token behind it stops being served."""
     sub = match.subtenant
     app = current_app._get_current_object()
     cache = tokens.cache()
-    token = cache.get(sub.tenant, sub.id)
+    if token is None:
+        token = cache.get(sub.tenant, sub.id)
     if app.config["GATEWAY_EMBED_MODE"] == "iframe":
         src = app.config["ZIPTEAMS_DASHBOARD_URL"] + "?" + urlencode({"token": token.value})
     else:
@@ -77,39 +98,66 @@ def frame_src(match: Match) -> tuple[str, float]:
 @bp.route("/")
 @login_required
 def index():
+    # "in" before indexing: werkzeug builds an exception object for every missing key .get() asks for.
+    args = request.args
     try:
-        match = current_subtenant()
+        match = requested_match(args["team"] if "team" in args else None)
     except NeedsChoice:
         return redirect(url_for("embed.select"))
     sub = match.subtenant
-    # Fetching here, not only in the frame, turns an upstream failure into a
-    # full error page instead of a broken frame.
-    src, serve_until = frame_src(match)
+    chrome = "none" if "chrome" in args and args["chrome"] == "none" else "full"
+    # Fetching here, not only in the frame, turns an upstream failure into a full error
+    # page instead of a broken frame. A browser waits for it a moment only (gateway.loading).
+    token = None
+    if "wait" not in args and loading.is_navigation(request):
+        token = loading.token_within(tokens.cache(), sub.tenant, sub.id, loading.LOADING_PAGE_AFTER)
+        if token is None:
+            return loading.page(match, chrome)
+    src, serve_until = frame_src(match, token)
     user = g.user
     audit.event("embed_viewed", email=user.email, tenant=sub.tenant, subtenant=sub.id,
                 rule=match.reason, mode=current_app.config["GATEWAY_EMBED_MODE"])
-    return render_embed(user, match, src, int(serve_until), user_matches())
+    return render_embed(user, match, src, int(serve_until), user_matches(), chrome)
 
 
 _REQUEST_ID_MARK = "\x00request-id\x00"
 
 
-def render_embed(user, match: Match, src: str, serve_until: int, matches: list[Match]) -> str:
+def render_embed(user, match: Match, src: str, serve_until: int, matches: list[Match],
+                 chrome: str = "full") -> str:
     """The embed page, rendered once per distinct content and reused.
 
     Everything on it is fixed for a session and team but the request id, which is
     put in per response. The key holds every input of the template.
     """
     key = (user.email, match.key, match.subtenant.name, src, serve_until, security.ensure_csrf(),
-           tuple((m.key, m.subtenant.name) for m in matches))
+           tuple((m.key, m.subtenant.name) for m in matches), chrome)
     pages = current_app.extensions["embed_pages"]
     html = pages.get(key)
     if html is None:
         html = render_template("embed.html", user=user, subtenant=match.subtenant, subtenant_key=match.key,
                                frame_src=src, serve_until=serve_until, matches=matches,
-                               request_id=_REQUEST_ID_MARK)
+                               request_id=_REQUEST_ID_MARK, chrome=chrome, hide_bar=chrome == "none",
+                               state=page_state(match, matches, chrome))
         pages.put(key, html)
     return html.replace(_REQUEST_ID_MARK, g.request_id)
+
+
+def page_state(match: Match, matches: list[Match], chrome: str) -> dict:
+    """What the embed page's script needs to know, as JSON in the page (static/embed.js)."""
+    cfg = current_app.config
+    back = "/?" + urlencode({"team": match.key, **({"chrome": "none"} if chrome == "none" else {})})
+    mode = cfg["GATEWAY_AUTH_MODE"]
+    # "Sign in again" returns to this team (and look); hand-off users return through the partner's app.
+    signin = None if mode == "jwt" else (
+        current_app.jinja_env.globals["urls"]["login"] + "?" + urlencode({"next": back})
+        if mode in ("demo", "oidc") else back)
+    parts = urlsplit(cfg["ZIPTEAMS_DASHBOARD_URL"])
+    iframe = cfg["GATEWAY_EMBED_MODE"] == "iframe"
+    return {"mode": cfg["GATEWAY_EMBED_MODE"], "chrome": chrome, "signin": signin,
+            "team": {"id": match.key, "name": match.subtenant.name},
+            "teams": [{"id": m.key, "name": m.subtenant.name} for m in matches],
+            "dashboardOrigin": f"{parts.scheme}://{parts.netloc}" if iframe else None}
 
 
 @bp.route("/embed/frame")
@@ -118,7 +166,8 @@ def renew_frame():
     """Iframe mode: a fresh dashboard URL for a long-open page, for the team it shows."""
     if current_app.config["GATEWAY_EMBED_MODE"] != "iframe":
         abort(404)
-    match = next((m for m in user_matches() if m.key == request.args.get("subtenant")), None)
+    team = request.args.get("team", request.args.get("subtenant"))
+    match = next((m for m in user_matches() if m.key == team), None)
     if match is None:
         raise NotLinked("renewal for a subtenant the user does not match")
     src, serve_until = frame_src(match)
@@ -127,13 +176,33 @@ def renew_frame():
 
 @bp.route("/session/status")
 def session_status():
-    """For open pages: is this session still good, and which team does it have now?
+    """For open pages: is this session still good, which team does it have now, and (proxy
+    mode, ``?team=``) did the dashboard's own calls fail lately?
 
-    Never extends the session (see auth.OPEN_ENDPOINTS): a page asking is not a person using it.
+    Never extends the session (auth.PASSIVE_ENDPOINTS): a page asking is not a person using it.
     """
     if g.user is None:
         return jsonify(active=False, reason=g.get("session_ended") or "signed-out"), 401
-    return jsonify(active=True, subtenant=session.get("subtenant"))
+    failure = None
+    team = request.args.get("team")
+    if team and current_app.config["GATEWAY_EMBED_MODE"] == "proxy":
+        from .proxy.health import failure_for
+
+        failure = failure_for(team)  # the dashboard's calls failed lately (proxy.health)
+    return jsonify(active=True, subtenant=session.get("subtenant"), dashboard=failure)
+
+
+@bp.route("/session/activity", methods=("POST",))
+@login_required
+def session_activity():
+    """The embed page saw a person use it (pointer, keys; reported at most once a minute).
+
+    The dashboard's own traffic never renews the idle timer (auth.PASSIVE_ENDPOINTS);
+    this does, in auth.load_user, as a page or a form does. CSRF-checked, so another
+    site cannot keep a session alive.
+    """
+    security.require_csrf()
+    return "", 204
 
 
 @bp.route("/brand.css")
@@ -143,6 +212,25 @@ def brand_css():
     response = current_app.response_class(f":root {{ --brand: {color}; }}\n", mimetype="text/css")
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
+
+
+@bp.route("/favicon.svg")
+def favicon():
+    """The tab icon, in the partner's colour: ours, so no first visit meets a 404 for it."""
+    color = current_app.config["GATEWAY_BRAND_COLOR"]  # validated #rrggbb: safe inside the SVG
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
+           f'<rect width="32" height="32" rx="7" fill="{color}"/>'
+           '<path d="M9 23v-6M14 23V9M19 23v-9M24 23v-4" stroke="#fff" stroke-width="3.4" stroke-linecap="round"/>'
+           '</svg>')
+    response = current_app.response_class(svg, mimetype="image/svg+xml")
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@bp.route("/favicon.ico")
+def favicon_ico():
+    """Browsers that ask for /favicon.ico without reading the page's icon link."""
+    return redirect(current_app.jinja_env.globals["urls"]["favicon"])
 
 
 @bp.route("/select", methods=("GET", "POST"))
@@ -162,7 +250,9 @@ def select():
         session["subtenant"] = choice
         audit.event("subtenant_resolved", email=g.user.email, subtenant=choice, rule=match.reason,
                     how="selected")
-        return redirect(url_for("embed.index"))
+        # Post/Redirect/Get, to an address that names the team: a reload or a copied link
+        # keeps showing it, whatever another tab chooses later.
+        return redirect(url_for("embed.index") + "?" + urlencode({"team": choice}), code=303)
     return render_template("select.html", user=g.user, matches=matches,
                            current=session.get("subtenant"))
 

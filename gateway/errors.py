@@ -1,15 +1,16 @@
 """The GatewayError hierarchy and the one place that turns errors into pages.
 
 Every failure a user can meet is a ``GatewayError`` with an HTTP status, a
-stable ``code`` that scripts and the partner's page can rely on, and a message
-in plain words. Browsers get an HTML page, API clients (``Accept:
-application/json``) the same content as JSON. Nothing here ever renders an
-exception's arguments, a traceback or anything from the upstream answer.
+stable ``code`` that scripts and the partner's page can rely on, a message in
+plain words, and the next step that fits (sign in, sign out, try again). Browsers
+get an HTML page, API clients (``Accept: application/json``) the same content as
+JSON. Nothing here ever renders an exception's arguments, a traceback or anything
+from the upstream answer; codes that name the vendor stay in JSON and logs.
 """
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from flask import Flask, current_app, g, jsonify, make_response, redirect, render_template, request
 from gunicorn.http.errors import NoMoreData, ParseException
@@ -27,7 +28,10 @@ class GatewayError(Exception):
     title = "Something went wrong"
     message = "The gateway ran into a problem it did not expect."
     hint = "Try again in a moment. If it keeps happening, contact support and quote the request id."
-    action_url = "/"
+    # The page's one button (render_error): "home" (the start page), "signin" (sign in, then
+    # back to this page), "signout" (sign out, to use another account), "retry" (this page
+    # again; by itself after ``retry_after`` when there is one), or None (no button).
+    action = "home"
     action_text = "Back to the dashboard"
 
     def __init__(self, detail: str | None = None, *, retry_after: int | None = None):
@@ -46,6 +50,8 @@ class Unauthenticated(GatewayError):
     title = "You are not signed in"
     message = "We could not tell who you are, so the dashboard cannot be shown."
     hint = "Sign in through your company's login page and open this page again."
+    action = "signin"
+    action_text = "Sign in"
 
 
 class NotLinked(GatewayError):
@@ -53,7 +59,19 @@ class NotLinked(GatewayError):
     code = "not_linked"
     title = "Your account is not linked to a team"
     message = "You are signed in, but your account is not linked to any team that has a dashboard here."
-    hint = "Ask your administrator to add you to a team, then reload this page."
+    hint = ("Ask your administrator to add you to a team, then reload this page. "
+            "If you signed in with the wrong account, sign out and use another one.")
+    action = "signout"
+    action_text = "Sign out and use another account"
+
+
+class TeamNotAllowed(NotLinked):
+    code = "team_not_allowed"
+    title = "This team's dashboard is not open to you"
+    message = "The address names a team your account is not linked to."
+    hint = "Open your own dashboard instead, or ask your administrator for access to that team."
+    action = "home"
+    action_text = "Open your dashboard"
 
 
 class CsrfRejected(GatewayError):
@@ -101,7 +119,9 @@ class ServiceBusy(GatewayError):
     code = "dashboard_busy"
     title = "The dashboard is busy"
     message = "The dashboard service asked us to slow down."
-    hint = "Reload the page once the wait is over."
+    hint = "Try again once the wait is over."
+    action = "retry"
+    action_text = "Try again now"
 
 
 class UpstreamFailure(GatewayError):
@@ -110,6 +130,8 @@ class UpstreamFailure(GatewayError):
     title = "The dashboard is unavailable"
     message = "The dashboard service did not answer properly."
     hint = "Try again in a few minutes. If it keeps happening, contact support and quote the request id."
+    action = "retry"
+    action_text = "Try again"
 
 
 class UpstreamTimeout(GatewayError):
@@ -117,7 +139,9 @@ class UpstreamTimeout(GatewayError):
     code = "dashboard_timeout"
     title = "The dashboard took too long"
     message = "The dashboard service did not answer in time."
-    hint = "Reload the page in a minute."
+    hint = "Try again in a minute."
+    action = "retry"
+    action_text = "Try again"
 
 
 # Generic werkzeug errors, rendered in the same shape; never their own text.
@@ -136,11 +160,57 @@ def wants_json() -> bool:
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
 
 
+# Codes that name the vendor stay in JSON answers and logs; the page of a white-labelled
+# gateway carries the nearest general one instead (zipteams_rate_limited -> dashboard_busy).
+_VENDOR_CODE = "zipteams_"
+# Sign-in flows carry one-time credentials in their query (an authorization code, a
+# hand-off JWT): a link on a page never repeats them.
+_NO_REPEAT = ("auth.", "oidc.")
+# Answers a script reads, or that fill the embed page's frame: nobody opens them as a page,
+# so signing in again returns to the start page instead.
+_NOT_PAGES = _NO_REPEAT + ("proxy.", "embed.renew_frame", "embed.session_status")
+
+
+def page_code(error: type[GatewayError]) -> str:
+    """The machine-readable code an HTML page may carry: the first in the class's
+    ancestry that does not name the vendor."""
+    for cls in error.__mro__:
+        code = cls.__dict__.get("code")
+        if code and not code.startswith(_VENDOR_CODE):
+            return code
+    return GatewayError.code
+
+
+def _again_url() -> str:
+    """This request again, when it can be repeated by a link (a GET), else the start page."""
+    from .security import safe_next
+
+    if request.method != "GET" or request.endpoint is None or request.endpoint.startswith(_NO_REPEAT):
+        return "/"
+    return safe_next(request.full_path)
+
+
+def _signin_url() -> str | None:
+    """Where "Sign in" leads: a sign-in that comes back to this page and team."""
+    back = _again_url()
+    if request.endpoint is None or request.endpoint.startswith(_NOT_PAGES):
+        back = "/"
+    team = g.get("ended_team")  # the team the ended session showed (auth.load_user)
+    if back == "/" and isinstance(team, str):
+        back = "/?" + urlencode({"team": team})
+    mode = current_app.config["GATEWAY_AUTH_MODE"]
+    if mode == "jwt":
+        return None  # users arrive from the partner's app; there is no sign-in here to offer
+    if mode in ("demo", "oidc"):
+        return current_app.jinja_env.globals["urls"]["login"] + ("" if back == "/" else "?" + urlencode({"next": back}))
+    # Behind an identity-aware proxy, opening the page again is what starts a sign-in.
+    return back
+
+
 def render_error(status: int, code: str, title: str, message: str, hint: str,
-                 retry_after: int | None = None, action: tuple[str, str] = ("/", "Back to the dashboard")):
+                 retry_after: int | None = None, action: tuple[str | None, str] = ("home", "Back to the dashboard"),
+                 public_code: str | None = None):
     request_id = getattr(g, "request_id", None)
-    if action[0] == "/login":
-        action = (current_app.jinja_env.globals.get("signin_url", "/"), action[1])
     if wants_json():
         body = {"error": {"status": status, "code": code, "title": title, "message": message,
                           "hint": hint, "request_id": request_id}}
@@ -148,11 +218,22 @@ def render_error(status: int, code: str, title: str, message: str, hint: str,
             body["error"]["retry_after"] = retry_after
         response = jsonify(body)
     else:
+        kind, text = action
+        if kind == "signin":
+            url = _signin_url()
+        elif kind == "retry":
+            url = _again_url()
+        else:
+            url = "/" if kind == "home" else None
         response = make_response(render_template(
-            "error.html", status=status, code=code, title=title, message=message, hint=hint,
-            retry_after=retry_after, request_id=request_id, action_url=action[0], action_text=action[1]))
+            "error.html", status=status, code=public_code or code, title=title, message=message, hint=hint,
+            retry_after=retry_after, auto_retry=retry_after is not None and kind == "retry"
+            and request.method == "GET", request_id=request_id, action=kind, action_url=url, action_text=text))
     response.status_code = status
     response.headers["Cache-Control"] = "no-store"
+    # The general code, for scripts that only see the headers: the embed page's probe of the
+    # dashboard (a gateway failure, not the dashboard's own answer) and a partner's page.
+    response.headers["X-Gateway-Error"] = public_code or code
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
     return response
@@ -162,7 +243,7 @@ def handle_gateway_error(exc: GatewayError):
     level = logging.WARNING if exc.status_code >= 500 else logging.INFO
     logger.log(level, "refused status=%s code=%s detail=%s", exc.status_code, exc.code, exc.detail)
     return render_error(exc.status_code, exc.code, exc.title, exc.message, exc.hint, exc.retry_after,
-                        (exc.action_url, exc.action_text))
+                        (exc.action, exc.action_text), page_code(type(exc)))
 
 
 def handle_http_exception(exc: HTTPException):
@@ -197,7 +278,7 @@ def handle_unexpected(exc: Exception):
     # The traceback goes to the log for the operator; the user sees a plain page.
     logger.exception("unexpected error")
     base = GatewayError
-    return render_error(500, base.code, base.title, base.message, base.hint)
+    return render_error(500, base.code, base.title, base.message, base.hint, action=("retry", "Try again"))
 
 
 def init_app(app: Flask) -> None:

@@ -46,7 +46,7 @@ class LoginFailed(GatewayError):
     title = "Sign-in did not work"
     message = "Your sign-in could not be completed."
     hint = "Try signing in again. If it keeps happening, contact support and quote the request id."
-    action_url = "/login"
+    action = "signin"
     action_text = "Sign in again"
 
 

@@ -43,12 +43,13 @@ def init_app(app: Flask) -> None:
         img_src += f" https://{parts.netloc}"
     # Computed once: the same for every page the gateway renders.
     app.extensions["csp"] = build_csp(frame_src, cfg["GATEWAY_FRAME_ANCESTORS"], img_src)
-    # Origins a framed page may report its status to (postMessage): the explicit ones
-    # in frame-ancestors, and our own for 'self'.
+    # Origins a framed page may report its status to and take commands from (postMessage):
+    # the explicit ones in frame-ancestors (a *. host wildcard included), and ours for 'self'.
     app.jinja_env.globals["parent_origins"] = " ".join(
         "self" if source == "'self'" else source for source in cfg["GATEWAY_FRAME_ANCESTORS"].split()
-        if source == "'self'" or re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d+)?", source))
+        if source == "'self'" or re.fullmatch(r"https?://(\*\.)?[A-Za-z0-9.-]+(:\d+)?", source))
     app.jinja_env.globals["brand"] = {"name": cfg["GATEWAY_BRAND_NAME"], "logo": logo}
+    app.jinja_env.globals["help_url"] = cfg["GATEWAY_HELP_URL"]
     # Where "sign in again" leads: our login page where we have one, else the start page
     # (behind an SSO proxy or a partner app, that is where a new sign-in begins).
     app.jinja_env.globals["signin_url"] = "/login" if cfg["GATEWAY_AUTH_MODE"] in ("demo", "oidc") else "/"
@@ -61,7 +62,7 @@ def init_app(app: Flask) -> None:
 @bp.after_app_request
 def set_security_headers(response):
     endpoint = request.endpoint
-    static = endpoint in ("static", "embed.brand_css")
+    static = endpoint in ("static", "embed.brand_css", "embed.favicon", "embed.favicon_ico", "sdk.script")
     if static:
         defaults = _STATIC
     elif g.get("proxied"):

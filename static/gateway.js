@@ -1,145 +1,175 @@
-// The gateway's pages: loading state, session-end and team-switch handling, iframe-mode
-// token renewal, and status events for a partner page that frames us. Served as a file:
-// the CSP allows no inline script.
+// What every gateway page shares: the request id's copy button, the live countdown of a busy
+// page, the sign-out continuation, the loading page, and the conversation with a partner page
+// that frames us (window.ZG: status events out, commands in). The embed page's own behaviour is
+// in embed.js. Served as files: the CSP allows no inline script.
 (function () {
   "use strict";
+  // The phone header's menu and other enhancements only apply once this script runs.
+  document.documentElement.classList.add("js");
   var data = document.body.dataset;
-  var origins = (data.parentOrigins || "").split(" ").filter(Boolean).map(function (o) {
+  var framed = window.parent !== window;
+
+  // ------------------------------------------------ the partner's page (see README)
+  // Who may frame us is GATEWAY_FRAME_ANCESTORS; the browser enforces it. We talk only to a
+  // parent whose origin is listed there, both ways: events go to that one origin (never "*",
+  // and never to a listed origin that is not the parent's: the browser would log an error),
+  // and commands are taken only from the parent window, from a listed origin.
+  var listed = (data.parentOrigins || "").split(" ").filter(Boolean).map(function (o) {
     return o === "self" ? window.location.origin : o;
   });
-
-  // Tell the partner's page (only the origins allowed to frame us) what happened.
-  function tell(type, status) {
-    if (window.parent === window) { return; }
-    var message = { source: "zipteams-gateway", type: type, status: status, requestId: data.requestId || null };
-    origins.forEach(function (origin) {
-      try { window.parent.postMessage(message, origin); } catch (e) { /* a closed or foreign parent */ }
+  function allowed(origin) {
+    return listed.some(function (source) {
+      if (source === origin) { return true; }
+      var star = source.indexOf("://*.");  // a CSP host wildcard: any subdomain, never the bare host
+      if (star < 0) { return false; }
+      var scheme = source.slice(0, star + 3);
+      var rest = source.slice(star + 4);  // ".partner.example[:port]"
+      var host = origin.slice(scheme.length, origin.length - rest.length);
+      return origin.indexOf(scheme) === 0 && origin.slice(-rest.length) === rest && /^[A-Za-z0-9.-]+$/.test(host);
     });
+  }
+  var parentOrigin = null;
+  var pending = framed ? [] : null;  // events kept until we know who the parent is
+  var ancestors = window.location.ancestorOrigins;
+  if (framed && ancestors && ancestors.length) {
+    parentOrigin = allowed(ancestors[0]) ? ancestors[0] : null;
+    pending = null;
+  }
+  function post(message) {
+    try { window.parent.postMessage(message, parentOrigin); } catch (e) { /* the parent went away */ }
+  }
+  function tell(type, fields) {
+    if (!framed) { return; }
+    var message = { source: "zipteams-gateway", version: 1, type: type, requestId: data.requestId || null };
+    Object.keys(fields || {}).forEach(function (key) { message[key] = fields[key]; });
+    if (parentOrigin) { post(message); } else if (pending) { pending.push(message); }
+  }
+  // Commands from the partner's page. The embed page replaces these with its own.
+  var commands = {
+    refresh: function () { window.location.reload(); },
+    setTeam: function (m) { window.location.assign("/?team=" + encodeURIComponent(String(m.team || ""))); },
+    signOut: function () {
+      var form = document.querySelector("form[action='/logout']");
+      if (form) { form.requestSubmit(); }
+    }
+  };
+  window.addEventListener("message", function (event) {
+    var m = event.data;
+    if (!framed || event.source !== window.parent || !allowed(event.origin) || !m || m.source !== "zipteams-host") {
+      return;
+    }
+    if (!parentOrigin) {
+      // A browser without location.ancestorOrigins: the host's first message names it.
+      parentOrigin = event.origin;
+      (pending || []).forEach(post);
+      pending = null;
+    }
+    if (m.command !== "hello" && Object.prototype.hasOwnProperty.call(commands, m.command)) {
+      commands[m.command](m);
+    }
+  });
+  window.ZG = { tell: tell, commands: commands };
+
+  // "Copy" beside a request id: the clipboard where the browser allows it, else the id
+  // is selected for Ctrl+C. The result is announced (role=status).
+  Array.prototype.forEach.call(document.querySelectorAll("button.copy[data-copy]"), function (button) {
+    var holder = button.parentNode;
+    var said = holder.querySelector(".copied");
+    var say = function (text) { if (said) { said.textContent = text; } };
+    var select = function () {
+      var range = document.createRange();
+      range.selectNodeContents(holder.querySelector("code"));
+      var selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      say("Selected: press Ctrl+C to copy");
+    };
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      if (navigator.clipboard && navigator.clipboard.writeText) {
+        navigator.clipboard.writeText(button.getAttribute("data-copy")).then(function () { say("Copied"); }, select);
+      } else {
+        select();
+      }
+    });
+  });
+
+  // Inside our own embed page's frame, that page shows its own panel for this one.
+  function inOurEmbedPage() {
+    try { return framed && window.parent.document.body.getAttribute("data-page") === "embed"; } catch (e) { return false; }
   }
 
   if (data.page === "error") {
+    if (inOurEmbedPage()) { return; }
     var status = Number(data.status);
-    tell(status === 401 ? "session-ended" : "error", status);
-    // Inside our own embed page's frame, let that page take over instead of
-    // showing a sign-in page squeezed into the frame.
-    if (window.parent !== window && status === 401) {
-      try { window.parent.postMessage({ source: "zipteams-gateway", type: "session-ended", status: 401 },
-                                      window.location.origin); } catch (e) { /* not ours */ }
+    var fields = { status: status, code: data.code || null, retryAfter: Number(data.retryAfter) || null };
+    if (status === 401) {
+      tell("session-ended", fields);
+    } else {
+      tell("error", fields);
+      if (data.autoRetry) { tell("reconnecting", fields); }
     }
+    countDownThenRetry();
     return;
   }
+  // 429/503 pages: count the Retry-After wait down live, then open the page again by itself
+  // (GET requests only: the server leaves data-retry-after out otherwise).
+  function countDownThenRetry() {
+    var wait = document.querySelector(".wait[data-retry-after]");
+    if (!wait) { return; }
+    var deadline = Date.now() + Number(wait.getAttribute("data-retry-after")) * 1000;
+    var target = wait.getAttribute("data-retry-url") || window.location.href;
+    var stop = document.querySelector(".stop-retry");
+    var timer = null;
+    var leaving = null;
+    var tick = function () {
+      // From the clock, not by counting ticks: a background tab's timers run late.
+      var left = Math.max(0, Math.ceil((deadline - Date.now()) / 1000));
+      if (left > 0) {
+        wait.textContent = "Trying again by itself in " + seconds(left) + ".";
+        return;
+      }
+      window.clearInterval(timer);
+      wait.textContent = "Trying again…";
+      if (stop) { stop.hidden = true; }
+      // Up to 2 s of jitter: pages that waited out the same limit do not all return at once.
+      leaving = window.setTimeout(function () { window.location.replace(target); }, Math.random() * 2000);
+    };
+    tick();
+    timer = window.setInterval(tick, 1000);
+    if (stop) {
+      stop.hidden = false;
+      stop.addEventListener("click", function () {
+        window.clearInterval(timer);
+        window.clearTimeout(leaving);
+        stop.hidden = true;
+        wait.textContent = "Not trying again by itself. Use \u201cTry again now\u201d when you are ready.";
+      });
+    }
+  }
+  function seconds(s) {
+    if (s >= 120) { return Math.ceil(s / 60) + " minutes"; }
+    return s === 1 ? "1 second" : s + " seconds";
+  }
+  window.ZG.seconds = seconds;
+
+  if (data.page === "loading") {
+    // The team's first token is on its way: ask for the page again, waiting this time. The
+    // browser keeps this page (and its timers) until the answer comes.
+    tell("loading", { team: { id: data.team, name: data.teamName } });
+    window.setTimeout(function () {
+      var slow = document.querySelector(".slow");
+      if (slow) { slow.hidden = false; }
+    }, 4000);
+    window.location.replace(data.next);
+    return;
+  }
+
   if (data.page === "signed-out") {
     // Ended here; end the sign-in at the IdP or the partner's proxy too. A navigation, not a
     // form redirect: CSP form-action (ours allows only 'self') governs the latter.
     var onward = document.getElementById("continue-signout");
     if (onward) { window.location.replace(onward.href); }
-    tell("signed-out", 200);
-    return;
-  }
-  if (data.page !== "embed") { return; }
-
-  var frame = document.getElementById("dashboard");
-  var loading = document.querySelector(".loading");
-  var ended = document.querySelector(".ended");
-  var paused = document.querySelector(".paused");
-  var over = false;
-
-  frame.addEventListener("load", function () {
-    if (over) { return; }
-    loading.hidden = true;
-    paused.hidden = true;
-    frame.hidden = false;
-    frame.setAttribute("aria-busy", "false");
-    tell("ready", 200);
-  });
-
-  function endSession() {
-    if (over) { return; }
-    over = true;
-    frame.src = "about:blank";
-    frame.hidden = true;
-    loading.hidden = true;
-    paused.hidden = true;
-    ended.hidden = false;
-    var link = ended.querySelector("a");
-    if (link) { link.focus(); }
-    tell("session-ended", 401);
-  }
-
-  window.addEventListener("message", function (event) {
-    var m = event.data;
-    if (event.origin === window.location.origin && event.source === frame.contentWindow &&
-        m && m.source === "zipteams-gateway" && m.type === "session-ended") {
-      endSession();
-    }
-  });
-
-  function checkSession() {
-    if (over) { return; }
-    fetch("/session/status", { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
-      .then(function (r) { if (r.status === 401) { endSession(); } })
-      .catch(function () { /* offline for a moment: try again later */ });
-  }
-  window.setInterval(checkSession, Number(data.statusEvery || 30000));
-  document.addEventListener("visibilitychange", function () { if (!document.hidden) { checkSession(); } });
-
-  // Other tabs of this browser hear about a sign-out at once.
-  var channel = "BroadcastChannel" in window ? new BroadcastChannel("zipteams-gateway") : null;
-  if (channel) {
-    channel.onmessage = function (event) { if (event.data === "signed-out") { endSession(); } };
-  }
-  var logout = document.querySelector("form.logout");
-  if (logout) {
-    logout.addEventListener("submit", function () { if (channel) { channel.postMessage("signed-out"); } });
-  }
-  var switcher = document.querySelector("form.switcher select");
-  if (switcher) {
-    switcher.addEventListener("change", function () { switcher.form.requestSubmit(); });
-  }
-
-  // Iframe mode: the token lives in the frame's URL, so renew the URL before the
-  // token stops being served, and never leave an expired dashboard on screen.
-  if (data.mode === "iframe") {
-    var serveUntil = Number(data.serveUntil);
-    var loadedAt = Date.now() / 1000;
-    var renewTimer = null;
-    var expireTimer = null;
-
-    var schedule = function () {
-      var now = Date.now() / 1000;
-      var lifetime = Math.max(serveUntil - loadedAt, 1);
-      var wait = Math.max(serveUntil - now - Math.max(lifetime * 0.25, 5), 1);
-      window.clearTimeout(renewTimer);
-      window.clearTimeout(expireTimer);
-      renewTimer = window.setTimeout(renew, wait * 1000);
-      expireTimer = window.setTimeout(function () {
-        if (over) { return; }
-        frame.hidden = true;  // expired: hide it rather than show a dead dashboard
-        paused.hidden = false;
-      }, Math.max(serveUntil - now, 0) * 1000);
-    };
-
-    var renew = function () {
-      if (over) { return; }
-      fetch("/embed/frame?subtenant=" + encodeURIComponent(data.subtenant),
-            { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
-        .then(function (r) {
-          if (r.status === 401) { endSession(); return null; }
-          return r.ok ? r.json() : null;
-        })
-        .then(function (fresh) {
-          if (!fresh) { renewTimer = window.setTimeout(renew, 3000); return; }
-          if (fresh.serve_until > serveUntil) {
-            serveUntil = fresh.serve_until;
-            loadedAt = Date.now() / 1000;
-            frame.src = fresh.src;
-            schedule();
-          } else {
-            renewTimer = window.setTimeout(renew, 2000);  // the new token is on its way
-          }
-        })
-        .catch(function () { renewTimer = window.setTimeout(renew, 3000); });
-    };
-    schedule();
+    tell("signed-out", { status: 200 });
   }
 })();

@@ -3,11 +3,12 @@
 Every response the tests receive (test client, requests, gunicorn, Chromium), every
 request the stand-in's dashboard receives and every log line is recorded; after each
 test the leak oracle fails it if a secret or a token reached any of them where it
-does not belong. ``test_leaks.py`` (run last) is a final net over the whole run.
+does not belong. ``test_leaks.py`` (dispatched last) is a final net over its worker's run.
 With CI=true, a skipped test fails instead (see ``pytest_runtest_makereport``).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -345,6 +346,52 @@ def record_browser(target):
 
     target.close = flush_then_close
     return target
+
+
+# ------------------------------------------------------------ accessibility
+ARTIFACTS = ROOT / "test-artifacts"
+AXE_JS = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"  # pinned in package.json
+_AXE_RUN = """(exclude) => axe.run(exclude.length ? {exclude: exclude.map(s => [s])} : document,
+                                 {iframes: false, resultTypes: ["violations"]})
+    .then(r => r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help, url: v.helpUrl,
+        nodes: v.nodes.map(n => ({target: n.target.join(" "), summary: n.failureSummary}))})))"""
+
+
+def axe_check(page, name: str, *, exclude: tuple[str, ...] = ()) -> None:
+    """Run axe-core on ``page`` as it is now and fail listing every violation.
+
+    Every rule axe runs by default (WCAG 2.x A/AA and best practices). The dashboard's
+    frame is not entered (``iframes: false``): it is the vendor's page, not ours; the
+    iframe element itself is still checked (its title). A screenshot of the state checked
+    is kept as ``test-artifacts/<name>.png``, and the violations beside it as JSON.
+    ``page`` may be a Frame (our page framed by a partner's): the screenshot is then its
+    whole tab's.
+    """
+    if not AXE_JS.exists():
+        from certified_idp import _install_once  # the suite's one `npm ci --prefix tests`, where npm is there
+
+        _install_once()
+    if not AXE_JS.exists():
+        pytest.skip("tests/node_modules/axe-core missing: run `npm ci --prefix tests`")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (page if hasattr(page, "screenshot") else page.page).screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    if not page.evaluate("() => typeof window.axe === 'object'"):
+        # Evaluated through Playwright rather than added as a <script> tag (add_script_tag),
+        # which our CSP (script-src 'self') refuses: this way the CSP stays enforced, with no
+        # bypass_csp, and the tests that watch for CSP violations still mean what they say.
+        page.evaluate(AXE_JS.read_text(encoding="utf-8") + "\n;0")
+    violations = page.evaluate(_AXE_RUN, list(exclude))
+    report = ARTIFACTS / f"{name}.axe.json"
+    if not violations:
+        report.unlink(missing_ok=True)
+        return
+    report.write_text(json.dumps(violations, indent=2))
+    lines = [f"axe-core: {len(violations)} violation(s) on {name} (screenshot test-artifacts/{name}.png):"]
+    for v in violations:
+        lines.append(f"  {v['id']} ({v['impact']}): {v['help']} <{v['url']}>")
+        for node in v["nodes"][:5]:
+            lines.append(f"    at {node['target']}: {' '.join(node['summary'].split())[:300]}")
+    raise AssertionError("\n".join(lines))
 
 
 class _LogRecorder(logging.Handler):
@@ -758,6 +805,7 @@ def keys():
 
 # ---------------------------------------------------------------- ordering
 def pytest_collection_modifyitems(items):
-    """The leak scan runs last, after every other test has produced output."""
+    """The leak scan is collected last: pytest-xdist hands its file out after every other file,
+    so it runs after everything its worker did (the whole run without xdist)."""
     last = [i for i in items if i.get_closest_marker("leak_scan")]
     items[:] = [i for i in items if not i.get_closest_marker("leak_scan")] + last

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import JWT_SHAPE, LEAKS, ROOT, base_config, record_browser
+from conftest import JWT_SHAPE, LEAKS, axe_check, base_config, record_browser
 from gateway import create_app
 from gateway.sim.server import ServerThread
 
 CHROMIUM = os.environ.get("GATEWAY_TEST_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"Chromium not installed at {CHROMIUM} "
@@ -69,10 +68,12 @@ class Recorder:
         return out
 
 
-def sign_in(page, base_url, email="alice@acme.example"):
+def sign_in(page, base_url, email="alice@acme.example", check_as=None):
     page.goto(base_url + "/")
+    if check_as:
+        axe_check(page, check_as)
     page.get_by_role("button", name=email).click()
-    page.wait_for_url(base_url + "/")
+    page.wait_for_url(re.compile(re.escape(base_url) + r"/(\?team=[^&]+)?$"))  # the page names its team
 
 
 def dashboard_frame(page):
@@ -82,22 +83,17 @@ def dashboard_frame(page):
     return frame
 
 
-def shot(page, name):
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
 def test_proxy_mode_journey_shows_data_and_no_token_reaches_the_browser(browser, gateway_server):
     server = gateway_server("proxy")
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     rec = Recorder(page)
-    sign_in(page, server.url)
+    sign_in(page, server.url, check_as="login-desktop")
     frame = dashboard_frame(page)
     assert page.get_by_test_id("subtenant").inner_text() == "Sales EMEA"
     assert frame.locator("#app").get_attribute("data-subtenant") == "sales-emea"
     assert re.fullmatch(r"\d+", frame.locator("#meetings").inner_text())
-    shot(page, "proxy-embed-desktop")
+    axe_check(page, "proxy-embed-desktop")
 
     # Nothing JWT-shaped anywhere the browser can see or keep.
     dom = [page.content()] + [f.content() for f in page.frames]
@@ -130,7 +126,7 @@ def test_iframe_mode_journey_shows_the_dashboard(browser, gateway_server, sim):
     assert frame.locator("#app").get_attribute("data-subtenant") == "sales-us"
     frame_url = page.frames[1].url
     assert frame_url.startswith(sim.dashboard_url + "?token=")  # iframe mode exposes the token, by design
-    shot(page, "iframe-embed-desktop")
+    axe_check(page, "iframe-embed-desktop")
     assert not [m for m in rec.console if "Content Security Policy" in m or m.startswith("pageerror")]
     context.close()
 
@@ -139,11 +135,11 @@ def test_phone_width_and_error_page(browser, gateway_server):
     server = gateway_server("proxy")
     context = browser.new_context(viewport={"width": 390, "height": 844})
     page = context.new_page()
-    sign_in(page, server.url)
+    sign_in(page, server.url, check_as="login-phone")
     dashboard_frame(page)
-    shot(page, "proxy-embed-phone")
+    axe_check(page, "proxy-embed-phone")
     response = page.goto(server.url + "/no-such-page")
     assert response.status == 404
     assert page.get_by_role("heading").inner_text() == "Page not found"
-    shot(page, "error-404-phone")
+    axe_check(page, "error-404-phone")
     context.close()

@@ -1,4 +1,6 @@
 """The command line: the stand-in and the demo start as real servers a person can use."""
+import argparse
+import os
 import re
 import subprocess
 import sys
@@ -7,10 +9,14 @@ import time
 import pytest
 
 from conftest import API_SECRET, ROOT, free_port, recording_session
+from gateway import create_app
+from gateway.__main__ import demo_config
 
 
-def run(args, pattern, timeout=30):
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], cwd=ROOT,
+def run(args, pattern, timeout=30, env=None):
+    # Only what a shell would pass, plus ``env``: the demo reads the environment's settings.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ZIPTEAMS_"))}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], cwd=ROOT, env={**base, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout
     lines = []
@@ -69,13 +75,82 @@ def test_sim_checks_run_in_the_spec_order(sim, http):
         assert (response.status_code, response.json()) == (status, {"success": False, "message": message})
 
 
+def _demo_login(http, base: str, email: str):
+    page = http.get(base + "login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    return http.post(base + "login", data={"email": email, "csrf_token": csrf})
+
+
 def test_demo_command_serves_a_working_login(processes):
     port = free_port()
-    proc, match = run(["demo", "--port", str(port)], r"open (http://\S+/) in your browser")
+    proc, match = run(["demo", "--port", str(port), "--sim-port", "0"], r"open (http://\S+/) in your browser")
     processes.append(proc)
     with recording_session() as http:
         page = http.get(match.group(1))
         assert page.status_code == 200 and "Demo sign-in" in page.text
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-        done = http.post(match.group(1) + "login", data={"email": "alice@acme.example", "csrf_token": csrf})
+        done = _demo_login(http, match.group(1), "alice@acme.example")
         assert done.status_code == 200 and "Sales EMEA" in done.text
+
+
+def test_demo_honours_the_environment_and_has_users_for_every_case(processes):
+    port, sim_port = free_port(), free_port()
+    env = {"GATEWAY_BRAND_NAME": "Acme Portal", "GATEWAY_BRAND_COLOR": "#0b5d3b", "GATEWAY_EMBED_MODE": "iframe",
+           "GATEWAY_HELP_URL": "https://help.acme.example/", "WEB_CONCURRENCY": "4"}
+    proc, match = run(["demo", "--port", str(port), "--sim-port", str(sim_port)],
+                      r"\((\w+) mode\): open (http://\S+/) in your browser.*", env=env)
+    processes.append(proc)
+    assert match.group(1) == "iframe"
+    assert f"Stand-in Zipteams at http://127.0.0.1:{sim_port}." in proc.stdout.readline()
+    base = match.group(2)
+    with recording_session() as http:
+        login = http.get(base + "login")
+        assert "Acme Portal" in login.text and "#0b5d3b" in http.get(base + "brand.css").text
+        # A user in several teams, and one in none.
+        assert re.search(r'value="carol@acme.example">carol@acme.example\s*<span class="teams">2 teams', login.text)
+        assert re.search(r'value="no-team@demo.example">no-team@demo.example\s*<span class="teams">no team', login.text)
+        refused = _demo_login(http, base, "no-team@demo.example")
+        assert refused.status_code == 403 and "not linked to a team" in refused.text
+        assert "https://help.acme.example/" in refused.text and "Sign out and use another account" in refused.text
+    with recording_session() as http:
+        chooser = _demo_login(http, base, "carol@acme.example")
+        assert chooser.url.endswith("/select") and "Sales US" in chooser.text
+
+
+def test_the_demo_is_one_process_whatever_web_concurrency_says(tmp_path):
+    # The rate budget toward the stand-in is computed per worker from WEB_CONCURRENCY:
+    # the demo's single process must have all of it.
+    args = argparse.Namespace(mode=None, tenants=None)
+    environment = {"WEB_CONCURRENCY": "4", "ZIPTEAMS_MAX_RPM": "12", "GATEWAY_SESSION_IDLE": "120",
+                   "ZIPTEAMS_API_SECRET_FILE": str(tmp_path / "not-used"), "GATEWAY_AUTH_MODE": "oidc"}
+    config = demo_config(environment, args, "http://127.0.0.1:9", "demo-key", "demo-secret-" + "x" * 20,
+                         str(tmp_path / "state.db"))
+    app = create_app(config)
+    assert app.config["WEB_CONCURRENCY"] == 1 and app.config["ZIPTEAMS_MAX_RPM"] == 12
+    assert app.config["GATEWAY_SESSION_IDLE"] == 120 and app.config["GATEWAY_AUTH_MODE"] == "demo"
+    assert app.config["ZIPTEAMS_API_SECRET"].startswith("demo-secret-")  # the stand-in's, not the file's
+
+
+def _help_options(text: str) -> dict[str, str]:
+    """``--option METAVAR`` -> its help text, from argparse's --help output."""
+    options, current = {}, None
+    for line in text.split("options:", 1)[1].splitlines():
+        found = re.match(r"  (--[a-z-]+(?: \S+)?)(?:\s{2,}(\S.*))?$", line)
+        if found:
+            current = found.group(1)
+            options[current] = found.group(2) or ""
+        elif current and line.startswith(" " * 8) and line.strip():
+            options[current] = (options[current] + " " + line.strip()).strip()
+        else:
+            current = None
+    return options
+
+
+def test_the_readme_documents_the_demo_options_as_help_prints_them():
+    shown = subprocess.run([sys.executable, "-m", "gateway", "demo", "--help"], cwd=ROOT, capture_output=True,
+                           text=True, env={**os.environ, "COLUMNS": "200"}, check=True).stdout
+    from_help = _help_options(shown)
+    assert {"--port PORT", "--sim-port PORT", "--mode {proxy,iframe}", "--token-ttl SECONDS"} <= set(from_help)
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("Its options, as `python -m gateway demo --help` prints them:", 1)[1].lstrip("\n").split("\n\n", 1)[0]
+    from_readme = dict(re.findall(r"^\| `([^`]+)` \| (.+?) \|$", section, flags=re.MULTILINE))
+    assert from_readme == from_help

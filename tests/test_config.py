@@ -184,3 +184,13 @@ def test_ci_runs_the_readme_test_command_verbatim():
     readme = (ROOT / "README.md").read_text()
     command = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in line][-1]
     assert f"\n{command}\n" in readme
+
+
+def test_help_url_takes_a_path_an_http_url_or_a_mailto_address():
+    for good in ("", "/help", "https://help.partner.example/access?app=insights#team", "mailto:it@partner.example",
+                 "mailto:it@partner.example?subject=Dashboard%20access"):
+        assert config.load({**REQUIRED, "GATEWAY_HELP_URL": good})["GATEWAY_HELP_URL"] == good
+    for bad in ("javascript:alert(1)", "//evil.example/", "https://evil.example/\r\nX: y", "help", "mailto:nobody",
+                "data:text/html,hi"):
+        with pytest.raises(ConfigError, match="GATEWAY_HELP_URL"):
+            config.load({**REQUIRED, "GATEWAY_HELP_URL": bad})

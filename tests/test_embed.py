@@ -99,7 +99,8 @@ def test_several_matches_choose_at_select(client, sim):
     assert "Sales EMEA" in text and "Sales US" in text
     chosen = client.post("/select", data={"subtenant": "acme/sales-emea", "csrf_token": csrf_from(picker)},
                          headers=headers)
-    assert chosen.status_code == 302
+    # Post/Redirect/Get, to an address that names the team.
+    assert chosen.status_code == 303 and chosen.headers["Location"] == "/?team=acme%2Fsales-emea"
     page = client.get("/", headers=headers)
     text = page.get_data(as_text=True)
     assert "Sales EMEA" in text and 'data-testid="subtenant-select"' in text
@@ -166,3 +167,80 @@ def test_request_id_from_a_trusted_proxy_is_kept(client):
     untrusted = client.get("/healthz", headers={"X-Request-Id": "req-12345678"},
                            environ_base={"REMOTE_ADDR": "203.0.113.9"})
     assert untrusted.headers["X-Request-Id"] != "req-12345678"
+
+
+# ------------------------------------------------- the team in the address
+def test_the_team_in_the_address_is_shown_and_rechecked(client, sim):
+    bob = user_headers("bob@acme.example", "emea")  # sales-emea and sales-us
+    page = client.get("/?team=acme%2Fsales-us", headers=bob)
+    assert page.status_code == 200 and "<title>Sales US" in page.get_data(as_text=True)
+    refused = client.get("/?team=globex%2Fops", headers=bob)
+    assert refused.status_code == 403 and refused.headers["X-Gateway-Error"] == "team_not_allowed"
+    assert "Open your dashboard" in refused.get_data(as_text=True)
+    assert set(sim.stats()["by_subtenant"]) == {"acme/sales-us"}
+
+
+# ------------------------------------------------------- the loading page
+NAVIGATION = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+
+
+def test_a_slow_first_token_gives_a_browser_the_loading_page_at_once(client, sim, monkeypatch):
+    from gateway import loading
+
+    monkeypatch.setattr(loading, "LOADING_PAGE_AFTER", 0.2)
+    sim.fault(delay=1.0, count=1)
+    alice = user_headers("alice@acme.example", **NAVIGATION)
+    first = client.get("/", headers=alice)
+    text = first.get_data(as_text=True)
+    assert first.status_code == 200 and 'data-page="loading"' in text
+    next_url = re.search(r'data-next="([^"]+)"', text).group(1).replace("&amp;", "&")
+    assert next_url == "/?team=acme%2Fsales-emea&wait=1"
+    # The page asked again waits for the same fetch: one token request in all.
+    page = client.get(next_url, headers=alice)
+    assert page.status_code == 200 and 'data-page="embed"' in page.get_data(as_text=True)
+    assert sim.stats()["token_requests"] == 1
+
+
+def test_scripts_and_quick_answers_never_get_the_loading_page(client, sim):
+    sim.fault(status=500, count=3)  # a quick failure: the same error page as ever
+    failed = client.get("/", headers=user_headers("alice@acme.example", **NAVIGATION))
+    assert failed.status_code == 502 and failed.headers["X-Gateway-Error"] == "dashboard_unavailable"
+    sim.fault(delay=1.2, count=1)
+    waited = client.get("/", headers=user_headers("alice@acme.example"))  # no Fetch Metadata: a script
+    assert waited.status_code == 200 and 'data-page="embed"' in waited.get_data(as_text=True)
+
+
+# ------------------------------------------------------ honest idle timer
+def test_only_a_person_renews_the_idle_timer(make_app, clock):
+    app = make_app(GATEWAY_AUTH_MODE="demo", GATEWAY_DEBUG="true", GATEWAY_COOKIE_SECURE="false",
+                   GATEWAY_SESSION_IDLE="120", CLOCK=clock)
+    client = app.test_client()
+    client.post("/login", data={"email": "alice@acme.example", "csrf_token": csrf_from(client.get("/login"))})
+    page = client.get("/")
+    seen = lambda: client.get_cookie("zg_session") and _session(client)["seen"]  # noqa: E731
+    started = seen()
+    clock.advance(70)
+    # The dashboard's polling and the page's own timers are not a person.
+    assert client.get("/dashboard/api/summary").status_code == 200
+    assert client.get("/session/status").status_code == 200
+    assert seen() == started
+    assert client.post("/session/activity", data={}).status_code == 403  # CSRF-checked
+    assert client.post("/session/activity", data={"csrf_token": csrf_from(page)}).status_code == 204
+    assert seen() == started + 70
+    clock.advance(121)
+    assert client.get("/dashboard/api/summary").status_code == 401
+
+
+def _session(client) -> dict:
+    with client.session_transaction() as s:
+        return dict(s)
+
+
+# ------------------------------------------------------------- the SDK
+def test_the_sdk_is_a_module_any_partner_page_can_load(client):
+    response = client.get("/sdk.js", headers={"Origin": "https://portal.partner.example"})
+    assert response.status_code == 200
+    assert response.mimetype == "text/javascript" and "export function embed" in response.get_data(as_text=True)
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Cache-Control"] == "public, max-age=300" and response.headers["ETag"]
+    assert "Set-Cookie" not in response.headers and "Cookie" not in response.headers.get("Vary", "")

@@ -1,7 +1,9 @@
-"""Runs last: the partner secret and the tokens never left the server, in any response or log line.
+"""Runs after its worker's other test files: the partner secret and the tokens never left the
+server, in any response or log line.
 
 The leak oracle in conftest.py checks every test as it ends; this is the final net over
-the whole run, which also catches any JWT-shaped string in a log, minted here or not.
+everything this pytest-xdist worker recorded, which also catches any JWT-shaped string in a
+log, minted here or not.
 """
 
 import pytest

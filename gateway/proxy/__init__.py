@@ -7,12 +7,13 @@ cookies), given the session's token server-side in its one designated place
 and forwarded to the same path under ``ZIPTEAMS_DASHBOARD_URL`` (``view``).
 The answer streams back with every token this gateway holds for the team
 replaced by a per-user, per-team placeholder (``scrub``, ``placeholders``), so no token
-ever reaches the browser.
+ever reaches the browser. The dashboard's failures are noted for the embed page (``health``).
 """
 from .paths import upstream_path
 from .placeholders import PLACEHOLDER, bound_match, placeholder_for
 from .scrub import Pattern, Scrubber
 from .view import DashboardProxy, bp, init_app
+from . import health  # noqa: E402,F401  (notes the dashboard's failures for the embed page)
 
 __all__ = ["DashboardProxy", "PLACEHOLDER", "Pattern", "Scrubber", "bound_match", "bp", "init_app",
            "placeholder_for", "upstream_path"]
