@@ -123,8 +123,33 @@ def _session_problem(sess, endpoint: str | None) -> str | None:
     if app.extensions["state"].session_revoked(sid):
         return "revoked"
     if now - seen >= SEEN_GRANULARITY and endpoint not in PASSIVE_ENDPOINTS:
-        sess["seen"] = int(now)
+        g.renew_seen = True  # if the answer shows a person asked for it (renew_idle_timer)
     return None
+
+
+def _person_asked(req) -> bool:
+    """Whether a person, not a script, sent this request (Fetch Metadata, where the browser sends it)."""
+    if req.endpoint == "embed.session_activity":
+        return True  # the page's own report of pointer or keyboard use (CSRF-checked)
+    mode = req.headers.get("Sec-Fetch-Mode")
+    if mode is None:
+        return True  # no Fetch Metadata (an older browser, a client of the proxy): nothing to tell by
+    if req.method == "GET":
+        # Typed, clicked or reloaded: not a page's own retry or redirect by script.
+        return mode == "navigate" and req.headers.get("Sec-Fetch-User") == "?1"
+    return True  # a form that passed its CSRF check (refused ones are 4xx and renew nothing)
+
+
+@bp.after_app_request
+def renew_idle_timer(response):
+    """Renew the idle timer only for an answer that served a person's own request.
+
+    After the view, not before: a refused request (a cross-site POST without its CSRF
+    token, an unknown path: 4xx) or a script's retry must not keep a session alive.
+    """
+    if g.get("renew_seen") and response.status_code < 400 and _person_asked(request) and "sid" in session:
+        session["seen"] = int(_now())
+    return response
 
 
 # ------------------------------------------------------------------ header mode

@@ -239,6 +239,9 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+_FRAME_SOURCE = re.compile(r"https?://(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d{1,5})?")
+
+
 def _frame_ancestors(raw: str) -> str:
     value = " ".join(raw.split())
     if not value:
@@ -246,6 +249,12 @@ def _frame_ancestors(raw: str) -> str:
     # These end up inside a CSP header: refuse anything that could start a new directive.
     if any(c in value for c in ";,\r\n"):
         raise ValueError("must be a space-separated list of CSP sources")
+    # Exact origins (or one wildcard label) only: "*", a bare scheme ("https:") or data:/blob:
+    # would let any site frame the dashboard, and the SDK could not tell the partner so.
+    for source in value.split():
+        if source.lower() not in ("'self'", "'none'") and not _FRAME_SOURCE.fullmatch(source):
+            raise ValueError(f"must list 'self', 'none' or exact origins such as https://app.partner.example "
+                             f"(one leading *. label allowed), not {source[:60]!r}")
     return value
 
 

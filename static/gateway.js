@@ -69,6 +69,10 @@
     }
   });
   window.ZG = { tell: tell, commands: commands };
+  // A page that waits for the user (signing in, choosing a team) says so: to the partner's page
+  // the frame is working, not refused (the SDK reports frame_refused only when nothing is heard).
+  if (data.page === "login") { tell("sign-in-required", { status: 401 }); }
+  if (data.page === "select") { tell("choose-team", { status: 409 }); }
 
   // "Copy" beside a request id: the clipboard where the browser allows it, else the id
   // is selected for Ctrl+C. The result is announced (role=status).

@@ -12,7 +12,8 @@
 // Commands: refresh(), setTeam(id), signOut(). The gateway checks that this page's origin is in
 // GATEWAY_FRAME_ANCESTORS before it says or does anything, and checks a team again on the server.
 
-const EVENTS = ["loading", "ready", "reconnecting", "error", "session-ended", "signed-out", "team-changed", "resize"];
+const EVENTS = ["loading", "ready", "reconnecting", "error", "session-ended", "signed-out", "team-changed", "resize",
+  "sign-in-required", "choose-team"];
 const REFUSED_AFTER = 1500; // ms after the frame's load event without a word from the gateway
 
 export const gatewayUrl = new URL(".", import.meta.url).href; // where this module was served from

@@ -224,9 +224,19 @@ def test_only_a_person_renews_the_idle_timer(make_app, clock):
     assert client.get("/dashboard/api/summary").status_code == 200
     assert client.get("/session/status").status_code == 200
     assert seen() == started
-    assert client.post("/session/activity", data={}).status_code == 403  # CSRF-checked
+    # Nor is a refused request (another site's POST without the CSRF token, an unknown path),
+    # or a page's own retry by script (a navigation no person made).
+    assert client.post("/session/activity", data={}, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert client.get("/no-such-page", headers={"Sec-Fetch-Dest": "image", "Sec-Fetch-Mode": "no-cors"}
+                      ).status_code == 404
+    assert client.get("/", headers={"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}).status_code == 200
+    assert seen() == started
     assert client.post("/session/activity", data={"csrf_token": csrf_from(page)}).status_code == 204
     assert seen() == started + 70
+    clock.advance(70)
+    # A person's own navigation (typed, clicked, reloaded) renews it too.
+    assert client.get("/", headers={"Sec-Fetch-Mode": "navigate", "Sec-Fetch-User": "?1"}).status_code == 200
+    assert seen() == started + 140
     clock.advance(121)
     assert client.get("/dashboard/api/summary").status_code == 401
 

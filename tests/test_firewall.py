@@ -337,3 +337,19 @@ def test_a_proxied_body_shorter_than_its_content_length_is_a_quick_400(gunicorn,
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:60]
     assert time.monotonic() - started < 5, "the dashboard was left waiting for the missing bytes"
+
+
+def test_the_dashboard_cannot_forge_the_gateways_error_signal():
+    """X-Gateway-Error tells the embed page (and through it the partner's SDK) that the gateway
+    failed: a dashboard that sent it could put its words in the gateway's panel."""
+    from urllib3 import HTTPHeaderDict
+
+    from gateway.proxy import policy, scrub
+
+    upstream = HTTPHeaderDict({"Content-Type": "application/json", "X-Gateway-Error": "dashboard_busy",
+                               "Retry-After": "5"})
+    pattern = scrub.pattern_for(("eyJhbGciOiJIUzI1NiJ9.eyJ0ZW5hbnRJZCI6ImEifQ.sig",), "zgtoken-" + "0" * 32)
+    sent = policy.response_headers(upstream, pattern=pattern, upstream_origin="http://127.0.0.1:1",
+                                   upstream_base_path="/dashboard/", decoded=False)
+    assert "x-gateway-error" not in {name.lower() for name, _ in sent}
+    assert ("Content-Type", "application/json") in sent

@@ -39,7 +39,8 @@ def host_page(request):
 import {{ embed }} from "{gateway}/sdk.js";
 window.events = [];
 const insights = embed(document.getElementById("slot"), {request.args.get("options", "{}")});
-for (const type of ["loading", "ready", "reconnecting", "error", "session-ended", "signed-out", "team-changed", "resize"]) {{
+for (const type of ["loading", "ready", "reconnecting", "error", "session-ended", "signed-out", "team-changed", "resize",
+                    "sign-in-required", "choose-team"]) {{
   insights.on(type, (event) => window.events.push(event));
 }}
 window.insights = insights;
@@ -406,3 +407,17 @@ def test_iframe_mode_renews_the_token_without_reloading_the_dashboard(open_conte
         context.close()
     finally:
         short.server.stop()
+
+
+def test_a_frame_that_asks_the_user_to_sign_in_or_choose_is_not_reported_refused(open_context, gateways, hosts):
+    """The sign-in page and the team picker say what they wait for; only silence is frame_refused."""
+    gateway = gateways["proxy"]
+    context = open_context(viewport=DESKTOP)
+    page = open_host(context, hosts["listed"], gateway)
+    seen = wait_event(page, "sign-in-required")
+    frame = gateway_frame(page, gateway)
+    frame.get_by_role("button", name=re.compile("carol@acme.example")).click()  # two teams: the picker next
+    seen = wait_event(page, "choose-team")
+    page.wait_for_timeout(2000)  # past the SDK's refused-frame timer
+    assert "error" not in [e["type"] for e in events(page)], events(page)
+    assert [e["type"] for e in seen][:2] == ["sign-in-required", "choose-team"]

@@ -53,6 +53,8 @@ DROP_RESPONSE = frozenset({
     "service-worker-allowed", "access-control-allow-origin", "access-control-allow-credentials",
     "access-control-allow-headers", "access-control-allow-methods", "access-control-expose-headers",
     "access-control-max-age", "access-control-allow-private-network",
+    # The gateway's own error signal to its page: the dashboard must not be able to forge it.
+    "x-gateway-error",
 }) | HOP_BY_HOP
 
 
