@@ -40,6 +40,8 @@ control_socket_disable = True
 def on_starting(server):
     """Samples from an earlier run must not be added to this one's."""
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if os.environ.get("GATEWAY_METRICS_DIR_CREATED") == path:
+        server.log.info("metrics directory %s (removed on exit)", path)
     for name in os.listdir(path):
         if name.endswith(".db"):
             os.remove(os.path.join(path, name))
@@ -61,7 +63,7 @@ def post_worker_init(worker):
 def on_reload(server):
     from gateway.worker import note_reload
 
-    note_reload()
+    note_reload(server.WORKERS)  # the workers running now are the ones being replaced
 
 
 def child_exit(server, worker):

@@ -20,8 +20,11 @@ master starts new workers first, so the old ones stop accepting at once and stay
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import mmap
+import os
+import re
 import selectors
 import socket
 import struct
@@ -38,31 +41,43 @@ logger = logging.getLogger(__name__)
 
 PREREAD_BODY = 1024 * 1024       # bodies up to this size are read before a thread is given the request
 PREREAD_TOTAL = 32 * 1024 * 1024  # bytes held for unfinished requests per worker, at most
-HEAD_LIMIT = 64 * 1024           # past this without an end of head, gunicorn's own limits answer
+HEAD_LIMIT = 64 * 1024           # past this without an end of head: 431 from the event loop
 STOP_LINGER = 2.0                # a stopping worker waits this long for requests still arriving
 TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-RELOAD_WINDOW = 60.0             # a SIGTERM this soon after a HUP is the master replacing workers
+HEAD_TOO_LARGE_ANSWER = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+BUSY_ANSWER = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+REPLACED_MAX = 256               # worker pids a reload may replace, remembered
 
-# When the master last reloaded (HUP): anonymous shared memory, mapped before any worker is
-# forked (this module is imported once, the config file's re-reading on HUP included), so the
-# workers the master stops after a HUP can tell that from the instance stopping.
-_RELOADED_AT = mmap.mmap(-1, 8)
+# The workers a reload (HUP) replaces: anonymous shared memory, mapped before any worker is
+# forked (this module is imported once, the config file's re-reading on HUP included), so a
+# worker the master stops can tell a reload (it is on the list) from the instance stopping.
+_REPLACED = mmap.mmap(-1, 4 * REPLACED_MAX)
 
 
-def note_reload() -> None:
-    """In the master, from gunicorn's on_reload hook: the next SIGTERMs are a reload's."""
-    struct.pack_into("d", _RELOADED_AT, 0, time.monotonic())
+def note_reload(pids) -> None:
+    """In the master, from gunicorn's on_reload hook: the workers running now are being replaced."""
+    pids = list(pids)[:REPLACED_MAX]
+    struct.pack_into(f"{REPLACED_MAX}i", _REPLACED, 0, *(pids + [0] * (REPLACED_MAX - len(pids))))
 
 
 def _reloading() -> bool:
-    noted = struct.unpack_from("d", _RELOADED_AT, 0)[0]
-    return noted > 0 and time.monotonic() - noted < RELOAD_WINDOW
+    return os.getpid() in struct.unpack_from(f"{REPLACED_MAX}i", _REPLACED, 0)
+
+
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+MORE, READY, HEAD_TOO_LARGE = "more", "ready", "head too large"
 
 
 class Incoming:
-    """One request's bytes as they arrive, and whether a thread could serve it without waiting."""
+    """One request's bytes as they arrive, and whether a thread could serve it without waiting.
 
-    __slots__ = ("buf", "deadline", "head_end", "need", "chunk_at", "body_deadline")
+    Deliberately strict: anything this reading does not fully understand (bare LF line ends,
+    odd header names, a transfer coding other than exactly ``chunked``, a bad chunk size) is
+    handed at once to gunicorn's parser, which answers it (400, 501...) without waiting.
+    """
+
+    __slots__ = ("buf", "deadline", "head_end", "need", "chunk_at", "body_deadline", "send_continue")
 
     def __init__(self, deadline: float):
         self.buf = bytearray()
@@ -71,44 +86,55 @@ class Incoming:
         self.need: int | None = None   # total bytes of a request with a Content-Length body
         self.chunk_at = -1             # where the next chunk-size line starts (chunked bodies)
         self.body_deadline = 0.0
+        self.send_continue = False     # Expect: 100-continue: answer 100 now, then read the body here
 
-    def feed(self, data: bytes, now: float, body_timeout: float) -> bool:
-        """Add bytes; True once the request is complete (or malformed: gunicorn's parser answers it)."""
+    def feed(self, data: bytes, now: float, body_timeout: float) -> str:
+        """Add bytes; READY once a thread can serve the request without waiting, MORE to keep
+        reading, HEAD_TOO_LARGE for a head past the limit with no end in sight."""
         self.buf += data
         if self.head_end < 0:
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
-                return len(self.buf) > HEAD_LIMIT
+                if self.buf.find(b"\n\n") >= 0 or self.buf.find(b"\n\r\n") >= 0:
+                    return READY  # bare LF line ends: the parser refuses them at once
+                return HEAD_TOO_LARGE if len(self.buf) > HEAD_LIMIT else MORE
             self.head_end = end + 4
             self.body_deadline = now + body_timeout
             if not self._plan_body():
-                return True
+                return READY
         if self.need is not None:
-            return len(self.buf) >= self.need
+            return READY if len(self.buf) >= self.need else MORE
         if self.chunk_at >= 0:
-            return self._chunks_complete()
-        return True
+            return READY if self._chunks_complete() else MORE
+        return READY
 
     def _plan_body(self) -> bool:
         """Decide how much body to wait for; False when the thread should read (or refuse) it itself."""
-        length, chunked = None, False
-        for line in bytes(self.buf[:self.head_end]).split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            name, value = name.strip().lower(), value.strip().lower()
+        length, chunked, expect = None, False, False
+        for line in bytes(self.buf[:self.head_end - 4]).split(b"\r\n")[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or not re.fullmatch(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                return False  # not a well-formed field: the parser's 400
+            name, value = name.lower(), value.strip().lower()
             if name == b"content-length":
                 if length is not None or not value.isdigit():
                     return False
                 length = int(value)
             elif name == b"transfer-encoding":
-                chunked = chunked or b"chunked" in value
+                if value != b"chunked":
+                    return False  # anything else is the parser's to refuse (501, 400)
+                chunked = True
             elif name == b"expect":
-                return False  # 100-continue: the client waits for us before sending the body
-        if chunked:
+                if value != b"100-continue":
+                    return False
+                expect = True
+        if chunked and length is None:
             self.chunk_at = self.head_end
-            return True
-        if length is None or length == 0 or length > PREREAD_BODY:
+        elif chunked or length is None or length == 0 or length > PREREAD_BODY:
             return False
-        self.need = self.head_end + length
+        else:
+            self.need = self.head_end + length
+        self.send_continue = expect
         return True
 
     def _chunks_complete(self) -> bool:
@@ -116,15 +142,16 @@ class Incoming:
         while True:
             eol = buf.find(b"\r\n", self.chunk_at)
             if eol < 0:
-                return eol - self.chunk_at > 1024 or len(buf) - self.head_end > PREREAD_BODY
+                return len(buf) - self.chunk_at > 1024 or len(buf) - self.head_end > PREREAD_BODY
             size_text = bytes(buf[self.chunk_at:eol]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                return True  # malformed: gunicorn's parser gives the 400
+            if not _HEX.fullmatch(size_text):
+                return True  # malformed (a sign, 0x, _): gunicorn's parser gives the 400
+            size = int(size_text, 16)
             if size == 0:
                 # Trailer fields, then an empty line.
                 return buf.find(b"\r\n\r\n", eol) >= 0 or buf.startswith(b"\r\n", eol + 2)
+            if size > PREREAD_BODY:
+                return True  # the thread reads it (under the client timeout), or the parser refuses it
             self.chunk_at = eol + 2 + size + 2
             if self.chunk_at > len(buf):
                 return self.chunk_at - self.head_end > PREREAD_BODY
@@ -177,10 +204,25 @@ class GatewayWorker(ThreadWorker):
             return
         self._read_request(conn)
 
-    def _read_request(self, conn: TConn) -> None:
+    def _read_request(self, conn: TConn, already: bytes = b"") -> None:
         self.incoming[conn] = Incoming(time.monotonic() + self.header_timeout)
+        conn.sock.setblocking(False)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_bytes, conn))
         metrics.CLIENTS_READING.inc()
+        if already:
+            self._take(conn, already)
+
+    def enqueue_req(self, conn):
+        """A kept-alive connection whose client sent its next request behind the last one: gunicorn
+        would give it a thread at once; unless that request is complete, read the rest here."""
+        parser = conn.parser
+        if parser is not None and conn not in self.incoming and not self.cfg.is_ssl:
+            pending = parser.unreader.buf.getvalue()
+            if pending and Incoming(0).feed(pending, 0, 0) != READY:
+                parser.unreader.buf = io.BytesIO()
+                self._read_request(conn, pending)
+                return
+        super().enqueue_req(conn)
 
     def _on_bytes(self, conn: TConn, sock) -> None:
         incoming = self.incoming[conn]
@@ -196,10 +238,27 @@ class GatewayWorker(ThreadWorker):
             else:
                 self._drop(conn)
             return
+        self._take(conn, data)
+
+    def _take(self, conn: TConn, data: bytes) -> None:
+        incoming = self.incoming[conn]
         self.held += len(data)
-        now = time.monotonic()
-        if incoming.feed(data, now, self.client_timeout) or self.held > PREREAD_TOTAL:
+        verdict = incoming.feed(data, time.monotonic(), self.client_timeout)
+        if verdict == HEAD_TOO_LARGE:
+            self._drop(conn, HEAD_TOO_LARGE_ANSWER)
+        elif verdict == READY:
             self._dispatch(conn)
+        elif self.held > PREREAD_TOTAL:
+            # Too much held for unfinished requests: refuse this one rather than give a thread
+            # a request that is still arriving.
+            metrics.CLIENTS_TIMED_OUT.inc()
+            self._drop(conn, BUSY_ANSWER)
+        elif incoming.send_continue:
+            incoming.send_continue = False
+            try:
+                conn.sock.send(CONTINUE)
+            except OSError:
+                pass
 
     def _forget(self, conn: TConn) -> Incoming:
         incoming = self.incoming.pop(conn)
@@ -217,7 +276,7 @@ class GatewayWorker(ThreadWorker):
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         conn.parser.unreader.unread(bytes(incoming.buf))
         conn.data_ready = True
-        self.enqueue_req(conn)
+        super().enqueue_req(conn)
 
     def _drop(self, conn: TConn, answer: bytes = b"") -> None:
         self._forget(conn)

@@ -1,5 +1,6 @@
 """The gateway under real gunicorn, as deployed: many users, many workers, one token each."""
 import json
+import os
 import re
 import socket
 import time
@@ -193,12 +194,9 @@ def test_sigterm_turns_readyz_503_at_once_serves_through_the_drain_delay_then_re
 
 
 def test_a_reload_drops_no_request_keeps_the_instance_ready_and_folds_dead_workers_metrics(gunicorn, tmp_path):
-    import glob
     import signal
-    import tempfile
     import threading
 
-    created_before = set(glob.glob(tempfile.gettempdir() + "/gateway-metrics-*"))
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     server = gunicorn(workers=2, GATEWAY_DRAIN_DELAY="2", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
@@ -246,4 +244,18 @@ def test_a_reload_drops_no_request_keeps_the_instance_ready_and_folds_dead_worke
     assert served >= answered[0]  # counts of the replaced workers were kept, not lost
     assert len(booted) == 6  # two HUPs: twice two fresh workers
     server.stop()
-    assert set(glob.glob(tempfile.gettempdir() + "/gateway-metrics-*")) == created_before
+
+
+def test_the_metrics_directory_gunicorn_conf_made_is_removed_on_exit_even_after_a_reload(gunicorn):
+    import signal
+
+    server = gunicorn(workers=1)
+    made = re.search(r"metrics directory (\S+) \(removed on exit\)", server.log.read_text()).group(1)
+    server.proc.send_signal(signal.SIGHUP)  # gunicorn.conf.py is read again: no second directory
+    deadline = time.monotonic() + 10
+    while server.log.read_text().count("Booting worker") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert os.path.isdir(made)
+    server.stop()
+    assert not os.path.exists(made)
+    assert server.log.read_text().count("metrics directory") == 1

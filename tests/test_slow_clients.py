@@ -184,3 +184,72 @@ def test_the_same_attack_starves_stock_gthread(gunicorn, worker):
             requests.get(server.url + "/healthz", timeout=1.5)
     finally:
         attack.close()
+
+
+def test_downloads_give_their_slot_back_when_they_end(gunicorn):
+    server = gunicorn(workers=1, threads=8, GATEWAY_DOWNLOADS_PER_WORKER="2")
+    with recording_session() as http:
+        statuses = [http.get(server.url + "/dashboard/export.csv?mb=2", headers=NORMAL_USER, timeout=30).status_code
+                    for _ in range(5)]
+    assert statuses == [200] * 5  # one at a time: each gave its slot back
+
+
+@pytest.mark.parametrize("size", [b"-6", b"+5", b"0x5", b"1_0"])
+def test_a_chunk_size_that_is_not_plain_hex_is_a_quick_400_and_hangs_nothing(gunicorn, size):
+    server = gunicorn(workers=1, threads=2)
+    sock = _connect(server)
+    sock.sendall(b"POST /logout HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nhello\r\n")
+    assert sock.recv(100).startswith(b"HTTP/1.1 4")  # refused at once (it used to spin the event loop)
+    sock.close()
+    started = time.monotonic()
+    assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_pipelined_request_still_arriving_is_read_by_the_event_loop_not_a_thread(gunicorn):
+    server = gunicorn(workers=1, threads=2, GATEWAY_HEADER_TIMEOUT="2")
+    held = []
+    for _ in range(4):  # twice the threads
+        sock = _connect(server)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n")
+        held.append(sock)
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+        assert time.monotonic() - started < 1.0
+        answer = b""
+        held[0].settimeout(6)
+        while chunk := held[0].recv(4096):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 408 " in answer  # the half request timed out
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_head_past_the_limit_with_no_end_gets_431_from_the_event_loop(gunicorn):
+    server = gunicorn(workers=1, threads=2)
+    sock = _connect(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 70000)
+    assert sock.recv(100).startswith(b"HTTP/1.1 431 ")
+    sock.close()
+
+
+def test_expect_100_continue_is_answered_and_the_body_read_by_the_event_loop(gunicorn):
+    server = gunicorn(workers=1, threads=2)
+    stalled = []
+    for _ in range(4):
+        sock = _connect(server)
+        sock.sendall(b"POST /logout HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(b"next=")  # and the rest never comes
+        stalled.append(sock)
+    try:
+        started = time.monotonic()
+        assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+        assert time.monotonic() - started < 1.0
+    finally:
+        for sock in stalled:
+            sock.close()

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, current_app, g, request
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
+from werkzeug.wsgi import ClosingIterator
 
 from .. import audit, security, tokens
 from ..auth import login_required
@@ -353,11 +354,12 @@ def dashboard(path: str):
             upstream.close()
             upstream.release_conn()
             raise
-    response = Response(_body_stream(upstream, None if binary else pattern), status=upstream.status,
-                        headers=headers, direct_passthrough=True)
+    body = _body_stream(upstream, None if binary else pattern)
     if release is not None:
-        response.call_on_close(release)
-    return response
+        # werkzeug hands a direct_passthrough body to the server as it is (call_on_close would
+        # never run): the server's close() of this iterator gives the slot back, read or not.
+        body = ClosingIterator(body, [release])
+    return Response(body, status=upstream.status, headers=headers, direct_passthrough=True)
 
 
 def _headers(raw_headers, proxy: DashboardProxy, pattern: scrub.Pattern, *, decoded: bool):
