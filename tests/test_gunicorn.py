@@ -259,3 +259,26 @@ def test_the_metrics_directory_gunicorn_conf_made_is_removed_on_exit_even_after_
     server.stop()
     assert not os.path.exists(made)
     assert server.log.read_text().count("metrics directory") == 1
+
+
+def test_a_stop_right_after_a_reload_still_drains(gunicorn):
+    """Only the workers a reload replaces skip the drain; the instance's own stop right after does not."""
+    import signal
+
+    server = gunicorn(workers=1, GATEWAY_DRAIN_DELAY="2")
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while server.log.read_text().count("Booting worker") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)
+    assert requests_get(server.url + "/readyz").status_code == 200
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    ready = requests_get(server.url + "/readyz")
+    assert ready.status_code == 503 and "stopping" in ready.json()["reasons"][0]
+    server.proc.wait(timeout=20)
+
+
+def requests_get(url):
+    with recording_session() as http:
+        return http.get(url, timeout=5)
