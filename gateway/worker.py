@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 PREREAD_BODY = 1024 * 1024       # bodies up to this size are read before a thread is given the request
 PREREAD_TOTAL = 32 * 1024 * 1024  # bytes held for unfinished requests per worker, at most
 HEAD_LIMIT = 64 * 1024           # past this without an end of head: 431 from the event loop
-STOP_LINGER = 2.0                # a stopping worker waits this long for requests still arriving
 TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 HEAD_TOO_LARGE_ANSWER = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 BUSY_ANSWER = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
