@@ -5,7 +5,7 @@ import tempfile
 
 # Prometheus multiprocess mode: every worker writes its samples to one directory,
 # and a scrape of /metrics adds them up. This must come before anything imports
-# prometheus_client (gateway.logs does), so the master and every worker inherit it.
+# prometheus_client (gateway.ops.logs does), so the master and every worker inherit it.
 # (gunicorn re-reads this file on HUP: the environment remembers that we made the directory.)
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
@@ -15,8 +15,8 @@ from gateway.config import env_int, env_seconds  # noqa: E402 - after the metric
 
 bind = f"0.0.0.0:{env_int('PORT', 8000)}"
 # Threaded workers (a request mostly waits on Zipteams or the dashboard), with a graceful stop:
-# not ready at once, serving for GATEWAY_DRAIN_DELAY, then the listener closed (gateway/worker.py).
-worker_class = "gateway.worker.GatewayWorker"
+# not ready at once, serving for GATEWAY_DRAIN_DELAY, then the listener closed (gateway/serving/worker.py).
+worker_class = "gateway.serving.worker.GatewayWorker"
 workers = env_int("WEB_CONCURRENCY", 2)
 threads = env_int("GATEWAY_THREADS", 8)
 # Load the app once in the master: a bad setting stops start-up with one line,
@@ -28,12 +28,12 @@ graceful_timeout = int(env_seconds("GATEWAY_GRACEFUL_TIMEOUT", 120))
 keepalive = 5
 # Identity headers spelled with "_" could stand in for the real ones: drop them.
 header_map = "drop"
-# No access log: ours (gateway.logs) names the path without the query string.
+# No access log: ours (gateway.ops.logs) names the path without the query string.
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info").lower()
 # gunicorn's own lines in the gateway's format, so a JSON log stays all JSON.
-logger_class = "gateway.logs.GunicornLogger"
+logger_class = "gateway.ops.logs.GunicornLogger"
 # Several gateways may run on one host (and in the tests); none needs the control socket.
 control_socket_disable = True
 
@@ -49,7 +49,7 @@ def on_starting(server):
 
 def post_worker_init(worker):
     # The app's settings, already checked at start-up (preload_app): one parser for all of them.
-    from gateway.worker import GatewayWorker
+    from gateway.serving.worker import GatewayWorker
 
     if not isinstance(worker, GatewayWorker):
         return  # a test or benchmark comparing against stock gthread
@@ -61,13 +61,13 @@ def post_worker_init(worker):
 
 
 def on_reload(server):
-    from gateway.worker import note_reload
+    from gateway.serving.worker import note_reload
 
     note_reload(server.WORKERS)  # the workers running now are the ones being replaced
 
 
 def child_exit(server, worker):
-    from gateway.metrics import retire_process
+    from gateway.ops.metrics import retire_process
 
     retire_process(worker.pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
 

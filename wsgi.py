@@ -3,7 +3,7 @@ import sys
 
 from gateway import create_app
 from gateway.config import ConfigError
-from gateway.tenants import RulesError
+from gateway.tenancy.rules import RulesError
 
 try:
     app = create_app()

@@ -72,7 +72,8 @@ def main() -> int:
         "ZIPTEAMS_DASHBOARD_URL": sim.url + "/dashboard/", "GATEWAY_SECRET_KEY": secret_key,
         "GATEWAY_TENANTS_FILE": str(tenants), "GATEWAY_COOKIE_SECURE": "false",
         "GATEWAY_STATE_DB": str(tmp / "state.db"), "GATEWAY_LOG_FORMAT": "json"})
-    from gateway import create_app, logs
+    from gateway import create_app
+    from gateway.ops import logs
 
     gateway = create_app()
     log_file = open(tmp / "gateway.log", "w")

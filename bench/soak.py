@@ -105,7 +105,7 @@ def broken_build(argv: list[str]) -> int:
     patched = body.replace("return False", "return True  # BROKEN BUILD: store unavailable counts as revoked")
     if not match or patched == body:
         shutil.rmtree(tmp, ignore_errors=True)
-        sys.exit("--broken-build: the patch no longer applies (SecurityState.session_revoked in gateway/state.py "
+        sys.exit("--broken-build: the patch no longer applies (SecurityState.session_revoked in gateway/identity/revocations.py "
                  "changed); update broken_build() in bench/soak.py")
     state.write_text(text.replace(body, patched))
     print(f"broken build in {copy}: SecurityState.session_revoked answers 'revoked' when the store "

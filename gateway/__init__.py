@@ -12,14 +12,14 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from . import config as settings
+from gateway import config as settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway. Raises ConfigError or RulesError with one clear line."""
-    from .tenants import RulesFile
+    from gateway.tenancy.rules import RulesFile
 
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     # "//" must reach the proxy's path check (and be refused), not be merged into a redirect.
@@ -55,7 +55,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=None,  # the proxy enforces its own limit while streaming
         TEMPLATES_AUTO_RELOAD=False,
     )
-    from . import metrics
+    from gateway.ops import metrics
 
     app.extensions["rules"] = RulesFile(
         app.config["GATEWAY_TENANTS_FILE"], app.config["GATEWAY_RULES_RELOAD"],
@@ -64,8 +64,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.jinja_env.globals["embed_mode"] = app.config["GATEWAY_EMBED_MODE"]
 
     # Order matters: request ids first, so every later line and page carries one.
-    from . import auth, cli, embed, errors, logs, ops, proxy, sdk, security, sessions, state, tokens
-    from .memo import Memo
+    from gateway.identity import auth, sessions, revocations as state
+    from gateway.ops import cli, logs, health as ops
+    from gateway.delivery import embed, proxy, sdk
+    from gateway import errors, security
+    from gateway.tokens import cache as tokens
+    from gateway.memo import Memo
 
     logs.init_app(app)
     sessions.init_app(app)
@@ -81,7 +85,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if app.config["GATEWAY_EMBED_MODE"] == "proxy":
         proxy.init_app(app)
     if app.config["GATEWAY_AUTH_MODE"] == "oidc":
-        from . import oidc
+        from gateway.identity import oidc
 
         oidc.init_app(app)
     cli.init_app(app)

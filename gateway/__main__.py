@@ -8,8 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import ROOT
-from . import config as settings
+from gateway import ROOT
+from gateway import config as settings
 
 
 def _partner(value: str) -> tuple[str, str]:
@@ -27,8 +27,8 @@ def _port(value: str) -> int:
 
 
 def run_sim(args: argparse.Namespace) -> int:
-    from .sim import create_sim_app
-    from .sim.server import ServerThread
+    from gateway.sim import create_sim_app
+    from gateway.sim.server import ServerThread
 
     # The demo's gateway sets up its own logging; the stand-in alone needs this.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -86,10 +86,10 @@ def demo_config(environment: dict[str, str], args: argparse.Namespace, sim_url: 
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from . import create_app
-    from .sim import create_sim_app
-    from .sim.server import ServerThread
-    from .tenants import RulesError
+    from gateway import create_app
+    from gateway.sim import create_sim_app
+    from gateway.sim.server import ServerThread
+    from gateway.tenancy.rules import RulesError
 
     key, secret = "demo-" + secrets.token_hex(6), secrets.token_urlsafe(24)
     try:

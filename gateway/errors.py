@@ -183,7 +183,7 @@ def page_code(error: type[GatewayError]) -> str:
 
 def _again_url() -> str:
     """This request again, when it can be repeated by a link (a GET), else the start page."""
-    from .security import safe_next
+    from gateway.security import safe_next
 
     if request.method != "GET" or request.endpoint is None or request.endpoint.startswith(_NO_REPEAT):
         return "/"

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, current_app, g, request, session
 
-from .errors import CsrfRejected
+from gateway.errors import CsrfRejected
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("security", __name__)
@@ -92,7 +92,7 @@ def _with_lower(pairs: tuple) -> tuple:
 
 
 _STATIC = _with_lower((("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")))
-# Proxied answers carry our framing policy beside the dashboard's own CSP (gateway.proxy).
+# Proxied answers carry our framing policy beside the dashboard's own CSP (gateway.delivery.proxy).
 _PROXIED = _STATIC + _with_lower((("Cache-Control", "no-store"),))
 
 

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import metrics
-from .config import redact_url
+from gateway.ops import metrics
+from gateway.config import redact_url
 
 logger = logging.getLogger(__name__)
 

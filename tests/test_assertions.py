@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from gateway.assertions import LEEWAY, AssertionRejected, JwtVerifier
+from gateway.identity.assertions import LEEWAY, AssertionRejected, JwtVerifier
 
 AUD, ISS = "gateway-test", "https://proxy.example"
 

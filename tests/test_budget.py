@@ -10,12 +10,12 @@ import pytest
 
 from conftest import API_KEY, API_SECRET, SECRET_KEY, FakeClock, recording_session, user_headers
 from gateway import config
-from gateway.instance import InstanceState
-from gateway.protection import (BreakerOpen, CircuitBreaker, FetchGate, SharedLoader, ZipteamsQueueFull,
+from gateway.tokens.instance import InstanceState
+from gateway.tokens.protection import (BreakerOpen, CircuitBreaker, FetchGate, SharedLoader, ZipteamsQueueFull,
                                 budget_per_minute)
 from gateway.shared import Shared
-from gateway.tokens import serve_window
-from gateway.zipteams import ZipteamsBadRequest, ZipteamsClient, ZipteamsServerError, ZipteamsTimeout
+from gateway.tokens.cache import serve_window
+from gateway.tokens.client import ZipteamsBadRequest, ZipteamsClient, ZipteamsServerError, ZipteamsTimeout
 from test_protection import FakeTime, protected
 
 DEFAULT = {s.name: s.default for s in config.SETTINGS}

@@ -185,7 +185,7 @@ NAVIGATION = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
 
 
 def test_a_slow_first_token_gives_a_browser_the_loading_page_at_once(client, sim, monkeypatch):
-    from gateway import loading
+    from gateway.delivery import loading
 
     monkeypatch.setattr(loading, "LOADING_PAGE_AFTER", 0.2)
     sim.fault(delay=1.0, count=1)

@@ -344,7 +344,7 @@ def test_the_dashboard_cannot_forge_the_gateways_error_signal():
     failed: a dashboard that sent it could put its words in the gateway's panel."""
     from urllib3 import HTTPHeaderDict
 
-    from gateway.proxy import policy, scrub
+    from gateway.delivery.proxy import policy, scrub
 
     upstream = HTTPHeaderDict({"Content-Type": "application/json", "X-Gateway-Error": "dashboard_busy",
                                "Retry-After": "5"})

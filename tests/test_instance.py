@@ -4,8 +4,8 @@ import select
 import signal
 import threading
 
-from gateway.breaker import CircuitBreaker
-from gateway.instance import InstanceState
+from gateway.tokens.breaker import CircuitBreaker
+from gateway.tokens.instance import InstanceState
 
 
 def in_child(job) -> int:

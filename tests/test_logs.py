@@ -7,7 +7,7 @@ import os
 import pytest
 from flask import Flask, g
 
-from gateway import audit, logs
+from gateway.ops import audit, logs
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_the_direct_path_writes_what_logging_would(writer, fmt):
         assert a == b
         assert a["request_id"] == "rid-0123456789" and a["event"] == "embed_viewed" and a["groups"] == 2
     else:
-        # "2026-11-28 02:40:00,123 INFO gateway.audit [rid-...] embed_viewed email=..."
+        # "2026-11-28 02:40:00,123 INFO gateway.ops.audit [rid-...] embed_viewed email=..."
         assert direct.split(" ", 2)[2] == through_logging.split(" ", 2)[2]
         assert "[rid-0123456789] embed_viewed email=a@x.example groups=2" in direct
 
@@ -69,7 +69,7 @@ def test_a_line_keeps_the_time_it_was_logged_not_the_time_it_was_written(writer,
     logging.getLogger("gateway").setLevel(logging.INFO)
     with monkeypatch.context() as clock:
         clock.setattr(logs.time, "time", lambda: 1_700_000_000.25)
-        logs.info(logging.getLogger("gateway.logs"), "request status=%s", 200)
+        logs.info(logging.getLogger("gateway.ops.logs"), "request status=%s", 200)
     [line] = written(handler, stream)
     assert json.loads(line)["ts"] == "2023-11-14T22:13:20.250Z"
 
@@ -77,7 +77,7 @@ def test_a_line_keeps_the_time_it_was_logged_not_the_time_it_was_written(writer,
 def test_lines_below_the_level_are_not_written(writer):
     handler, stream = writer("json")
     logging.getLogger("gateway").setLevel(logging.WARNING)
-    logs.info(logging.getLogger("gateway.logs"), "request status=%s", 200)
+    logs.info(logging.getLogger("gateway.ops.logs"), "request status=%s", 200)
     audit.event("login", email="a@x.example")
     assert written(handler, stream) == []
 
@@ -168,7 +168,7 @@ def test_gunicorns_own_lines_are_one_line_each(monkeypatch, fmt):
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_a_full_log_queue_drops_lines_counts_them_and_says_so(writer, monkeypatch, fmt):
-    from gateway import metrics
+    from gateway.ops import metrics
 
     monkeypatch.setattr(logs, "QUEUE_LINES", 10)
     handler, stream = writer(fmt)
@@ -207,7 +207,7 @@ def test_a_failed_write_is_counted_and_announced_when_writing_works_again(writer
 def test_only_queries_are_removed_from_gunicorn_lines_not_question_marks():
     import logging
 
-    from gateway.logs import _without_queries
+    from gateway.ops.logs import _without_queries
 
     def cleaned(message: str) -> str:
         record = logging.LogRecord("gunicorn.error", logging.ERROR, __file__, 1, message, None, None)

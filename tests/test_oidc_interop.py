@@ -149,10 +149,10 @@ def test_client_authentication_methods(make_app, certified_idp, tmp_path, method
 
 def test_a_client_authentication_method_the_idp_does_not_offer_is_one_line_in_check(make_app, idp, tmp_path):
     app = oidc_app(make_app, idp, tmp_path, OIDC_CLIENT_AUTH_METHOD="client_secret_post")
-    from gateway.oidc import auth_method_problem
+    from gateway.identity.oidc import auth_method_problem
 
     with app.app_context():
-        from gateway.oidc import metadata
+        from gateway.identity.oidc import metadata
 
         meta = dict(metadata())
     assert auth_method_problem(meta, "client_secret_post") is None
@@ -219,7 +219,7 @@ def test_clock_skew_beyond_the_leeway_is_refused_with_a_line_naming_the_clock(ma
 
 
 def test_groups_overage_is_named_in_the_log(make_app, idp, tmp_path, caplog):
-    from gateway.oidc import OVERAGE_HINT, user_from_claims
+    from gateway.identity.oidc import OVERAGE_HINT, user_from_claims
 
     app = oidc_app(make_app, idp, tmp_path)
     claims = {"iss": idp.issuer, "sub": "x", "email": "erin@acme.example", "email_verified": True,
@@ -431,7 +431,7 @@ def test_authlib_never_logs_below_info():
 
     from conftest import ROOT
 
-    check = ("import logging; from gateway import logs; logs.configure('DEBUG', 'json'); "
+    check = ("import logging; from gateway.ops import logs; logs.configure('DEBUG', 'json'); "
              "print(logging.getLogger('authlib.integrations.base_client.sync_app').getEffectiveLevel())")
     out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and int(out.stdout.strip()) >= logging.INFO, out.stderr

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import API_KEY, API_SECRET, DATA, JWT_SHAPE, ROOT, SECRET_KEY, user_headers
-from gateway.logs import JsonFormatter, RequestIdFilter
+from gateway.ops.logs import JsonFormatter, RequestIdFilter
 
 
 class Ticks:

@@ -1,6 +1,6 @@
 """Redis down, restarted empty or silent: nobody signed in is signed out, hand-offs get a plain page.
 
-One stated policy per use of the shared store (``gateway.state.SecurityState``): the
+One stated policy per use of the shared store (``gateway.identity.revocations.SecurityState``): the
 revocation check fails open, a revocation is recorded on a best-effort basis, a hand-off
 that cannot be checked for single use is refused with a 503 page. Calls back off after a
 failure and the log says so at most once a minute.
@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from conftest import FakeClock, user_headers
-from gateway.state import HandoffUnverifiable, SecurityState, StateUnavailable
+from gateway.identity.revocations import HandoffUnverifiable, SecurityState, StateUnavailable
 
 ALICE = user_headers("alice@acme.example")
 HANDOFF_SECRET = "h" * 40

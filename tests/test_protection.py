@@ -6,12 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import API_KEY, API_SECRET, SECRET_KEY, FakeClock, start_sim, user_headers
-from gateway.instance import InstanceState
-from gateway.protection import (BreakerOpen, CircuitBreaker, ProtectedFetch, RateLimiter, SharedLoader,
+from gateway.tokens.instance import InstanceState
+from gateway.tokens.protection import (BreakerOpen, CircuitBreaker, ProtectedFetch, RateLimiter, SharedLoader,
                                 ZipteamsThrottled)
 from gateway.shared import Shared
-from gateway.tokens import TokenCache, serve_window
-from gateway.zipteams import ZipteamsClient, ZipteamsForbidden, ZipteamsRateLimited, ZipteamsServerError
+from gateway.tokens.cache import TokenCache, serve_window
+from gateway.tokens.client import ZipteamsClient, ZipteamsForbidden, ZipteamsRateLimited, ZipteamsServerError
 
 
 class FakeTime:
@@ -133,7 +133,7 @@ def test_an_open_breaker_is_closed_by_a_background_probe_without_user_traffic(si
 
 
 def test_the_app_closes_its_breaker_by_itself_after_an_outage(make_app, sim):
-    from gateway.breaker import _timer
+    from gateway.tokens.breaker import _timer
 
     client = make_app(GATEWAY_BREAKER_FAILURES="1", GATEWAY_BREAKER_COOLDOWN="0.5", ZIPTEAMS_RETRIES="0",
                       BREAKER_SCHEDULE=_timer).test_client()
@@ -151,7 +151,7 @@ def test_the_app_closes_its_breaker_by_itself_after_an_outage(make_app, sim):
     ({"status": 400}, "ZipteamsBadRequest"), ({"status": 403}, "ZipteamsForbidden"),
     ({"malformed": "wrong-subtenant"}, "ZipteamsInvalidToken")])
 def test_configuration_errors_never_open_the_breaker(sim, t, fault, error):
-    from gateway import zipteams
+    from gateway.tokens import client as zipteams
 
     fetch = protected(sim, t, retries=0, failures=1, cooldown=30)
     sim.fault(count=3, **fault)
@@ -311,7 +311,7 @@ def test_shared_refresh_is_done_once(redis_server):
 def test_a_waiter_never_fetches_beside_a_live_lock_holder_and_gives_up_at_the_deadline(redis_server):
     """The old lock expired after 15 s while a 20 s deadline still let its holder fetch: the
     waiters gave up at 16 s and each fetched for itself, exactly when Zipteams was slow."""
-    from gateway.zipteams import ZipteamsTimeout
+    from gateway.tokens.client import ZipteamsTimeout
 
     holder = Shared(redis_server.url, SECRET_KEY, namespace="p")
     assert holder.acquire("acme", "slow")  # a fetch in flight elsewhere (renewed while it runs), deadline 20
@@ -327,7 +327,7 @@ def test_a_waiter_never_fetches_beside_a_live_lock_holder_and_gives_up_at_the_de
 
 
 def test_each_attempt_is_capped_by_the_time_left_to_the_deadline(sim, t):
-    from gateway.zipteams import ZipteamsTimeout
+    from gateway.tokens.client import ZipteamsTimeout
 
     client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=10)
     fetch = ProtectedFetch(client, limiter=RateLimiter(100, shared=None, name="p"),

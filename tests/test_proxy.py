@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from conftest import JWT_SHAPE, FakeClock, free_port, recording_session, user_headers
-from gateway.proxy import Pattern, Scrubber, upstream_path
+from gateway.delivery.proxy import Pattern, Scrubber, upstream_path
 from gateway.errors import NotFound
 
 ALICE = user_headers("alice@acme.example")
@@ -439,7 +439,7 @@ def test_long_open_page_keeps_working_across_token_renewals(sim, make_app):
 
 def test_hop_by_hop_response_headers_are_dropped():
     from urllib3 import HTTPHeaderDict
-    from gateway.proxy.policy import response_headers
+    from gateway.delivery.proxy.policy import response_headers
     headers = HTTPHeaderDict()
     for name, value in [("Connection", "keep-alive, X-Upstream-Hop"), ("X-Upstream-Hop", "1"),
                         ("Keep-Alive", "timeout=5"), ("Transfer-Encoding", "chunked"), ("Trailer", "X"),

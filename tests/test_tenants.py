@@ -2,7 +2,7 @@
 import pytest
 
 from conftest import DATA, ROOT
-from gateway.tenants import RulesError, load_rules, normalize_email, parse_rules
+from gateway.tenancy.rules import RulesError, load_rules, normalize_email, parse_rules
 
 
 def table(**fields):
@@ -110,7 +110,7 @@ def test_demo_users_are_the_listed_emails(rules):
 
 
 def test_answers_are_remembered_per_user_but_never_shared_or_unbounded(rules, monkeypatch):
-    import gateway.tenants as tenants
+    import gateway.tenancy.rules as tenants
 
     first = rules.match("bob@acme.example", ["emea"])
     first.clear()  # a caller changing its list changes nothing for the next one
@@ -125,7 +125,7 @@ def test_answers_are_remembered_per_user_but_never_shared_or_unbounded(rules, mo
 
 
 def test_a_reload_answers_from_the_new_rules_not_the_old_answers(tmp_path):
-    from gateway.tenants import load_rules as load
+    from gateway.tenancy.rules import load_rules as load
 
     path = tmp_path / "t.toml"
     path.write_text('[[subtenant]]\ntenant = "t1"\nid = "s1"\nname = "One"\nemails = ["a@x.example"]\n')

@@ -8,7 +8,7 @@ from werkzeug.wrappers import Request, Response
 
 from conftest import API_KEY, API_SECRET, FakeClock, free_port, start_sim
 from gateway.sim.server import ServerThread
-from gateway.zipteams import (DashboardToken, ZipteamsClient, ZipteamsError, ZipteamsForbidden,
+from gateway.tokens.client import (DashboardToken, ZipteamsClient, ZipteamsError, ZipteamsForbidden,
                               ZipteamsInvalidToken, ZipteamsMalformedResponse, ZipteamsMissingSubtenant,
                               ZipteamsMissingTenant, ZipteamsRateLimited, ZipteamsServerError,
                               ZipteamsTimeout, ZipteamsUnexpectedStatus, ZipteamsUnreachable)

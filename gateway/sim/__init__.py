@@ -246,7 +246,7 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
             request.headers.get("Authorization", "")[7:]
         return None
 
-    from .dashboard import register
+    from gateway.sim.dashboard import register
 
     register(app, state, poll_ms)
 

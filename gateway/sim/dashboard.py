@@ -13,7 +13,7 @@ from html import escape
 
 from flask import Flask, Response, jsonify, redirect, request, stream_with_context
 
-from . import STATIC, dumps, fingerprint_numbers
+from gateway.sim import STATIC, dumps, fingerprint_numbers
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Zipteams Insights</title>

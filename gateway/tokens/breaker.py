@@ -4,7 +4,7 @@ After ``failures`` consecutive availability failures (connection errors, time-ou
 a malformed answer) token requests fail fast; once ``cooldown`` seconds have passed one
 request is let through as a probe (not retried): a success closes the breaker, a failure
 opens it for another cool-down. Configuration errors never reach it (ProtectedFetch
-keeps them out). Its state lives in the instance's shared memory (``gateway.instance``):
+keeps them out). Its state lives in the instance's shared memory (``gateway.tokens.instance``):
 a breaker opened by one worker fails fast in all of them, and the probe that closes it
 closes it for all.
 
@@ -25,9 +25,9 @@ import threading
 import time
 from typing import Callable
 
-from . import metrics
-from .errors import ServiceBusy
-from .instance import InstanceState
+from gateway.ops import metrics
+from gateway.errors import ServiceBusy
+from gateway.tokens.instance import InstanceState
 
 logger = logging.getLogger(__name__)
 ROUND_SLACK = 0.1  # a probe round starts this long after the cool-down ends, never before

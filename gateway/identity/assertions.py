@@ -26,7 +26,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from .memo import Memo
+from gateway.memo import Memo
 
 logger = logging.getLogger(__name__)
 

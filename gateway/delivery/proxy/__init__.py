@@ -9,11 +9,11 @@ The answer streams back with every token this gateway holds for the team
 replaced by a per-user, per-team placeholder (``scrub``, ``placeholders``), so no token
 ever reaches the browser. The dashboard's failures are noted for the embed page (``health``).
 """
-from .paths import upstream_path
-from .placeholders import PLACEHOLDER, bound_match, placeholder_for
-from .scrub import Pattern, Scrubber
-from .view import DashboardProxy, bp, init_app
-from . import health  # noqa: E402,F401  (notes the dashboard's failures for the embed page)
+from gateway.delivery.proxy.paths import upstream_path
+from gateway.delivery.proxy.placeholders import PLACEHOLDER, bound_match, placeholder_for
+from gateway.delivery.proxy.scrub import Pattern, Scrubber
+from gateway.delivery.proxy.view import DashboardProxy, bp, init_app
+from gateway.delivery.proxy import health  # noqa: E402,F401  (notes the dashboard's failures for the embed page)
 
 __all__ = ["DashboardProxy", "PLACEHOLDER", "Pattern", "Scrubber", "bound_match", "bp", "init_app",
            "placeholder_for", "upstream_path"]

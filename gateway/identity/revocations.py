@@ -21,10 +21,10 @@ import threading
 import time
 from typing import Callable
 
-from . import metrics
-from .config import redact_url
-from .errors import GatewayError
-from .shared import LOG_EVERY, RETRY_AFTER_ERROR  # the one back-off policy for every Redis call
+from gateway.ops import metrics
+from gateway.config import redact_url
+from gateway.errors import GatewayError
+from gateway.shared import LOG_EVERY, RETRY_AFTER_ERROR  # the one back-off policy for every Redis call
 
 logger = logging.getLogger(__name__)
 

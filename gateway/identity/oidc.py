@@ -27,11 +27,11 @@ from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.base_client.errors import MismatchingStateError, OAuthError
 from flask import Blueprint, Flask, current_app, redirect, request, session
 
-from . import audit
-from .auth import User, start_session
-from .errors import GatewayError
-from .security import safe_next
-from .tenants import normalize_email
+from gateway.ops import audit
+from gateway.identity.auth import User, start_session
+from gateway.errors import GatewayError
+from gateway.security import safe_next
+from gateway.tenancy.rules import normalize_email
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("oidc", __name__)

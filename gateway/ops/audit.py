@@ -1,6 +1,6 @@
 """Audit events: who signed in, which team they were given and why, which token was used.
 
-One log line per event on the ``gateway.audit`` logger. In JSON format the
+One log line per event on the ``gateway.ops.audit`` logger. In JSON format the
 fields are top-level keys (``"event": "login", "email": ...``); in text format
 they follow the event name as ``key=value``. Callers pass only safe fields: a
 token appears as its fingerprint, never itself.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from . import logs
+from gateway.ops import logs
 
 logger = logging.getLogger("gateway.audit")
 

@@ -15,7 +15,7 @@ import re
 
 from flask import current_app, request, session
 
-from ..errors import NotLinked
+from gateway.errors import NotLinked
 
 PLACEHOLDER = re.compile(r"zgtoken-[0-9a-f]{32}")
 

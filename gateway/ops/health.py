@@ -5,12 +5,12 @@ import threading
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
-from . import metrics
-from .peers import peer_is_trusted
-from .protection import CircuitBreaker
+from gateway.ops import metrics
+from gateway.identity.peers import peer_is_trusted
+from gateway.tokens.protection import CircuitBreaker
 
 bp = Blueprint("ops", __name__)
-# Set in a worker that is stopping (gateway.worker): not ready from that moment on.
+# Set in a worker that is stopping (gateway.serving.worker): not ready from that moment on.
 DRAINING = threading.Event()
 
 

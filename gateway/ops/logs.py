@@ -24,8 +24,8 @@ from urllib.parse import quote
 from flask import Blueprint, Flask, current_app, g, has_request_context, request
 from gunicorn import glogging
 
-from . import metrics
-from .peers import peer_is_trusted
+from gateway.ops import metrics
+from gateway.identity.peers import peer_is_trusted
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("logs", __name__)
@@ -322,7 +322,7 @@ class GunicornLogger(glogging.Logger):
 
     gunicorn builds an access-log record for every request whenever any logging
     configuration is given, even with the access log off; this logger only does
-    when an access log is actually configured (ours, in gateway.logs, is enough).
+    when an access log is actually configured (ours, in gateway.ops.logs, is enough).
     """
 
     @property

@@ -8,7 +8,7 @@ can serve at once. A head not complete within ``GATEWAY_HEADER_TIMEOUT`` gets a 
 is closed. In a thread, a socket that makes no progress for ``GATEWAY_CLIENT_TIMEOUT``
 (a larger body read in place, or an answer the client stopped reading) ends the
 connection, through the kernel's SO_RCVTIMEO / SO_SNDTIMEO. Long downloads are capped per
-worker and per user by the proxy (gateway/proxy/streams.py).
+worker and per user by the proxy (gateway/delivery/proxy/streams.py).
 
 Graceful stop. On SIGTERM a worker at once reports "not ready" (``/readyz`` answers 503,
 so the load balancer stops sending), keeps serving for ``GATEWAY_DRAIN_DELAY`` seconds
@@ -35,7 +35,7 @@ from functools import partial
 from gunicorn import http
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from . import metrics, ops
+from gateway.ops import metrics, health as ops
 
 logger = logging.getLogger(__name__)
 

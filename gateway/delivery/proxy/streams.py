@@ -13,8 +13,8 @@ from __future__ import annotations
 import collections
 import threading
 
-from .. import metrics
-from ..errors import ServiceBusy
+from gateway.ops import metrics
+from gateway.errors import ServiceBusy
 
 LONG_BODY = 1024 * 1024
 

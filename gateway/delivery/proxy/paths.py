@@ -18,8 +18,8 @@ from urllib.parse import unquote_to_bytes
 
 from urllib3.util.url import _encode_target
 
-from ..errors import NotFound
-from .policy import BASE
+from gateway.errors import NotFound
+from gateway.delivery.proxy.policy import BASE
 
 # Encoded "/", "\", "%", ";", controls and DEL; raw "\", ";", controls, space and non-ASCII.
 _BAD_RAW = re.compile(r"%(?:2[fF]|5[cC]|25|3[bB]|0[0-9a-fA-F]|1[0-9a-fA-F]|7[fF])|[\\;\x00-\x20\x7f-\uffff]")

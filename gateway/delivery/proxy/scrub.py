@@ -18,7 +18,7 @@ import re
 
 from urllib3.util.request import ACCEPT_ENCODING
 
-from ..memo import Memo
+from gateway.memo import Memo
 
 # Provably binary: a token in these would be no text a page script could read as one.
 BINARY_PREFIXES = ("image/", "font/", "audio/", "video/")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .memo import Memo
+from gateway.memo import Memo
 
 logger = logging.getLogger(__name__)
 

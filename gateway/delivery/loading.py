@@ -23,9 +23,9 @@ from urllib.parse import urlencode
 
 from flask import render_template
 
-from .tenants import Match
-from .tokens import TokenCache
-from .zipteams import DashboardToken
+from gateway.tenancy.rules import Match
+from gateway.tokens.cache import TokenCache
+from gateway.tokens.client import DashboardToken
 
 LOADING_PAGE_AFTER = 1.0  # seconds a navigation waits for a first token before the loading page
 

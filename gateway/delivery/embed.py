@@ -12,11 +12,17 @@ from urllib.parse import urlencode, urlsplit
 from flask import (Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session,
                    url_for)
 
-from . import audit, loading, security, tokens
-from .auth import login_required
-from .errors import NotLinked, TeamNotAllowed
-from .tenants import Match
-from .zipteams import DashboardToken
+from gateway.ops import audit
+
+from gateway.delivery import loading
+
+from gateway import security
+
+from gateway.tokens import cache as tokens
+from gateway.identity.auth import login_required
+from gateway.errors import NotLinked, TeamNotAllowed
+from gateway.tenancy.rules import Match
+from gateway.tokens.client import DashboardToken
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("embed", __name__)
@@ -88,7 +94,7 @@ def frame_src(match: Match, token: DashboardToken | None = None) -> tuple[str, f
     if app.config["GATEWAY_EMBED_MODE"] == "iframe":
         src = app.config["ZIPTEAMS_DASHBOARD_URL"] + "?" + urlencode({"token": token.value})
     else:
-        from .proxy import placeholder_for
+        from gateway.delivery.proxy import placeholder_for
 
         # The placeholder binds this frame to this subtenant, whatever other tabs choose later.
         src = app.jinja_env.globals["urls"]["dashboard"] + "?token=" + placeholder_for(match.key)
@@ -107,7 +113,7 @@ def index():
     sub = match.subtenant
     chrome = "none" if "chrome" in args and args["chrome"] == "none" else "full"
     # Fetching here, not only in the frame, turns an upstream failure into a full error
-    # page instead of a broken frame. A browser waits for it a moment only (gateway.loading).
+    # page instead of a broken frame. A browser waits for it a moment only (gateway.delivery.loading).
     token = None
     if "wait" not in args and loading.is_navigation(request):
         token = loading.token_within(tokens.cache(), sub.tenant, sub.id, loading.LOADING_PAGE_AFTER)
@@ -186,7 +192,7 @@ def session_status():
     failure = None
     team = request.args.get("team")
     if team and current_app.config["GATEWAY_EMBED_MODE"] == "proxy":
-        from .proxy.health import failure_for
+        from gateway.delivery.proxy.health import failure_for
 
         failure = failure_for(team)  # the dashboard's calls failed lately (proxy.health)
     return jsonify(active=True, subtenant=session.get("subtenant"), dashboard=failure)

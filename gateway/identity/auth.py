@@ -6,7 +6,7 @@
   believed only from peers in ``GATEWAY_TRUSTED_PROXIES`` (and only with
   ``GATEWAY_PROXY_SECRET`` when one is set). A changed identity drops the old
   session.
-- ``oidc``: the gateway logs users in at the partner's IdP (``gateway.oidc``).
+- ``oidc``: the gateway logs users in at the partner's IdP (``gateway.identity.oidc``).
 - ``jwt``: the partner's app hands a user over with a short-lived signed JWT at
   ``/sso/jwt``; each ``jti`` works once, across all workers.
 - ``demo``: a login page listing the tenants file's users, for the demo only.
@@ -27,17 +27,19 @@ from dataclasses import dataclass
 from flask import (Blueprint, abort, current_app, g, redirect, render_template, request,
                    session, url_for)
 
-from . import audit, security
-from .assertions import AssertionRejected, JwtVerifier
-from .errors import GatewayError, Unauthenticated
-from .peers import peer_is_trusted
-from .tenants import normalize_email
+from gateway.ops import audit
+
+from gateway import security
+from gateway.identity.assertions import AssertionRejected, JwtVerifier
+from gateway.errors import GatewayError, Unauthenticated
+from gateway.identity.peers import peer_is_trusted
+from gateway.tenancy.rules import normalize_email
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
 
 HANDOFF_MAX_LIFETIME = 300
-ASSERTION_REMEMBER_SECONDS = 60  # a proxy's assertion, once verified (see gateway.assertions)
+ASSERTION_REMEMBER_SECONDS = 60  # a proxy's assertion, once verified (see gateway.identity.assertions)
 SIGNOUT_TICKET_SECONDS = 60  # a sign-out continues to GATEWAY_LOGOUT_URL within this
 SEEN_GRANULARITY = 60  # rewrite the cookie's last-seen time at most once a minute
 OPEN_ENDPOINTS = frozenset({"static", "ops.healthz", "ops.readyz", "ops.metrics_endpoint", "embed.brand_css",
@@ -283,7 +285,7 @@ def login():
     mode = current_app.config["GATEWAY_AUTH_MODE"]
     next_url = security.safe_next(request.values.get("next"))
     if mode == "oidc":
-        from .oidc import begin_login
+        from gateway.identity.oidc import begin_login
 
         return begin_login(next_url)
     if mode != "demo":
@@ -369,7 +371,7 @@ def _tickets():
 def _onward_signout() -> str | None:
     """Where the browser should go next to end the session at the IdP or the partner's proxy."""
     if current_app.config["GATEWAY_AUTH_MODE"] == "oidc":
-        from .oidc import idp_logout_url
+        from gateway.identity.oidc import idp_logout_url
 
         target = idp_logout_url(session.get("idt"))
         if target:

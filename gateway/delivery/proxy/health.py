@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from flask import current_app, g
 
-from ..memo import Memo
-from .view import bp
+from gateway.memo import Memo
+from gateway.delivery.proxy.view import bp
 
 KEEP = 120.0
 FAILING = frozenset({401, 403, 429, 502, 503, 504})
@@ -38,8 +38,8 @@ def _who() -> str | None:
 
 
 def _team() -> str | None:
-    from ..embed import current_subtenant, user_matches
-    from .placeholders import bound_match
+    from gateway.delivery.embed import current_subtenant, user_matches
+    from gateway.delivery.proxy.placeholders import bound_match
 
     try:
         match = bound_match(user_matches()) or current_subtenant()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 
-from .memo import Memo
+from gateway.memo import Memo
 
 REMEMBER_SECONDS = 300
 REMEMBER_COOKIES = 4096

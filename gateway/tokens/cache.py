@@ -22,12 +22,12 @@ from typing import Callable
 from cachetools import TLRUCache
 from flask import Flask, current_app
 
-from . import audit, metrics
-from .instance import InstanceState
-from .protection import (CircuitBreaker, FetchGate, ProtectedFetch, RateLimiter, SharedLoader,
+from gateway.ops import audit, metrics
+from gateway.tokens.instance import InstanceState
+from gateway.tokens.protection import (CircuitBreaker, FetchGate, ProtectedFetch, RateLimiter, SharedLoader,
                          budget_per_minute)
-from .shared import LOCK_SLACK, Shared
-from .zipteams import DashboardToken, ZipteamsClient
+from gateway.shared import LOCK_SLACK, Shared
+from gateway.tokens.client import DashboardToken, ZipteamsClient
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def init_app(app: Flask) -> None:
                                  processes=fetching, cooldown=cooldown)
 
     # Made here, before gunicorn forks the workers: the breaker, the 429 back-off and the
-    # rate window are then one per instance (gateway.instance).
+    # rate window are then one per instance (gateway.tokens.instance).
     instance = InstanceState(window_capacity=max(4096, 4 * per_minute()))
     breaker = CircuitBreaker(cfg["GATEWAY_BREAKER_FAILURES"], cooldown, instance=instance,
                              probe_lease=cfg["ZIPTEAMS_DEADLINE"] + LOCK_SLACK,

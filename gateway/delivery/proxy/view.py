@@ -13,17 +13,21 @@ from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from werkzeug.wsgi import ClosingIterator
 
-from .. import audit, security, tokens
-from ..auth import login_required
-from ..config import ConfigError
-from ..embed import NeedsChoice, current_subtenant, user_matches
-from ..errors import (BadRequestBody, ChoiceNeeded, CsrfRejected, GatewayError, NotFound,
+from gateway.ops import audit
+
+from gateway import security
+
+from gateway.tokens import cache as tokens
+from gateway.identity.auth import login_required
+from gateway.config import ConfigError
+from gateway.delivery.embed import NeedsChoice, current_subtenant, user_matches
+from gateway.errors import (BadRequestBody, ChoiceNeeded, CsrfRejected, GatewayError, NotFound,
                       PayloadTooLarge, UpstreamFailure, UpstreamTimeout)
-from ..peers import peer_is_trusted
-from ..zipteams import DashboardToken
-from . import policy, scrub, streams
-from .paths import raw_request_uri, upstream_path
-from .placeholders import bound_match, placeholder_for
+from gateway.identity.peers import peer_is_trusted
+from gateway.tokens.client import DashboardToken
+from gateway.delivery.proxy import policy, scrub, streams
+from gateway.delivery.proxy.paths import raw_request_uri, upstream_path
+from gateway.delivery.proxy.placeholders import bound_match, placeholder_for
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("proxy", __name__)
@@ -84,7 +88,7 @@ def frame_headers(frame_ancestors: str) -> list[tuple[str, str]]:
 
 
 def init_app(app) -> None:
-    from ..memo import Memo
+    from gateway.memo import Memo
 
     cfg = app.config
     extra = frozenset(n.lower() for n in cfg["GATEWAY_PROXY_FORWARD_HEADERS"])

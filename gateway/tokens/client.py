@@ -18,8 +18,8 @@ import jwt
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import metrics
-from .errors import ServiceBusy, UpstreamFailure, UpstreamTimeout
+from gateway.ops import metrics
+from gateway.errors import ServiceBusy, UpstreamFailure, UpstreamTimeout
 
 logger = logging.getLogger(__name__)
 

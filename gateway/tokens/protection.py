@@ -6,7 +6,7 @@ once; an open breaker refuses at once; the rate limiter admits the request or
 refuses it with the wait; then the call, retried with backoff and jitter on
 connection errors and 5xx inside a total deadline. Refusals never reach
 Zipteams and are counted in ``gateway_zipteams_refused_total``. The breaker,
-the back-off and the rate window are the instance's (``gateway.instance``):
+the back-off and the rate window are the instance's (``gateway.tokens.instance``):
 every worker shares them, and with Redis the window and back-off are shared
 by every instance too.
 """
@@ -20,12 +20,12 @@ import threading
 import time
 from typing import Callable
 
-from . import metrics
-from .breaker import BreakerOpen, CircuitBreaker  # also imported from here by ops and the tests
-from .errors import ServiceBusy
-from .instance import InstanceState
-from .shared import Shared
-from .zipteams import (DashboardToken, ZipteamsBadRequest, ZipteamsClient, ZipteamsError, ZipteamsForbidden,
+from gateway.ops import metrics
+from gateway.tokens.breaker import BreakerOpen, CircuitBreaker  # also imported from here by ops and the tests
+from gateway.errors import ServiceBusy
+from gateway.tokens.instance import InstanceState
+from gateway.shared import Shared
+from gateway.tokens.client import (DashboardToken, ZipteamsBadRequest, ZipteamsClient, ZipteamsError, ZipteamsForbidden,
                        ZipteamsInvalidToken, ZipteamsRateLimited, ZipteamsServerError, ZipteamsTimeout,
                        ZipteamsUnreachable, parse_token)
 

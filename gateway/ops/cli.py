@@ -18,8 +18,8 @@ import jwt
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from .config import redact_url
-from .zipteams import ZipteamsError
+from gateway.config import redact_url
+from gateway.tokens.client import ZipteamsError
 
 gateway_cli = AppGroup("gateway", help="Check the configuration and explain the tenant rules.")
 
@@ -48,7 +48,7 @@ def tenants_command():
                    "email and groups are read from it as a sign-in would read them.")
 def explain_command(email: str | None, groups: str, claims_file):
     """Which rules match EMAIL (and groups), and what that user would see."""
-    from .tenants import normalize_email
+    from gateway.tenancy.rules import normalize_email
 
     group_list = tuple(g.strip() for g in groups.split(",") if g.strip())
     if claims_file is not None:
@@ -76,7 +76,7 @@ def _from_claims(claims: dict) -> tuple[str, tuple[str, ...]]:
     email = next((claims[c] for c in cfg["OIDC_EMAIL_CLAIM"].split(",") if isinstance(claims.get(c), str)), "")
     groups = claims.get(cfg["OIDC_GROUPS_CLAIM"])
     if groups is None and cfg["OIDC_GROUPS_CLAIM"] in (claims.get("_claim_names") or {}):
-        from .oidc import OVERAGE_HINT
+        from gateway.identity.oidc import OVERAGE_HINT
 
         click.echo(f"groups overage: the IdP sent a pointer instead of {cfg['OIDC_GROUPS_CLAIM']!r}: {OVERAGE_HINT}.")
     groups = [groups] if isinstance(groups, str) else groups if isinstance(groups, list) else []
@@ -127,7 +127,7 @@ def check_command(key: str | None, every: bool):
 
 def _check_every_subtenant(rules) -> None:
     """One token request per subtenant: a misconfigured one is named with what to fix."""
-    from .protection import CONFIG_HINTS
+    from gateway.tokens.protection import CONFIG_HINTS
 
     failed = 0
     for subtenant in rules.subtenants:
@@ -146,7 +146,7 @@ def _check_every_subtenant(rules) -> None:
 
 def warm_up_line(cfg, teams: int) -> str:
     """How long the rate budget takes to give every team its first token after a cold start."""
-    from .protection import budget_per_minute, first_token_limit
+    from gateway.tokens.protection import budget_per_minute, first_token_limit
 
     shared = cfg["GATEWAY_CACHE_URL"] != "memory://"
     # Without Redis every worker fetches every team for itself, all from the instance's one budget.
@@ -166,8 +166,8 @@ def warm_up_line(cfg, teams: int) -> str:
 
 
 def _check_idp(cfg) -> None:
-    from .errors import GatewayError
-    from .oidc import auth_method_problem, metadata
+    from gateway.errors import GatewayError
+    from gateway.identity.oidc import auth_method_problem, metadata
 
     try:
         meta = metadata()

@@ -1,0 +1,2 @@
+"""Running the gateway: logs, Prometheus metrics, audit events, health endpoints and
+the admin CLI."""
