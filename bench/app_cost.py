@@ -77,7 +77,7 @@ def main() -> int:
 
     gateway = create_app()
     log_file = open(tmp / "gateway.log", "w")
-    logs._direct.stream = log_file  # as in production, lines are written; just not to this terminal
+    logs.configure("INFO", "json", stream=log_file)  # as in production, lines are written; just not here
 
     first = gateway.test_client().get("/", headers={"X-Forwarded-Email": EMAIL})
     assert first.status_code == 200, first.status_code
@@ -112,7 +112,7 @@ def main() -> int:
     print(f"embed page, per request (median of {args.rounds} rounds of {args.requests}):")
     print(f"  bare Flask page  {b:7.1f} us")
     print(f"  gateway          {g:7.1f} us   (+{g - b:.1f} us, {g / b:.2f}x)")
-    logs._direct.drain()
+    logs.stop_writer()
     log_file.close()
     sim.stop()
     return 0

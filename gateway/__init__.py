@@ -64,20 +64,20 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.jinja_env.globals["embed_mode"] = app.config["GATEWAY_EMBED_MODE"]
 
     # Order matters: request ids first, so every later line and page carries one.
-    from gateway.identity import auth, sessions, revocations as state
-    from gateway.ops import cli, logs, health as ops
+    from gateway.identity import auth, revocations, session
+    from gateway.ops import cli, health, logs
     from gateway.delivery import embed, proxy, sdk
     from gateway import errors, security
-    from gateway.tokens import cache as tokens
+    from gateway.tokens import cache as token_cache
     from gateway.memo import Memo
 
     logs.init_app(app)
-    sessions.init_app(app)
+    session.init_app(app)
     errors.init_app(app)
     security.init_app(app)
-    tokens.init_app(app)
-    state.init_app(app)
-    app.register_blueprint(ops.bp)
+    token_cache.init_app(app)
+    revocations.init_app(app)
+    app.register_blueprint(health.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(embed.bp)
     app.register_blueprint(sdk.bp)

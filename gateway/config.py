@@ -522,22 +522,30 @@ def _raw_value(setting: Setting, source: Mapping[str, str]) -> str | None:
 def load(source: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Parse every setting from ``source`` (default: the process environment)."""
     source = os.environ if source is None else source
-    config: dict[str, Any] = {}
-    for setting in SETTINGS:
-        raw = _raw_value(setting, source)
-        if raw is None:
-            if setting.required:
-                hint = f" (or {setting.name}_FILE)" if setting.secret else ""
-                raise ConfigError(f"{setting.name}{hint} is required: {setting.help}")
-            raw = setting.default
-        try:
-            config[setting.name] = setting.parse(raw)
-        except ValueError as exc:
-            shown = "" if setting.secret else f" {redact_url(raw)!r}"
-            # The reason may quote the value too (urlsplit and int() do).
-            raise ConfigError(f"{setting.name}{shown} is invalid: {redact_url(str(exc))}") from None
+    config = {setting.name: _parsed(setting, source) for setting in SETTINGS}
     _check_together(config)
     return config
+
+
+def value(name: str, source: Mapping[str, str] | None = None) -> Any:
+    """One setting, parsed and checked as ``load`` does (for gunicorn's logger, before the app exists)."""
+    [setting] = [s for s in SETTINGS if s.name == name]
+    return _parsed(setting, os.environ if source is None else source)
+
+
+def _parsed(setting: Setting, source: Mapping[str, str]) -> Any:
+    raw = _raw_value(setting, source)
+    if raw is None:
+        if setting.required:
+            hint = f" (or {setting.name}_FILE)" if setting.secret else ""
+            raise ConfigError(f"{setting.name}{hint} is required: {setting.help}")
+        raw = setting.default
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        shown = "" if setting.secret else f" {redact_url(raw)!r}"
+        # The reason may quote the value too (urlsplit and int() do).
+        raise ConfigError(f"{setting.name}{shown} is invalid: {redact_url(str(exc))}") from None
 
 
 def environment_settings(source: Mapping[str, str] | None = None) -> dict[str, str]:

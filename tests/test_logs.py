@@ -1,8 +1,8 @@
-"""Log lines: the writer thread, and the direct path the per-request lines take."""
+"""Log lines: the one log path (a bounded queue and a writer thread), their shapes, and what is lost."""
 import io
 import json
 import logging
-import os
+import logging.handlers
 
 import pytest
 from flask import Flask, g
@@ -12,23 +12,22 @@ from gateway.ops import audit, logs
 
 @pytest.fixture
 def writer(monkeypatch):
-    """Our handler as the root logger's only one, writing into a buffer instead of stdout."""
+    """The gateway's log path (queue handler and writer thread) as the root logger's only
+    handler, writing into a buffer instead of stdout."""
+    monkeypatch.setattr(logging.root, "handlers", [])
+    monkeypatch.setattr(logs, "_installed", None)
+    monkeypatch.setattr(logs, "_listener", None)
+
     def install(fmt: str):
         stream = io.StringIO()
-        formatter = logs.JsonFormatter() if fmt == "json" else logs.TextFormatter()
-        handler = logs.BackgroundHandler(stream, formatter)
-        # No writer thread: ``written`` drains the queue itself, so every line is there, in order.
-        handler._pid = os.getpid()
-        handler.addFilter(logs.RequestIdFilter())
-        monkeypatch.setattr(logging.root, "handlers", [handler])
-        monkeypatch.setattr(logs, "_direct", handler)
-        return handler, stream
+        return logs.configure("INFO", fmt, stream=stream), stream
     yield install
+    logs.stop_writer()
     logging.getLogger("gateway").setLevel(logging.NOTSET)
 
 
 def written(handler, stream) -> list[str]:
-    handler.drain()
+    logs.stop_writer()  # writes out everything queued, in order
     return stream.getvalue().splitlines()
 
 
@@ -41,35 +40,28 @@ def request_context():
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
-def test_the_direct_path_writes_what_logging_would(writer, fmt):
+def test_an_audit_event_is_one_line_with_its_fields(writer, fmt):
     handler, stream = writer(fmt)
-    logging.getLogger("gateway").setLevel(logging.INFO)
-    log = logging.getLogger("gateway.audit")
     ctx = request_context()
     try:
-        fields = {"event": "embed_viewed", "email": "a@x.example", "groups": 2}
-        logs.info(log, "%s %s", "embed_viewed", "email=a@x.example groups=2", fields=fields)   # direct
-        log.info("%s %s", "embed_viewed", "email=a@x.example groups=2", extra={"audit": fields})  # logging
+        audit.event("embed_viewed", email="a@x.example", groups=2)
     finally:
         ctx.pop()
-    direct, through_logging = written(handler, stream)
+    [line] = written(handler, stream)
     if fmt == "json":
-        a, b = json.loads(direct), json.loads(through_logging)
-        assert a.pop("ts")[:16] == b.pop("ts")[:16]
-        assert a == b
-        assert a["request_id"] == "rid-0123456789" and a["event"] == "embed_viewed" and a["groups"] == 2
+        entry = json.loads(line)
+        assert entry["logger"] == "gateway.audit" and entry["message"] == "embed_viewed email=a@x.example groups=2"
+        assert entry["request_id"] == "rid-0123456789" and entry["event"] == "embed_viewed" and entry["groups"] == 2
     else:
-        # "2026-11-28 02:40:00,123 INFO gateway.ops.audit [rid-...] embed_viewed email=..."
-        assert direct.split(" ", 2)[2] == through_logging.split(" ", 2)[2]
-        assert "[rid-0123456789] embed_viewed email=a@x.example groups=2" in direct
+        # "2026-11-28 02:40:00,123 INFO gateway.audit [rid-...] embed_viewed email=..."
+        assert " INFO gateway.audit [rid-0123456789] embed_viewed email=a@x.example groups=2" in line
 
 
 def test_a_line_keeps_the_time_it_was_logged_not_the_time_it_was_written(writer, monkeypatch):
     handler, stream = writer("json")
-    logging.getLogger("gateway").setLevel(logging.INFO)
     with monkeypatch.context() as clock:
         clock.setattr(logs.time, "time", lambda: 1_700_000_000.25)
-        logs.info(logging.getLogger("gateway.ops.logs"), "request status=%s", 200)
+        logging.getLogger("gateway.ops.logs").info("request status=%s", 200)
     [line] = written(handler, stream)
     assert json.loads(line)["ts"] == "2023-11-14T22:13:20.250Z"
 
@@ -77,14 +69,13 @@ def test_a_line_keeps_the_time_it_was_logged_not_the_time_it_was_written(writer,
 def test_lines_below_the_level_are_not_written(writer):
     handler, stream = writer("json")
     logging.getLogger("gateway").setLevel(logging.WARNING)
-    logs.info(logging.getLogger("gateway.ops.logs"), "request status=%s", 200)
+    logging.getLogger("gateway.ops.logs").info("request status=%s", 200)
     audit.event("login", email="a@x.example")
     assert written(handler, stream) == []
 
 
-def test_with_another_handler_attached_lines_go_through_logging(writer):
+def test_another_handler_sees_the_same_records(writer):
     handler, stream = writer("json")
-    logging.getLogger("gateway").setLevel(logging.INFO)
     seen = []
 
     class Keep(logging.Handler):
@@ -98,6 +89,13 @@ def test_with_another_handler_attached_lines_go_through_logging(writer):
     assert json.loads(written(handler, stream)[0])["event"] == "logout"
 
 
+def test_the_one_log_path_is_the_standard_queue_handler(writer):
+    handler, _ = writer("json")
+    ours = [h for h in logging.root.handlers if not type(h).__module__.startswith("_pytest")]
+    assert ours == [handler] and isinstance(handler, logging.handlers.QueueHandler)
+    assert handler.queue.maxsize == logs.QUEUE_LINES
+
+
 FORGED_PATH = "/x%0aFORGED%20line%0d%1b[2J"
 
 
@@ -105,7 +103,7 @@ FORGED_PATH = "/x%0aFORGED%20line%0d%1b[2J"
 def test_a_newline_in_the_path_cannot_forge_a_request_line(writer, make_app, fmt):
     handler, stream = writer(fmt)
     logging.getLogger("gateway").setLevel(logging.INFO)
-    assert logs._direct is handler and make_app().test_client().get(FORGED_PATH).status_code == 404
+    assert make_app().test_client().get(FORGED_PATH).status_code == 404
     lines = written(handler, stream)
     [line] = [line for line in lines if "path=/x" in line]
     assert not any(line.startswith("FORGED") for line in lines)
@@ -172,13 +170,15 @@ def test_a_full_log_queue_drops_lines_counts_them_and_says_so(writer, monkeypatc
 
     monkeypatch.setattr(logs, "QUEUE_LINES", 10)
     handler, stream = writer(fmt)
+    logs.stop_writer()  # stdout stalled: nothing is written meanwhile
     before = metrics.LOG_LINES_DROPPED._value.get()
     log = logging.getLogger("gateway.test")
     log.setLevel(logging.INFO)
-    for i in range(25):  # stdout stalled: nothing is written meanwhile
+    for i in range(25):
         log.info("line %d", i)
-    assert handler._queue.qsize() == 10 and handler.dropped == 15
+    assert handler.queue.qsize() == 10 and handler.writer.dropped == 15
     assert metrics.LOG_LINES_DROPPED._value.get() - before == 15
+    logs.start_writer()  # stdout works again
     lines = written(handler, stream)
     assert len([line for line in lines if "line " in line]) == 10
     assert any("15 log lines were dropped" in line for line in lines)
@@ -194,27 +194,12 @@ def test_a_failed_write_is_counted_and_announced_when_writing_works_again(writer
         def flush(self):
             pass
 
-    handler.stream = Broken()
+    handler.writer.stream = Broken()
     logging.getLogger("gateway.test").warning("lost")
-    handler.drain()
-    assert handler.dropped == 1
-    handler.stream = stream
-    logging.getLogger("gateway.test").warning("back")
+    logs.stop_writer()
+    assert handler.writer.dropped == 1
+    handler.writer.stream = stream
+    logs.start_writer()
+    logging.getLogger("gateway.test").warning("kept")
     lines = written(handler, stream)
-    assert any("1 log lines were dropped" in line for line in lines) and any("back" in line for line in lines)
-
-
-def test_only_queries_are_removed_from_gunicorn_lines_not_question_marks():
-    import logging
-
-    from gateway.ops.logs import _without_queries
-
-    def cleaned(message: str) -> str:
-        record = logging.LogRecord("gunicorn.error", logging.ERROR, __file__, 1, message, None, None)
-        _without_queries(record)
-        return record.getMessage()
-
-    assert cleaned("Worker (pid:12) was sent SIGKILL! Perhaps out of memory?") == \
-        "Worker (pid:12) was sent SIGKILL! Perhaps out of memory?"
-    assert cleaned("Invalid request from ip=1.2.3.4: 'GET /sso/jwt?jwt=eyJabc HTTP/1.1'") == \
-        "Invalid request from ip=1.2.3.4: 'GET /sso/jwt?[query removed] HTTP/1.1'"
+    assert "1 log lines were dropped" in lines[0] and lines[1].endswith("kept")

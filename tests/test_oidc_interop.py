@@ -149,10 +149,10 @@ def test_client_authentication_methods(make_app, certified_idp, tmp_path, method
 
 def test_a_client_authentication_method_the_idp_does_not_offer_is_one_line_in_check(make_app, idp, tmp_path):
     app = oidc_app(make_app, idp, tmp_path, OIDC_CLIENT_AUTH_METHOD="client_secret_post")
-    from gateway.identity.oidc import auth_method_problem
+    from gateway.identity.idp import auth_method_problem
 
     with app.app_context():
-        from gateway.identity.oidc import metadata
+        from gateway.identity.idp import metadata
 
         meta = dict(metadata())
     assert auth_method_problem(meta, "client_secret_post") is None

@@ -16,169 +16,33 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
-from pathlib import Path
 from urllib.parse import urlencode
 
-import jwt
 import requests
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.base_client.errors import MismatchingStateError, OAuthError
 from flask import Blueprint, Flask, current_app, redirect, request, session
 
+from gateway.identity import idp
+from gateway.identity.idp import (OVERAGE_HINT, IdpUnavailable, LoginDenied, LoginExpired, LoginFailed,
+                                  LoginMisconfigured, auth_method_problem, client, email_claims,
+                                  explain_id_token_failure, metadata, public)
+from gateway.identity.session import start_session
+from gateway.identity.users import ClaimsRejected, User
+from gateway.identity.users import user_from_claims as parse_claims
 from gateway.ops import audit
-from gateway.identity.auth import User, start_session
-from gateway.errors import GatewayError
 from gateway.security import safe_next
-from gateway.tenancy.rules import normalize_email
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("oidc", __name__)
 
-OVERAGE_HINT = "too many groups for the token; use an app-role or group filter"
 MAX_KEPT_ID_TOKEN = 1800  # bytes of ID token the session cookie may carry for id_token_hint
 
 
-class LoginFailed(GatewayError):
-    status_code = 401
-    code = "login_failed"
-    title = "Sign-in did not work"
-    message = "Your sign-in could not be completed."
-    hint = "Try signing in again. If it keeps happening, contact support and quote the request id."
-    action = "signin"
-    action_text = "Sign in again"
-
-
-class LoginDenied(LoginFailed):
-    status_code = 403
-    code = "login_denied"
-    title = "Sign-in was refused"
-    message = "Your sign-in provider refused or cancelled the sign-in."
-
-
-class LoginExpired(LoginFailed):
-    status_code = 400
-    code = "login_expired"
-    title = "This sign-in attempt has expired"
-    message = "The sign-in took too long, was already used, or was started in another tab."
-
-
-class LoginMisconfigured(LoginFailed):
-    status_code = 502
-    code = "login_misconfigured"
-    title = "Sign-in is not set up correctly"
-    message = "Your company's sign-in provider refused this service's own credentials."
-    hint = "Signing in again will not help. Contact support and quote the request id."
-
-
-class IdpUnavailable(LoginFailed):
-    status_code = 502
-    code = "idp_unavailable"
-    title = "Your sign-in provider is not answering"
-    message = "We could not reach your company's sign-in provider."
-
-
-def _client_auth(cfg) -> tuple[str, dict, list]:
-    """(what Authlib calls the client secret, extra client kwargs, auth methods) for the setting."""
-    method = cfg["OIDC_CLIENT_AUTH_METHOD"]
-    if method != "private_key_jwt":
-        return cfg["OIDC_CLIENT_SECRET"], {"token_endpoint_auth_method": method}, []
-    pem = Path(cfg["OIDC_CLIENT_KEY_FILE"]).read_text()
-    return "", {"token_endpoint_auth_method": method}, [_PrivateKeyJwt(pem, cfg["OIDC_CLIENT_KEY_ID"])]
-
-
-class _PrivateKeyJwt:
-    """private_key_jwt (RFC 7523) client authentication, signed with PyJWT (the gateway's one JWT library).
-
-    Authlib calls it with the token request; it adds a short-lived assertion naming us
-    (iss = sub = client_id) for the token endpoint (aud), signed RS256 or ES256 by key type.
-    """
-
-    name = "private_key_jwt"
-
-    def __init__(self, pem: str, kid: str = ""):
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-        self._key = load_pem_private_key(pem.encode(), password=None)
-        self.alg = "ES256" if isinstance(self._key, ec.EllipticCurvePrivateKey) else "RS256"
-        self._headers = {"kid": kid} if kid else None
-
-    def __repr__(self) -> str:
-        return f"_PrivateKeyJwt(alg={self.alg!r})"
-
-    def __call__(self, auth, method, uri, headers, body):
-        from authlib.common.urls import add_params_to_qs
-
-        now = int(time.time())
-        assertion = jwt.encode({"iss": auth.client_id, "sub": auth.client_id, "aud": uri, "iat": now,
-                                "exp": now + 60, "jti": secrets.token_urlsafe(16)},
-                               self._key, algorithm=self.alg, headers=self._headers)
-        body = add_params_to_qs(body or "", [
-            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-            ("client_assertion", assertion)])
-        return uri, headers, body
-
-
 def init_app(app: Flask) -> None:
-    from authlib.integrations.flask_client import OAuth
-
-    cfg = app.config
-    secret, auth_kwargs, auth_methods = _client_auth(cfg)
-    oauth = OAuth(app)
-    oauth.register(
-        "idp", client_id=cfg["OIDC_CLIENT_ID"], client_secret=secret,
-        server_metadata_url=cfg["OIDC_ISSUER"].rstrip("/") + "/.well-known/openid-configuration",
-        client_kwargs={"scope": cfg["OIDC_SCOPES"], "code_challenge_method": "S256", "timeout": 10,
-                       **auth_kwargs},
-        client_auth_methods=auth_methods or None)
-    app.extensions["oidc_client"] = oauth.idp
+    idp.register(app)
     app.register_blueprint(bp)
-    _check_at_start(app)
-
-
-def _check_at_start(app: Flask) -> None:
-    """Discovery once at start-up, off the start-up path: a client authentication method the IdP
-    does not offer is one ERROR line at once, not a first user's failed sign-in."""
-    def run():
-        with app.app_context():
-            try:
-                meta = metadata()
-            except GatewayError as exc:
-                logger.warning("IdP discovery at start-up failed (%s): sign-ins will try again", exc.detail)
-                return
-            problem = auth_method_problem(meta, app.config["OIDC_CLIENT_AUTH_METHOD"])
-            if problem:
-                logger.error("%s: sign-ins will fail at the token endpoint", problem)
-
-    threading.Thread(target=run, name="idp-discovery", daemon=True).start()
-
-
-def _client():
-    return current_app.extensions["oidc_client"]
-
-
-def _public(path: str) -> str:
-    # Never from the Host header: a forged Host must not redirect a login elsewhere.
-    return current_app.config["GATEWAY_PUBLIC_URL"] + path
-
-
-def metadata() -> dict:
-    """The IdP's discovery document (fetched once, then cached by Authlib)."""
-    try:
-        return _client().load_server_metadata()
-    except (requests.RequestException, AuthlibBaseError, ValueError) as exc:
-        raise IdpUnavailable(f"discovery failed ({type(exc).__name__})") from None
-
-
-def auth_method_problem(meta: dict, method: str) -> str | None:
-    """Why the IdP will refuse our client authentication method, if its discovery says so."""
-    supported = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
-    if method not in supported:
-        return (f"OIDC_CLIENT_AUTH_METHOD={method} is not in the IdP's token_endpoint_auth_methods_supported "
-                f"({', '.join(supported)})")
-    return None
 
 
 def begin_login(next_url: str):
@@ -191,7 +55,7 @@ def begin_login(next_url: str):
     if problem:
         logger.warning("%s: sign-ins will fail at the token endpoint", problem)
     try:
-        return _client().authorize_redirect(_public("/auth/callback"), nonce=secrets.token_urlsafe(24))
+        return client().authorize_redirect(public("/auth/callback"), nonce=secrets.token_urlsafe(24))
     except (requests.RequestException, AuthlibBaseError, ValueError) as exc:
         raise IdpUnavailable(f"discovery failed ({type(exc).__name__})") from None
 
@@ -233,27 +97,6 @@ def _check_iss() -> None:
                              f"{str(meta.get('issuer'))[:100]!r} (RFC 9207 mix-up check)")
 
 
-def explain_id_token_failure(id_token: str | None, leeway: float, now: float) -> str | None:
-    """Which time check an ID token fails and by how much, in words; None if the times are fine."""
-    if not id_token:
-        return None
-    try:
-        claims = jwt.decode(id_token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return "the ID token is not a readable JWT"
-    iat, exp, nbf = (claims.get(k) for k in ("iat", "exp", "nbf"))
-    if isinstance(iat, (int, float)) and iat - now > leeway:
-        return (f"ID token issued {iat - now:.0f} s in the future (leeway {leeway:g} s): "
-                "check the IdP's clock, or this host's")
-    if isinstance(nbf, (int, float)) and nbf - now > leeway:
-        return (f"ID token not valid for another {nbf - now:.0f} s (leeway {leeway:g} s): "
-                "check the IdP's clock, or this host's")
-    if isinstance(exp, (int, float)) and now - exp > leeway:
-        return (f"ID token expired {now - exp:.0f} s ago (leeway {leeway:g} s): check this host's clock, "
-                "or the IdP's token lifetime")
-    return None
-
-
 @bp.route("/auth/callback")
 def callback():
     cfg = current_app.config
@@ -263,7 +106,7 @@ def callback():
         _refuse(LoginDenied, f"the IdP answered error={error[:40]}")
     leeway = cfg["OIDC_LEEWAY"]
     try:
-        token = _client().authorize_access_token(leeway=leeway)
+        token = client().authorize_access_token(leeway=leeway)
     except MismatchingStateError:
         _refuse(LoginExpired, "state missing or mismatched (an old, replayed or other tab's callback)")
     except OAuthError as exc:
@@ -274,7 +117,7 @@ def callback():
     except requests.RequestException as exc:
         raise IdpUnavailable(f"token endpoint unreachable ({type(exc).__name__})") from None
     except Exception as exc:  # noqa: BLE001 - Authlib and its JOSE layer raise many types for a bad ID token
-        raw = (getattr(_client(), "token", None) or {}).get("id_token")
+        raw = (getattr(client(), "token", None) or {}).get("id_token")
         reason = explain_id_token_failure(raw, leeway, cfg.get("CLOCK", time.time)()) or \
             f"ID token refused ({getattr(exc, 'error', None) or type(exc).__name__}: {str(exc)[:120]})"
         _refuse(LoginFailed, reason)
@@ -306,7 +149,7 @@ def _with_userinfo(claims: dict, token: dict) -> dict:
         logger.info("the ID token lacks email or groups and the IdP has no userinfo endpoint")
         return claims
     try:
-        info = dict(_client().userinfo(token=token))
+        info = dict(client().userinfo(token=token))
     except (requests.RequestException, AuthlibBaseError, ValueError) as exc:
         logger.warning("userinfo endpoint failed (%s): using the ID token's claims only", type(exc).__name__)
         return claims
@@ -319,38 +162,24 @@ def _with_userinfo(claims: dict, token: dict) -> dict:
     return merged
 
 
-def email_claims(cfg) -> list[str]:
-    return [c.strip() for c in cfg["OIDC_EMAIL_CLAIM"].split(",") if c.strip()]
-
-
 def user_from_claims(claims: dict) -> User:
     """The user the claims name, or a plain refusal saying which claim let us down."""
     cfg = current_app.config
-    email, source = None, None
-    for name in email_claims(cfg):
-        value = claims.get(name)
-        if value in (None, ""):
-            continue
-        email = normalize_email(value) if isinstance(value, str) else None
-        if email is None:
-            # Present but not an address: refused, never a silent fall back to the next claim.
-            _refuse(LoginFailed, f"the {name} claim is not one well-formed email address")
-        source = name
-        break
-    if email is None:
-        _refuse(LoginFailed, f"no well-formed email in the claims {', '.join(email_claims(cfg))} "
-                             "(see the README's IdP recipes)")
+    names = email_claims(cfg)
+    try:
+        user = parse_claims(claims, names, cfg["OIDC_GROUPS_CLAIM"], f"{claims['iss']}|{claims['sub']}")
+    except ClaimsRejected as exc:
+        _refuse(LoginFailed, f"{exc} (see the README's IdP recipes)" if exc.args[0].startswith("no ") else str(exc))
+    email = user.email
+    source = next(name for name in names if claims.get(name) not in (None, ""))
     # email_verified speaks for the email claim only; other claims are the IdP's own login names.
     if source == "email" and cfg["OIDC_REQUIRE_VERIFIED_EMAIL"] and claims.get("email_verified") is not True:
         _refuse(LoginDenied, "email_verified is not true (OIDC_REQUIRE_VERIFIED_EMAIL)", email=email)
     groups_claim = cfg["OIDC_GROUPS_CLAIM"]
-    groups = claims.get(groups_claim)
-    if groups is None and groups_claim in (claims.get("_claim_names") or {}):
+    if groups_claim not in claims and groups_claim in (claims.get("_claim_names") or {}):
         logger.warning("groups overage for %s: %s", email, OVERAGE_HINT)
         audit.event("groups_overage", email=email, claim=groups_claim)
-    groups = [groups] if isinstance(groups, str) else groups if isinstance(groups, list) else []
-    groups = tuple(dict.fromkeys(str(x) for x in groups if isinstance(x, (str, int))))
-    return User(email, groups, f"{claims['iss']}|{claims['sub']}")
+    return user
 
 
 def idp_logout_url(id_token: str | None = None) -> str | None:
@@ -360,13 +189,13 @@ def idp_logout_url(id_token: str | None = None) -> str | None:
     (some IdPs, Okta among them, require it), and asks to come back to /signed-out.
     """
     try:
-        endpoint = _client().load_server_metadata().get("end_session_endpoint")
+        endpoint = client().load_server_metadata().get("end_session_endpoint")
     except (requests.RequestException, AuthlibBaseError, ValueError):
         logger.warning("IdP metadata unavailable: signed out here only")
         return None
     if not endpoint:
         return None
-    params = {"post_logout_redirect_uri": _public("/signed-out"), "client_id": current_app.config["OIDC_CLIENT_ID"]}
+    params = {"post_logout_redirect_uri": public("/signed-out"), "client_id": current_app.config["OIDC_CLIENT_ID"]}
     if id_token and current_app.config["OIDC_LOGOUT_HINT"] == "id_token_hint":
         params["id_token_hint"] = id_token
     return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)

@@ -76,7 +76,7 @@ def _from_claims(claims: dict) -> tuple[str, tuple[str, ...]]:
     email = next((claims[c] for c in cfg["OIDC_EMAIL_CLAIM"].split(",") if isinstance(claims.get(c), str)), "")
     groups = claims.get(cfg["OIDC_GROUPS_CLAIM"])
     if groups is None and cfg["OIDC_GROUPS_CLAIM"] in (claims.get("_claim_names") or {}):
-        from gateway.identity.oidc import OVERAGE_HINT
+        from gateway.identity.idp import OVERAGE_HINT
 
         click.echo(f"groups overage: the IdP sent a pointer instead of {cfg['OIDC_GROUPS_CLAIM']!r}: {OVERAGE_HINT}.")
     groups = [groups] if isinstance(groups, str) else groups if isinstance(groups, list) else []
@@ -167,7 +167,7 @@ def warm_up_line(cfg, teams: int) -> str:
 
 def _check_idp(cfg) -> None:
     from gateway.errors import GatewayError
-    from gateway.identity.oidc import auth_method_problem, metadata
+    from gateway.identity.idp import auth_method_problem, metadata
 
     try:
         meta = metadata()

@@ -1,17 +1,25 @@
 """Logging: one line per event to stdout, a request id on every line and response.
 
-``GATEWAY_LOG_FORMAT=text`` for people, ``json`` for log pipelines; in both, one
-event is exactly one line, its control characters escaped, so no request can
-forge a line. The request id comes from ``X-Request-Id`` when a trusted proxy
-sent a sane one, otherwise it is generated; it is echoed in the response and on
-every error page. Access lines name the path, never the query string.
+``GATEWAY_LOG_FORMAT=text`` for people, ``json`` for log pipelines (shapes in
+``gateway.ops.logformat``); in both, one event is exactly one line, so no request can
+forge a line. The request id comes from ``X-Request-Id`` when a trusted proxy sent a
+sane one, otherwise it is generated; it is echoed in the response and on every error
+page. Access lines name the path, never the query string.
+
+One log path: the standard library's ``QueueHandler`` on the root logger puts each
+record on a bounded queue, and a ``QueueListener`` thread per process formats and
+writes it, flushing stdout once whenever the queue runs empty. Request threads never
+wait for stdout; when stdout stalls and the queue is full, a line is dropped, counted
+in ``gateway_log_lines_dropped_total`` and announced by a warning line once writing
+works again.
 """
 from __future__ import annotations
 
 import atexit
+import copy
 import itertools
-import json
 import logging
+import logging.handlers
 import os
 import queue
 import re
@@ -24,17 +32,17 @@ from urllib.parse import quote
 from flask import Blueprint, Flask, current_app, g, has_request_context, request
 from gunicorn import glogging
 
-from gateway.ops import metrics
+from gateway import config as settings
 from gateway.identity.peers import peer_is_trusted
+from gateway.ops import metrics
+from gateway.ops.logformat import JsonFormatter, TextFormatter
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("logs", __name__)
 
-BATCH_SECONDS = 0.05
 _UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;._~-]")
 QUEUE_LINES = 50000  # at most this many lines wait for stdout; more are dropped and counted
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
-_HANDLER_MARK = "_zipteams_gateway"
 
 
 class _RequestIds:
@@ -70,183 +78,37 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-_last_second: list = [None, ""]
-
-
-def _timestamp(created: float) -> str:
-    """ISO 8601 in UTC with milliseconds; the strftime part is reused within a second."""
-    second = int(created)
-    if _last_second[0] != second:
-        _last_second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_last_second[1]}.{int((created - second) * 1000):03d}Z"
-
-
-# One encoder for every line: json.dumps builds a new one per call unless all its options are defaults.
-_JSON = json.JSONEncoder(ensure_ascii=False)
-# json escapes C0 controls itself; these three it leaves alone, and some readers end a line at them.
-_JSON_BREAKS = re.compile("[\x85\u2028\u2029]")
-# C0 and C1 controls, DEL and the Unicode line separators: whatever a terminal or a
-# log shipper may take for the end of a line (or a cursor move).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escaped(match: re.Match) -> str:
-    char = match.group()
-    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
-
-
-def one_line(text: str) -> str:
-    """``text`` with its control characters escaped (``\\n``, ``\\x1b``), so it stays one line."""
-    return _CONTROL.sub(_escaped, text)
-
-
-def _json_line(entry: dict) -> str:
-    return _JSON_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", _JSON.encode(entry))
-
-
-def _entry(created: float, level: str, name: str, request_id: str, message: str, fields: dict | None) -> dict:
-    entry = {"ts": _timestamp(created), "level": level, "logger": name, "request_id": request_id,
-             "message": message}
-    if fields:
-        entry.update(fields)
-    return entry
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = _entry(record.created, record.levelname.lower(), record.name,
-                       getattr(record, "request_id", "-"), record.getMessage(), getattr(record, "audit", None))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:  # formatted already, on the way through BackgroundHandler
-            entry["exception"] = record.exc_text
-        return _json_line(entry)
-
-    def format_line(self, line: tuple) -> str:
-        """The same JSON for a line queued by ``info`` without a LogRecord."""
-        created, name, msg, args, request_id, fields = line
-        return _json_line(_entry(created, "info", name, request_id, msg % args if args else msg, fields))
-
-
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-
-
-class TextFormatter(logging.Formatter):
-    """The text format, one event per line: a newline in a path or a traceback is escaped."""
-
-    def __init__(self, fmt: str = TEXT_FORMAT, datefmt: str | None = None):
-        super().__init__(fmt, datefmt)
-
-    def format(self, record: logging.LogRecord) -> str:
-        return one_line(super().format(record))
-
-
-class BackgroundHandler(logging.Handler):
-    """Request threads only enqueue; one thread per process formats and writes to stdout.
-
-    Under load, many threads writing and flushing stdout through one handler lock
-    was the largest share of the gateway's own time per request. The writer drains
-    whatever has queued up and writes it with one flush. It starts lazily in each
-    process, because gunicorn forks workers after the app was set up in the master.
-    """
+class StdoutWriter(logging.StreamHandler):
+    """The listener's handler: writes each line, counts what could not be written."""
 
     def __init__(self, stream, formatter: logging.Formatter):
-        super().__init__()
-        self.stream = stream
+        super().__init__(stream)
         self.setFormatter(formatter)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.dropped = 0          # lines lost since start: a full queue or a failed write
-        self._reported = 0        # of those, already announced in a warning line
-        self._pid = None
-        self._thread = None
-        self._start_lock = threading.Lock()
+        self.dropped = 0    # lines lost since start: a full queue or a failed write
+        self._reported = 0  # of those, already announced in a warning line
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if self._pid != os.getpid():
-            self._start()
-        # Render the message now (its arguments may change later); format it later.
-        record.msg, record.args = record.getMessage(), None
-        if record.exc_info:
-            record.exc_text = self.formatter.formatException(record.exc_info)
-            record.exc_info = None
-        self._put(record)
-
-    def _put(self, item) -> None:
-        # A stalled stdout must not grow memory without bound: lose the line, and say so.
-        # (SimpleQueue: a C queue without locks on the request path; the bound is approximate
-        # by a few lines under contention, which is all it needs to be.)
-        if self._queue.qsize() >= QUEUE_LINES:
-            self._lost(1)
-        else:
-            self._queue.put_nowait(item)
-
-    def _lost(self, count: int) -> None:
+    def lost(self, count: int) -> None:
         self.dropped += count
         metrics.LOG_LINES_DROPPED.inc(count)
 
-    def submit(self, name: str, msg: str, args: tuple, request_id: str, fields: dict | None) -> None:
-        """Queue an INFO line without building a LogRecord here: the writer builds it.
-
-        For the lines every request writes (see ``info``). ``args`` and ``fields``
-        must hold only strings and numbers, as they are rendered later.
-        """
-        if self._pid != os.getpid():
-            self._start()
-        self._put((time.time(), name, msg, args, request_id, fields))
-
-    def _start(self) -> None:
-        with self._start_lock:
-            if self._pid == os.getpid():
-                return
-            self._queue = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._write_forever, name="log-writer", daemon=True)
-            self._thread.start()
-            self._pid = os.getpid()
-            atexit.register(self.drain)
-
-    def _write_forever(self) -> None:
-        while True:
-            first = self._queue.get()
-            # Let lines gather for a moment: one wake-up (and one GIL hand-over) per
-            # batch instead of one per line keeps the writer out of the requests' way.
-            time.sleep(BATCH_SECONDS)
-            self._write(first)
-
-    def _format(self, item) -> str:
-        if isinstance(item, logging.LogRecord):
-            return self.format(item)
-        formatter = self.formatter
-        if isinstance(formatter, JsonFormatter):
-            return formatter.format_line(item)
-        return self.format(_as_record(item))
-
-    def _write(self, first) -> None:
-        lines = [self._format(first)]
-        while len(lines) < 5000:
-            try:
-                lines.append(self._format(self._queue.get_nowait()))
-            except queue.Empty:
-                break
-        dropped = self.dropped
-        if dropped > self._reported:
-            lines.append(self._format(_warning(f"{dropped - self._reported} log lines were dropped "
-                                               f"(the log queue of {QUEUE_LINES} lines was full, or writing "
-                                               "failed); gateway_log_lines_dropped_total counts them")))
-            self._reported = dropped
+    def emit(self, record: logging.LogRecord) -> None:
+        # No flush per line: the listener flushes when the queue runs empty.
         try:
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
+            if self.dropped > self._reported:
+                dropped = self.dropped
+                self.stream.write(self.format(_warning(
+                    f"{dropped - self._reported} log lines were dropped (the log queue of {QUEUE_LINES} lines "
+                    "was full, or writing failed); gateway_log_lines_dropped_total counts them")) + "\n")
+                self._reported = dropped
+            self.stream.write(self.format(record) + "\n")
         except (OSError, ValueError):
-            self._lost(len(lines))  # stdout closed or broken: counted, announced when it works again
+            self.lost(1)  # stdout closed or broken: counted, announced when it works again
 
-    def drain(self) -> None:
-        """Write out whatever is still queued (at exit)."""
-        while True:
-            try:
-                self._write(self._queue.get_nowait())
-            except queue.Empty:
-                return
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except (OSError, ValueError):
+            pass  # the lines were counted when their write failed, if it did
 
 
 def _warning(message: str) -> logging.LogRecord:
@@ -255,52 +117,93 @@ def _warning(message: str) -> logging.LogRecord:
     return record
 
 
-def _as_record(item: tuple) -> logging.LogRecord:
-    created, name, msg, args, request_id, fields = item
-    record = logging.LogRecord(name, logging.INFO, "", 0, msg, args, None)
-    # The time the line was submitted, not the time it was written.
-    record.created, record.msecs = created, (created - int(created)) * 1000
-    record.relativeCreated = (created - logging._startTime) * 1000
-    record.request_id = request_id
-    if fields:
-        record.audit = fields
-    return record
+class BoundedQueueHandler(logging.handlers.QueueHandler):
+    """Puts records on the bounded queue without waiting; a full queue loses the line, counted."""
+
+    def __init__(self, writer: StdoutWriter):
+        super().__init__(queue.Queue(QUEUE_LINES))
+        self.writer = writer
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The message is rendered now (its arguments may change later), formatted on the
+        # writer thread. Rendering in place is what any handler sees anyway; a record with
+        # a traceback is copied, so that handlers after this one still get the exception.
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record = copy.copy(record)
+            record.exc_text = self.writer.formatter.formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.writer.lost(1)
 
 
-_direct: BackgroundHandler | None = None
+class StdoutListener(logging.handlers.QueueListener):
+    def dequeue(self, block: bool):
+        try:
+            return self.queue.get_nowait()
+        except queue.Empty:
+            pass
+        for handler in self.handlers:
+            handler.flush()  # one flush per burst of lines, not per line
+        return self.queue.get(block)
+
+    def enqueue_sentinel(self) -> None:
+        self.queue.put(self._sentinel, timeout=5)  # waits for room: the queue is being drained
 
 
-def info(log: logging.Logger, msg: str, *args, fields: dict | None = None) -> None:
-    """An INFO line from a request, the same as ``log.info`` would write.
-
-    Every page view writes two (its audit event and its request line), and
-    ``Logger.info`` with a LogRecord made in the request thread was half of the
-    gateway's own time per page. When our writer is the only place lines go,
-    the line is handed to it as a tuple and the writer makes the record; with
-    any other handler attached (tests, a debugger), it goes through logging.
-    """
-    handler = _direct
-    handlers = logging.root.handlers
-    if handler is not None and len(handlers) == 1 and handlers[0] is handler and not log.handlers:
-        if log.isEnabledFor(logging.INFO):
-            handler.submit(log.name, msg, args, current_request_id(), fields)
-        return
-    log.info(msg, *args, extra={"audit": fields} if fields else None)
+_installed: BoundedQueueHandler | None = None
+_listener: StdoutListener | None = None
 
 
-def configure(level: str = "INFO", fmt: str = "text") -> None:
+def start_writer() -> None:
+    """The writer thread of this process."""
+    global _listener
+    if _installed is not None and _listener is None:
+        _listener = StdoutListener(_installed.queue, _installed.writer)
+        _listener.start()
+
+
+def _after_fork_in_child() -> None:
+    # A forked gunicorn worker has no writer thread, and the parent's queue may have been
+    # locked mid-put at fork; what the parent queued is the parent's to write.
+    global _listener
+    if _installed is not None:
+        _installed.queue = queue.Queue(QUEUE_LINES)
+        _listener = None
+        start_writer()
+
+
+def stop_writer() -> None:
+    global _listener
+    listener, _listener = _listener, None
+    if listener is not None:
+        try:
+            listener.stop()  # writes out what is still queued
+        except queue.Full:
+            pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(stop_writer)
+
+
+def configure(level: str = "INFO", fmt: str = "text", stream=None) -> BoundedQueueHandler:
     """Install (or replace) the gateway's stdout handler on the root logger."""
+    global _installed
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, _HANDLER_MARK, False):
-            root.removeHandler(handler)
-    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
-    handler = BackgroundHandler(sys.stdout, formatter)
-    setattr(handler, _HANDLER_MARK, True)
-    handler.addFilter(RequestIdFilter())
-    root.addHandler(handler)
-    global _direct
-    _direct = handler
+    if _installed is not None:
+        stop_writer()
+        root.removeHandler(_installed)
+    writer = StdoutWriter(stream or sys.stdout, JsonFormatter() if fmt == "json" else TextFormatter())
+    _installed = BoundedQueueHandler(writer)
+    _installed.addFilter(RequestIdFilter())
+    root.addHandler(_installed)
+    start_writer()
     # What no format of ours prints is not collected for every record: the caller's
     # file and line (a stack walk per call), thread and multiprocessing names. The
     # "Optimization" section of the logging HOWTO names these switches; the
@@ -315,6 +218,7 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     # Authlib logs the PKCE code verifier at DEBUG: never below INFO, whatever GATEWAY_LOG_LEVEL says.
     logging.getLogger("authlib").setLevel(logging.INFO)
+    return _installed
 
 
 class GunicornLogger(glogging.Logger):
@@ -332,7 +236,7 @@ class GunicornLogger(glogging.Logger):
     def setup(self, cfg):
         super().setup(cfg)
         # Only gunicorn's own handlers: those from a logconfig keep the format they were given.
-        if os.environ.get("GATEWAY_LOG_FORMAT", "json").lower() == "json":
+        if settings.value("GATEWAY_LOG_FORMAT") == "json":
             error_format = JsonFormatter()
         else:  # gunicorn's layout, one line per event like ours (its messages may quote a request)
             error_format = TextFormatter(self.error_fmt, self.datefmt)
@@ -387,6 +291,6 @@ def log_request(response):
         path = req.path[:200]
         if _UNSAFE_IN_PATH.search(path):
             path = quote(path, safe="/:@!$&'()*+,;-._~")
-        info(logger, "request method=%s path=%s endpoint=%s status=%s ms=%.1f",
-             req.method, path, route, status, elapsed * 1000)
+        logger.info("request method=%s path=%s endpoint=%s status=%s ms=%.1f",
+                    req.method, path, route, status, elapsed * 1000)
     return response
