@@ -17,6 +17,8 @@ from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.routing import RequestRedirect
 
+from gateway.redirects import safe_next
+
 logger = logging.getLogger(__name__)
 
 
@@ -183,8 +185,6 @@ def page_code(error: type[GatewayError]) -> str:
 
 def _again_url() -> str:
     """This request again, when it can be repeated by a link (a GET), else the start page."""
-    from gateway.security import safe_next
-
     if request.method != "GET" or request.endpoint is None or request.endpoint.startswith(_NO_REPEAT):
         return "/"
     return safe_next(request.full_path)

@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from conftest import API_SECRET, JWT_SHAPE, recording_session, user_headers
-from gateway.security import safe_next
+from gateway.redirects import safe_next
 
 ISS, AUD = "https://auth.partner.example", "zipteams-gateway"
 HANDOFF_SECRET = "handoff-" + "k" * 40

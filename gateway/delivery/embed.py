@@ -1,9 +1,6 @@
-"""The embed page, the subtenant picker and the health check.
-
-Which subtenant a request is for is decided here, on every request, from the
-tenant rules: the session only remembers the user's choice among the
-subtenants they match, so nothing a browser sends can reach another team.
-"""
+"""The embed page, the team picker, and the small endpoints an open page uses (session
+status, activity, frame renewal, brand and favicon). Which team a request is for comes
+from ``gateway.tenancy.choice``."""
 from __future__ import annotations
 
 import logging
@@ -12,76 +9,20 @@ from urllib.parse import urlencode, urlsplit
 from flask import (Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session,
                    url_for)
 
-from gateway.ops import audit
-
-from gateway.delivery import loading
-
 from gateway import security
-
-from gateway.tokens import cache as tokens
+from gateway.delivery import loading
+from gateway.delivery.proxy.health import failure_for
+from gateway.delivery.proxy.placeholders import placeholder_for
+from gateway.errors import NotLinked
 from gateway.identity.auth import login_required
-from gateway.errors import NotLinked, TeamNotAllowed
+from gateway.ops import audit
+from gateway.tenancy.choice import NeedsChoice, requested_match, user_matches
 from gateway.tenancy.rules import Match
+from gateway.tokens import cache as tokens
 from gateway.tokens.client import DashboardToken
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("embed", __name__)
-
-
-class NeedsChoice(Exception):
-    """The user matches several subtenants and has not picked one yet."""
-
-    def __init__(self, matches: list[Match]):
-        super().__init__("subtenant choice needed")
-        self.matches = matches
-
-
-def user_matches() -> list[Match]:
-    """Every subtenant the signed-in user matches, computed once per request."""
-    ctx = g._get_current_object()
-    matches = ctx.get("matches")
-    if matches is None:
-        matches = ctx.matches = current_app.extensions["rules"].current().match(ctx.user.email, ctx.user.groups)
-    return matches
-
-
-def current_subtenant() -> Match:
-    """The subtenant this request is for, rechecked against the rules; deny by default."""
-    ctx = g._get_current_object()
-    match = ctx.get("subtenant_match")
-    if match is not None:
-        return match
-    matches = user_matches()
-    if not matches:
-        audit.event("subtenant_denied", email=ctx.user.email, groups=len(ctx.user.groups), reason="no rule matches")
-        raise NotLinked("user matches no subtenant rule")
-    chosen = session.get("subtenant")
-    match = next((m for m in matches if m.key == chosen), None)
-    if match is None:
-        if len(matches) > 1:
-            raise NeedsChoice(matches)
-        match = matches[0]
-    ctx.subtenant_match = match
-    return match
-
-
-def requested_match(team: str | None) -> Match:
-    """The team a page is for: the one its address names (``?team=``), else the session's.
-
-    The address is rechecked against the rules like everything else: a team the user is
-    not linked to is refused, never shown and never silently replaced by another.
-    """
-    if team is None:
-        return current_subtenant()
-    matches = user_matches()
-    if not matches:
-        raise NotLinked("user matches no subtenant rule")
-    match = next((m for m in matches if m.key == team), None)
-    if match is None:
-        audit.event("subtenant_denied", email=g.user.email, reason="team in the address not matched")
-        raise TeamNotAllowed("team in the address is not one of the user's")
-    g.subtenant_match = match
-    return match
 
 
 def frame_src(match: Match, token: DashboardToken | None = None) -> tuple[str, float]:
@@ -94,8 +35,6 @@ def frame_src(match: Match, token: DashboardToken | None = None) -> tuple[str, f
     if app.config["GATEWAY_EMBED_MODE"] == "iframe":
         src = app.config["ZIPTEAMS_DASHBOARD_URL"] + "?" + urlencode({"token": token.value})
     else:
-        from gateway.delivery.proxy import placeholder_for
-
         # The placeholder binds this frame to this subtenant, whatever other tabs choose later.
         src = app.jinja_env.globals["urls"]["dashboard"] + "?token=" + placeholder_for(match.key)
     return src, cache.serve_until(token)
@@ -192,8 +131,6 @@ def session_status():
     failure = None
     team = request.args.get("team")
     if team and current_app.config["GATEWAY_EMBED_MODE"] == "proxy":
-        from gateway.delivery.proxy.health import failure_for
-
         failure = failure_for(team)  # the dashboard's calls failed lately (proxy.health)
     return jsonify(active=True, subtenant=session.get("subtenant"), dashboard=failure)
 

@@ -26,6 +26,7 @@ from gateway.identity.session import (SessionEnded, current_time, end_session, r
                                       start_session)
 from gateway.identity.users import ClaimsRejected, User, user_from_claims
 from gateway.ops import audit
+from gateway.redirects import safe_next
 from gateway.tenancy.rules import normalize_email
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def login_required(view):
                 # Said plainly, not a silent bounce to a login page (and never inside the frame).
                 raise SessionEnded(f"session ended: {g.session_ended}")
             if mode in ("demo", "oidc") and request.method == "GET" and request.endpoint != "proxy.dashboard":
-                return redirect(url_for("auth.login", next=security.safe_next(request.full_path)))
+                return redirect(url_for("auth.login", next=safe_next(request.full_path)))
             raise Unauthenticated("no identity on the request")
         return view(*args, **kwargs)
 
@@ -104,7 +105,7 @@ def login_required(view):
 def login():
     """Demo: pick a user from the tenants file. OIDC: off to the IdP."""
     mode = current_app.config["GATEWAY_AUTH_MODE"]
-    next_url = security.safe_next(request.values.get("next"))
+    next_url = safe_next(request.values.get("next"))
     if mode == "oidc":
         from gateway.identity import oidc  # only in OIDC mode: Authlib is not loaded otherwise
 
@@ -159,7 +160,7 @@ def handoff():
         audit.event("login_refused", mode="jwt", reason=str(exc))
         raise HandoffRejected(str(exc)) from None
     start_session(user)
-    return redirect(security.safe_next(request.values.get("return_to")), code=303 if request.method == "POST" else 302)
+    return redirect(safe_next(request.values.get("return_to")), code=303 if request.method == "POST" else 302)
 
 
 @bp.route("/logout", methods=("POST",))

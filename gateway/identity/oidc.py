@@ -32,7 +32,7 @@ from gateway.identity.session import start_session
 from gateway.identity.users import ClaimsRejected, User
 from gateway.identity.users import user_from_claims as parse_claims
 from gateway.ops import audit
-from gateway.security import safe_next
+from gateway.redirects import safe_next
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("oidc", __name__)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from flask import current_app, g
 
-from gateway.memo import Memo
+from gateway.delivery.proxy.placeholders import bound_match
 from gateway.delivery.proxy.view import bp
+from gateway.memo import Memo
+from gateway.tenancy.choice import current_subtenant, user_matches
 
 KEEP = 120.0
 FAILING = frozenset({401, 403, 429, 502, 503, 504})
@@ -38,9 +40,6 @@ def _who() -> str | None:
 
 
 def _team() -> str | None:
-    from gateway.delivery.embed import current_subtenant, user_matches
-    from gateway.delivery.proxy.placeholders import bound_match
-
     try:
         match = bound_match(user_matches()) or current_subtenant()
     except Exception:  # noqa: BLE001 - no team to note it for (choice needed, no link, a forged placeholder)
