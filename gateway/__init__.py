@@ -67,7 +67,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from gateway.identity import auth, revocations, session
     from gateway.ops import cli, health, logs
     from gateway.delivery import embed, proxy, sdk
-    from gateway import errors, security
+    from gateway import errors, security, shared
     from gateway.tokens import cache as token_cache
     from gateway.memo import Memo
 
@@ -75,6 +75,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     session.init_app(app)
     errors.init_app(app)
     security.init_app(app)
+    shared.init_app(app)
     token_cache.init_app(app)
     revocations.init_app(app)
     app.register_blueprint(health.bp)

@@ -1,12 +1,20 @@
-"""The shared Redis tier: encrypted tokens, a fetch lock, and a shared rate window.
+"""The shared Redis tier: the gateway's one Redis client and one key namespace.
 
-Several workers on several instances share one Redis so that a subtenant's
-token is fetched once for all of them. Tokens are stored encrypted with AES-GCM
-under a key derived from ``GATEWAY_SECRET_KEY``, bound to their Redis key, so a
-Redis reader learns nothing usable. Redis is an optimisation, never a
-dependency: every method here fails soft (returns "nothing shared") when Redis
-is down or slow, logs that once a minute, and stops asking for a few seconds
-before trying again.
+Several workers on several instances share one Redis (``GATEWAY_CACHE_URL``) for:
+encrypted tokens, the fetch lock and the rate window (``gateway.tokens``), and the
+revoked sessions and single-use hand-off ids (``gateway.identity.revocations``). Keys are
+``zg:<hash of the partner's API URL and key>:<use>:...``, so partners sharing one Redis
+never see each other's entries. Tokens are stored encrypted with AES-GCM under a key
+derived from ``GATEWAY_SECRET_KEY``, bound to their Redis key, so a Redis reader learns
+nothing usable.
+
+One stated failure policy per use:
+- tokens, lock, rate window: fail soft. Redis is an optimisation there, never a
+  dependency: "nothing shared", logged once a minute, and Redis is left alone for a few
+  seconds before it is asked again.
+- marks (revocations, single-use ids): ``mark``/``marked`` raise ``StoreUnavailable``,
+  and ``gateway.identity.revocations.SecurityState`` applies the policy of each use
+  (a revocation check fails open, a single-use check fails closed).
 """
 from __future__ import annotations
 
@@ -49,13 +57,17 @@ return math.max(1, tonumber(oldest[2]) + 60000 - now)
 """
 
 
+class StoreUnavailable(Exception):
+    """The store could not say (down, silent or failing); the message names no secret."""
+
+
 def derive_key(secret_key: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"zipteams-gateway",
                 info=b"token cache v1").derive(secret_key.encode())
 
 
 class Shared:
-    """A fail-soft view of Redis for the token cache and the rate limiter."""
+    """The one Redis client: fail-soft for tokens, lock and window; strict for marks."""
 
     def __init__(self, url: str, secret_key: str, *, namespace: str,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
@@ -169,6 +181,20 @@ class Shared:
         key = f"{self._ns}lock:{tenant}/{subtenant}"
         return bool(self._call("lock check", lambda: self._redis.exists(key), False))
 
+    # ------------------------------------------------------------- marks
+    def mark(self, key: str, ttl: float) -> bool:
+        """Record ``key`` for ``ttl`` seconds; False if it was already recorded."""
+        try:
+            return bool(self._redis.set(f"{self._ns}state:{key}", b"1", nx=True, px=max(1, int(ttl * 1000))))
+        except self._errors as exc:
+            raise StoreUnavailable(f"{type(exc).__name__} from {self._where}") from None
+
+    def marked(self, key: str) -> bool:
+        try:
+            return bool(self._redis.exists(f"{self._ns}state:{key}"))
+        except self._errors as exc:
+            raise StoreUnavailable(f"{type(exc).__name__} from {self._where}") from None
+
     # -------------------------------------------------------- rate window
     def admit(self, name: str, limit: int) -> float | None:
         """0 if a request may go now, else seconds to wait; None when Redis cannot say."""
@@ -212,3 +238,11 @@ class FetchLock:
             self._shared._call("unlock", self._lock.release)
         except self._shared._lock_errors:
             pass  # expired already: someone else may hold it now, and it is theirs
+
+
+def init_app(app) -> None:
+    """The instance's one client, or None with ``GATEWAY_CACHE_URL=memory://``."""
+    cfg = app.config
+    app.extensions["shared"] = None if cfg["GATEWAY_CACHE_URL"] == "memory://" else Shared(
+        cfg["GATEWAY_CACHE_URL"], cfg["GATEWAY_SECRET_KEY"],
+        namespace=cfg["ZIPTEAMS_API_URL"] + "|" + cfg["ZIPTEAMS_API_KEY"], clock=cfg.get("CLOCK", time.time))

@@ -15,7 +15,8 @@ import jwt
 import pytest
 
 from conftest import FakeClock, user_headers
-from gateway.identity.revocations import HandoffUnverifiable, SecurityState, StateUnavailable
+from gateway.identity.revocations import HandoffUnverifiable, SecurityState
+from gateway.shared import StoreUnavailable as StateUnavailable
 
 ALICE = user_headers("alice@acme.example")
 HANDOFF_SECRET = "h" * 40

@@ -3,70 +3,45 @@
 A signed cookie stays valid until it expires, so logging out must also record
 the session id as revoked where every worker looks; a hand-off JWT's ``jti``
 must be usable once across all workers. With Redis configured that is Redis
-(shared by every instance); otherwise an SQLite file on this host
+(``gateway.shared``'s one client, shared by every instance); otherwise an SQLite file on this host
 (``GATEWAY_STATE_DB``), which every worker of this instance shares. What happens
 when the store is down or silent is stated per use in ``SecurityState``.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
-import mmap
 import os
 import sqlite3
-import struct
 import tempfile
 import threading
 import time
 from typing import Callable
 
-from gateway.ops import metrics
-from gateway.config import redact_url
 from gateway.errors import GatewayError
-from gateway.shared import LOG_EVERY, RETRY_AFTER_ERROR  # the one back-off policy for every Redis call
+from gateway.ops import metrics
+# The one back-off policy for every call to the store, and the one "could not say" error.
+from gateway.shared import LOG_EVERY, RETRY_AFTER_ERROR, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
 
-class StateUnavailable(Exception):
-    pass
-
-
-class Generation:
-    """A counter in a small shared memory-mapped file: bumped by writers, read for free."""
-
-    def __init__(self, path: str):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < 8:
-                os.ftruncate(fd, 8)
-            self._map = mmap.mmap(fd, 8)
-        finally:
-            os.close(fd)
-        self._path = path
-
-    def read(self) -> int:
-        return struct.unpack_from("<Q", self._map, 0)[0]
-
-    def bump(self) -> None:
-        with open(self._path, "rb+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)  # writers are rare: a file lock is plenty
-            try:
-                struct.pack_into("<Q", self._map, 0, self.read() + 1)
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 class SqliteState:
-    """Per-host state in one SQLite file (WAL: many readers, one writer at a time)."""
+    """Per-host marks in one SQLite file (WAL: many readers, one writer at a time).
+
+    One connection per process (a forked worker opens its own), used under a lock: a
+    mark check is one indexed read of a few microseconds, and marks are written only
+    on logout and hand-off.
+    """
 
     def __init__(self, path: str, clock: Callable[[], float] = time.time):
         self.path = path
         self._clock = clock
-        self._local = threading.local()
-        self._generation = Generation(path + ".gen")
-        with self._connect() as db:
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._pid = -1
+        with self._lock:
+            db = self._connect()
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("CREATE TABLE IF NOT EXISTS marks (key TEXT PRIMARY KEY, until REAL NOT NULL)")
 
@@ -74,84 +49,42 @@ class SqliteState:
         return f"SqliteState({self.path!r})"
 
     def _connect(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None or getattr(self._local, "pid", None) != os.getpid():
-            db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
-            self._local.db, self._local.pid = db, os.getpid()
-        return db
+        if self._db is None or self._pid != os.getpid():
+            self._db = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
+            self._pid = os.getpid()
+        return self._db
 
     def mark(self, key: str, ttl: float) -> bool:
         """Record ``key`` until ``ttl`` seconds from now; False if it was already recorded."""
         now = self._clock()
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT until FROM marks WHERE key = ?", (key,)).fetchone()
-            if row is not None and row[0] > now:
-                db.execute("COMMIT")
-                return False
-            db.execute("INSERT OR REPLACE INTO marks (key, until) VALUES (?, ?)", (key, now + ttl))
-            if hash(key) % 64 == 0:  # now and then, forget what has expired
-                db.execute("DELETE FROM marks WHERE until <= ?", (now,))
-            db.execute("COMMIT")
-            self._generation.bump()
-            return True
-        except sqlite3.Error as exc:
+        with self._lock:
+            db = self._connect()
             try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise StateUnavailable(str(exc)) from None
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute("SELECT until FROM marks WHERE key = ?", (key,)).fetchone()
+                if row is not None and row[0] > now:
+                    db.execute("COMMIT")
+                    return False
+                db.execute("INSERT OR REPLACE INTO marks (key, until) VALUES (?, ?)", (key, now + ttl))
+                if hash(key) % 64 == 0:  # now and then, forget what has expired
+                    db.execute("DELETE FROM marks WHERE until <= ?", (now,))
+                db.execute("COMMIT")
+                return True
+            except sqlite3.Error as exc:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise StoreUnavailable(str(exc)) from None
 
     def marked(self, key: str) -> bool:
-        # Asked on every request; written on logout and hand-off only. A verdict is
-        # reused while no process has marked anything since (one memory read of the
-        # shared generation counter) and until the mark it saw would expire.
-        version = self._generation.read()
-        verdicts = getattr(self._local, "verdicts", None)
-        if verdicts is None or self._local.version != version:
-            verdicts = self._local.verdicts = {}
-            self._local.version = version
-        cached = verdicts.get(key)
         now = self._clock()
-        if cached is not None and (cached == 0.0 or cached > now):
-            return cached != 0.0
         try:
-            row = self._connect().execute("SELECT until FROM marks WHERE key = ?", (key,)).fetchone()
+            with self._lock:
+                row = self._connect().execute("SELECT until FROM marks WHERE key = ?", (key,)).fetchone()
         except sqlite3.Error as exc:
-            raise StateUnavailable(str(exc)) from None
-        until = row[0] if row is not None and row[0] > now else 0.0
-        if len(verdicts) < 10000:
-            verdicts[key] = until
-        return until != 0.0
-
-
-class RedisState:
-    """The same marks in Redis, shared by every instance."""
-
-    def __init__(self, url: str, namespace: str):
-        import redis
-
-        self._where = redact_url(url)  # for reprs and log lines: never the password
-        # A silent Redis costs this much once per back-off window (SecurityState), not per request.
-        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self._errors = (redis.RedisError, OSError)
-        self._ns = "zg:" + hashlib.sha256(namespace.encode()).hexdigest()[:16] + ":state:"
-
-    def __repr__(self) -> str:
-        return f"RedisState({self._where!r})"
-
-    def mark(self, key: str, ttl: float) -> bool:
-        try:
-            return bool(self._redis.set(self._ns + key, b"1", nx=True, px=max(1, int(ttl * 1000))))
-        except self._errors as exc:
-            raise StateUnavailable(f"{type(exc).__name__} from {self._where}") from None
-
-    def marked(self, key: str) -> bool:
-        try:
-            return bool(self._redis.exists(self._ns + key))
-        except self._errors as exc:
-            raise StateUnavailable(f"{type(exc).__name__} from {self._where}") from None
+            raise StoreUnavailable(str(exc)) from None
+        return row is not None and row[0] > now
 
 
 class HandoffUnverifiable(GatewayError):
@@ -208,7 +141,7 @@ class SecurityState:
             return self._unavailable("revoke", None, consequence)
         try:
             self.backend.mark("sid:" + sid, ttl)
-        except StateUnavailable as exc:
+        except StoreUnavailable as exc:
             self._unavailable("revoke", exc, consequence)
 
     def session_revoked(self, sid: str) -> bool:
@@ -218,7 +151,7 @@ class SecurityState:
             return False
         try:
             return self.backend.marked("sid:" + sid)
-        except StateUnavailable as exc:
+        except StoreUnavailable as exc:
             self._unavailable("revocation_check", exc, consequence)
             return False
 
@@ -233,7 +166,7 @@ class SecurityState:
             raise HandoffUnverifiable("single-use store unavailable")
         try:
             return self.backend.mark("jti:" + ident, ttl)
-        except StateUnavailable as exc:
+        except StoreUnavailable as exc:
             self._unavailable("single_use", exc, consequence)
             raise HandoffUnverifiable("single-use store unavailable") from None
 
@@ -246,9 +179,8 @@ def default_db_path(secret_key: str) -> str:
 
 def init_app(app) -> None:
     cfg = app.config
-    if cfg["GATEWAY_CACHE_URL"] != "memory://":
-        backend = RedisState(cfg["GATEWAY_CACHE_URL"], cfg["ZIPTEAMS_API_URL"] + "|" + cfg["ZIPTEAMS_API_KEY"])
-    else:
+    backend = app.extensions["shared"]  # gateway.shared: the one Redis client, when there is one
+    if backend is None:
         backend = SqliteState(cfg["GATEWAY_STATE_DB"] or default_db_path(cfg["GATEWAY_SECRET_KEY"]),
                               clock=cfg.get("CLOCK", time.time))
     app.extensions["state"] = SecurityState(backend)

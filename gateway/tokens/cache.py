@@ -26,7 +26,7 @@ from gateway.ops import audit, metrics
 from gateway.tokens.instance import InstanceState
 from gateway.tokens.protection import (CircuitBreaker, FetchGate, ProtectedFetch, RateLimiter, SharedLoader,
                          budget_per_minute)
-from gateway.shared import LOCK_SLACK, Shared
+from gateway.shared import LOCK_SLACK
 from gateway.tokens.client import DashboardToken, ZipteamsClient
 
 logger = logging.getLogger(__name__)
@@ -231,10 +231,7 @@ def init_app(app: Flask) -> None:
     clock = cfg.get("CLOCK", time.time)
     client = ZipteamsClient(cfg["ZIPTEAMS_API_URL"], cfg["ZIPTEAMS_API_KEY"], cfg["ZIPTEAMS_API_SECRET"],
                             timeout=cfg["ZIPTEAMS_TIMEOUT"], clock=clock)
-    shared = None
-    if cfg["GATEWAY_CACHE_URL"] != "memory://":
-        shared = Shared(cfg["GATEWAY_CACHE_URL"], cfg["GATEWAY_SECRET_KEY"],
-                        namespace=cfg["ZIPTEAMS_API_URL"] + "|" + cfg["ZIPTEAMS_API_KEY"], clock=clock)
+    shared = app.extensions["shared"]  # gateway.shared: the one Redis client, or None
     # The partner key names the budget; hashed so it never appears in Redis.
     name = hashlib.sha256(cfg["ZIPTEAMS_API_KEY"].encode()).hexdigest()[:16]
     rules = app.extensions["rules"]
@@ -267,7 +264,6 @@ def init_app(app: Flask) -> None:
     loader = SharedLoader(fetch, shared, margin=lambda t: serve_window(t, clock(), margin)[0],
                           deadline=cfg["ZIPTEAMS_DEADLINE"], clock=clock)
     app.extensions["zipteams"] = client
-    app.extensions["shared"] = shared
     app.extensions["breaker"] = breaker
     app.extensions["limiter"] = limiter
     # Half of a worker's threads at most wait on Zipteams; the rest serve users whose token is cached.
