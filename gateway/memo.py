@@ -1,44 +1,64 @@
-"""Bounded, lock-free memo dicts for the per-request path.
+"""The gateway's one cache abstraction: a bounded, lock-free dict with optional expiry.
 
-Used where every request asks the same question again (rules for a user, a
-verified session cookie, a rendered page, a placeholder): one dict look-up
-instead of recomputing. Single dict operations are atomic under the GIL, so
-no lock is needed: a racing reader sees an entry or a miss, never half of one.
-When full, the memo forgets everything rather than tracking which entry was
-least recently used; that keeps ``get`` to one look-up and costs one burst of
-recomputation per ``maxsize`` distinct keys.
+Used where the same question comes again and again (a verified session cookie, the rule
+matches of a user, a rendered page, a placeholder, a verified assertion) and for the
+token cache's entries. Single dict operations are atomic under the GIL, so no lock is
+needed: a racing reader sees an entry or a miss, never half of one. When full, the
+oldest entry goes first (insertion order), so a burst of new keys pushes out old ones
+one at a time instead of wiping the memo. Entries expire ``ttl`` seconds after they
+were put, or at the time ``put`` names (``until``), by the memo's clock.
+
+Why not cachetools (a dependency already): its caches need a lock for threads, and on
+the per-request path the lock and the bookkeeping of an LRU order cost more than the
+answers they keep (profiled with bench/app_cost.py --profile).
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Iterator
+
+_FOREVER = float("inf")
 
 
 class Memo:
     __slots__ = ("_data", "_maxsize", "_ttl", "_clock")
 
     def __init__(self, maxsize: int, ttl: float | None = None, clock: Callable[[], float] = time.monotonic):
-        self._data: dict = {}
-        self._maxsize = maxsize
-        self._ttl = ttl  # seconds an entry is used for, or None for as long as it stays
+        self._data: dict = {}  # key -> (value, expires at)
+        self._maxsize = max(1, maxsize)
+        self._ttl = ttl  # seconds an entry is used for, or None: until pushed out or ``until``
         self._clock = clock
 
-    def get(self, key: Hashable) -> Any:
-        """The remembered value, or None."""
-        if self._ttl is None:
-            return self._data.get(key)
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        """The remembered value, or ``default``."""
         item = self._data.get(key)
         if item is None:
-            return None
-        if self._clock() >= item[1]:
+            return default
+        if item[1] is not _FOREVER and self._clock() >= item[1]:
             self._data.pop(key, None)
-            return None
+            return default
         return item[0]
 
-    def put(self, key: Hashable, value: Any) -> None:
-        if len(self._data) >= self._maxsize:
-            self._data.clear()
-        self._data[key] = value if self._ttl is None else (value, self._clock() + self._ttl)
+    def put(self, key: Hashable, value: Any, until: float | None = None) -> None:
+        data = self._data
+        if key not in data:
+            while len(data) >= self._maxsize:
+                try:
+                    del data[next(iter(data))]  # the oldest
+                except (KeyError, RuntimeError, StopIteration):
+                    break  # another thread changed it meanwhile: good enough, the bound is loose by one
+        if until is None:
+            until = _FOREVER if self._ttl is None else self._clock() + self._ttl
+        data[key] = (value, until)
+
+    def pop(self, key: Hashable) -> Any:
+        item = self._data.pop(key, None)
+        return None if item is None else item[0]
+
+    def values(self) -> Iterator[Any]:
+        """The entries that have not expired (a snapshot)."""
+        now = self._clock()
+        return iter([value for value, until in list(self._data.values()) if until is _FOREVER or until > now])
 
     def __len__(self) -> int:
         return len(self._data)

@@ -11,8 +11,9 @@ import pytest
 from conftest import API_KEY, API_SECRET, SECRET_KEY, FakeClock, recording_session, user_headers
 from gateway import config
 from gateway.tokens.instance import InstanceState
-from gateway.tokens.protection import (BreakerOpen, CircuitBreaker, FetchGate, SharedLoader, ZipteamsQueueFull,
-                                budget_per_minute)
+from gateway.tokens.breaker import BreakerOpen, CircuitBreaker
+from gateway.tokens.budget import FetchGate, ZipteamsQueueFull, budget_per_minute
+from gateway.tokens.protection import SharedLoader
 from gateway.shared import Shared
 from gateway.tokens.cache import serve_window
 from gateway.tokens.client import ZipteamsBadRequest, ZipteamsClient, ZipteamsServerError, ZipteamsTimeout

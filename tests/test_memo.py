@@ -1,4 +1,4 @@
-"""The bounded memo dicts used on the per-request path."""
+"""The one cache abstraction: bounded, oldest out first, per-memo or per-entry expiry."""
 from gateway.memo import Memo
 
 
@@ -10,13 +10,15 @@ class Clock:
         return self.now
 
 
-def test_remembers_until_full_then_forgets_everything():
+def test_when_full_the_oldest_entry_goes_first():
     memo = Memo(3)
     for n in range(3):
         memo.put(n, f"v{n}")
     assert [memo.get(n) for n in range(3)] == ["v0", "v1", "v2"]
-    memo.put(3, "v3")  # full: starts over rather than growing
-    assert len(memo) == 1 and memo.get(0) is None and memo.get(3) == "v3"
+    memo.put(3, "v3")
+    assert len(memo) == 3 and memo.get(0) is None and [memo.get(n) for n in (1, 2, 3)] == ["v1", "v2", "v3"]
+    memo.put(2, "v2'")  # replacing a key pushes nothing out
+    assert len(memo) == 3 and memo.get(1) == "v1" and memo.get(2) == "v2'"
 
 
 def test_entries_expire_after_ttl():
@@ -29,5 +31,17 @@ def test_entries_expire_after_ttl():
     assert memo.get("cookie") is None and len(memo) == 0
 
 
-def test_a_miss_is_none():
-    assert Memo(2).get("nothing") is None and Memo(2, ttl=1).get("nothing") is None
+def test_an_entry_can_name_its_own_expiry():
+    clock = Clock()
+    memo = Memo(10, clock=clock)
+    memo.put("token", "t1", until=clock.now + 5)
+    memo.put("forever", "x")
+    clock.now += 4.9
+    assert memo.get("token") == "t1" and list(memo.values()) == ["t1", "x"]
+    clock.now += 0.1
+    assert memo.get("token") is None and memo.get("forever") == "x" and list(memo.values()) == ["x"]
+
+
+def test_a_miss_is_none_or_the_default():
+    assert Memo(2).get("nothing") is None and Memo(2, ttl=1).get("nothing", 0) == 0
+    assert Memo(2).pop("nothing") is None

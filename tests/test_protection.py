@@ -7,8 +7,9 @@ import pytest
 
 from conftest import API_KEY, API_SECRET, SECRET_KEY, FakeClock, start_sim, user_headers
 from gateway.tokens.instance import InstanceState
-from gateway.tokens.protection import (BreakerOpen, CircuitBreaker, ProtectedFetch, RateLimiter, SharedLoader,
-                                ZipteamsThrottled)
+from gateway.tokens.breaker import BreakerOpen, CircuitBreaker
+from gateway.tokens.budget import RateLimiter, ZipteamsThrottled
+from gateway.tokens.protection import ProtectedFetch, SharedLoader
 from gateway.shared import Shared
 from gateway.tokens.cache import TokenCache, serve_window
 from gateway.tokens.client import ZipteamsClient, ZipteamsForbidden, ZipteamsRateLimited, ZipteamsServerError

@@ -200,7 +200,7 @@ def test_evict_only_the_given_token(world):
 
 def test_threads_waiting_for_zipteams_are_capped_and_cached_users_keep_being_served(world):
     """A stalled Zipteams used to take every thread: cached users' throughput fell to 11 %."""
-    from gateway.tokens.protection import FetchGate, ZipteamsQueueFull
+    from gateway.tokens.budget import FetchGate, ZipteamsQueueFull
 
     sim, _, clock, _ = world
     client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=5, clock=clock)

@@ -5,17 +5,29 @@ use it without importing the login code.
 """
 from __future__ import annotations
 
-import functools
 import ipaddress
 
+from gateway.memo import Memo
 
-@functools.lru_cache(maxsize=1024)
+_verdicts = Memo(1024)  # a few peers (the proxy, the scraper) ask on every request
+
+
 def peer_is_trusted(addr: str | None, networks) -> bool:
     """True when the connecting peer's address lies in one of ``networks`` (a tuple)."""
+    verdict = _verdicts.get((addr, networks))
+    if verdict is None:
+        verdict = _verdicts_put(addr, networks)
+    return verdict
+
+
+def _verdicts_put(addr: str | None, networks) -> bool:
     try:
         ip = ipaddress.ip_address(addr or "")
     except ValueError:
-        return False
-    if getattr(ip, "ipv4_mapped", None):
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks)
+        verdict = False
+    else:
+        if getattr(ip, "ipv4_mapped", None):
+            ip = ip.ipv4_mapped
+        verdict = any(ip in net for net in networks)
+    _verdicts.put((addr, networks), verdict)
+    return verdict

@@ -146,7 +146,7 @@ def _check_every_subtenant(rules) -> None:
 
 def warm_up_line(cfg, teams: int) -> str:
     """How long the rate budget takes to give every team its first token after a cold start."""
-    from gateway.tokens.protection import budget_per_minute, first_token_limit
+    from gateway.tokens.budget import budget_per_minute, first_token_limit
 
     shared = cfg["GATEWAY_CACHE_URL"] != "memory://"
     # Without Redis every worker fetches every team for itself, all from the instance's one budget.

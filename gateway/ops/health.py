@@ -7,7 +7,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, request
 
 from gateway.ops import metrics
 from gateway.identity.peers import peer_is_trusted
-from gateway.tokens.protection import CircuitBreaker
+from gateway.tokens.breaker import CircuitBreaker
 
 bp = Blueprint("ops", __name__)
 # Set in a worker that is stopping (gateway.serving.worker): not ready from that moment on.

@@ -8,7 +8,6 @@ no match, no dashboard. Rules are compiled into lookup tables once, at load.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -46,7 +45,6 @@ def normalize_domain(domain: str) -> str | None:
     return domain
 
 
-@functools.lru_cache(maxsize=8192)
 def normalize_email(email: str) -> str | None:
     """``local@domain`` lower-cased, or None when it is not one well-formed address."""
     if not isinstance(email, str) or email.count("@") != 1:

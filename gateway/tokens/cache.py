@@ -19,13 +19,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
-from cachetools import TLRUCache
 from flask import Flask, current_app
 
+from gateway.memo import Memo
 from gateway.ops import audit, metrics
 from gateway.tokens.instance import InstanceState
-from gateway.tokens.protection import (CircuitBreaker, FetchGate, ProtectedFetch, RateLimiter, SharedLoader,
-                         budget_per_minute)
+from gateway.tokens.breaker import CircuitBreaker
+from gateway.tokens.budget import FetchGate, RateLimiter, budget_per_minute
+from gateway.tokens.protection import ProtectedFetch, SharedLoader
 from gateway.shared import LOCK_SLACK
 from gateway.tokens.client import DashboardToken, ZipteamsClient
 
@@ -83,7 +84,7 @@ class TokenCache:
         self._spawn = spawn or _daemon_thread
         self._on_evict = on_evict
         self._lock = threading.Lock()
-        self._entries: TLRUCache = TLRUCache(maxsize, ttu=lambda _k, e, _now: e.expires_at, timer=clock)
+        self._entries = Memo(maxsize, clock=clock)  # each entry until its token stops being served
         self._inflight: dict[Key, Future] = {}
         self._refreshing: set[Key] = set()
         # Every token obtained per key that has not expired: a dashboard may echo an
@@ -153,7 +154,7 @@ class TokenCache:
             entry = self._entries.get(key)
             if entry is None or (token is not None and entry.token.value != token.value):
                 return
-            del self._entries[key]
+            self._entries.pop(key)
         logger.info("token evicted tenant=%s subtenant=%s fingerprint=%s",
                     tenant, subtenant, entry.token.fingerprint)
         if self._on_evict is not None:
@@ -190,7 +191,7 @@ class TokenCache:
             refresh_at = min(now + REFRESH_RETRY, max(expires_at, now))
         entry = Entry(token, expires_at, refresh_at)
         with self._lock:
-            self._entries[key] = entry
+            self._entries.put(key, entry, until=expires_at)
             held = self._history.get(key, ())
             if token not in held:
                 kept = tuple(t for t in held if t.expires_at > now)[-(HISTORY - 1):]
@@ -213,7 +214,7 @@ class TokenCache:
                 current = self._entries.get(key)
                 if current is old:
                     retry = min(self._clock() + REFRESH_RETRY, old.expires_at)
-                    self._entries[key] = Entry(old.token, old.expires_at, retry)
+                    self._entries.put(key, Entry(old.token, old.expires_at, retry), until=old.expires_at)
         finally:
             with self._lock:
                 self._refreshing.discard(key)
