@@ -177,10 +177,6 @@ class Shared:
             return None
         return FetchLock(self, lock)
 
-    def locked(self, tenant: str, subtenant: str) -> bool:
-        key = f"{self._ns}lock:{tenant}/{subtenant}"
-        return bool(self._call("lock check", lambda: self._redis.exists(key), False))
-
     # ------------------------------------------------------------- marks
     def mark(self, key: str, ttl: float) -> bool:
         """Record ``key`` for ``ttl`` seconds; False if it was already recorded."""

@@ -137,15 +137,3 @@ class InstanceState:
             struct.pack_into("<d", self._map, _RING + 8 * (sent % self.capacity), now)
             self["window_next"] = sent + 1
             return 0.0
-
-    def sent_within(self, seconds: float, now: float) -> int:
-        """How many sends the window holds from the last ``seconds`` (for reports and tests)."""
-        with self.lock:
-            sent = self["window_next"]
-            count = 0
-            for back in range(1, min(sent, self.capacity) + 1):
-                at = struct.unpack_from("<d", self._map, _RING + 8 * ((sent - back) % self.capacity))[0]
-                if at <= now - seconds:
-                    break
-                count += 1
-            return count
