@@ -61,7 +61,7 @@ def post_worker_init(worker):
 
 
 def on_reload(server):
-    from gateway.serving.worker import note_reload
+    from gateway.serving.reload import note_reload
 
     note_reload(server.WORKERS)  # the workers running now are the ones being replaced
 

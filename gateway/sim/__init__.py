@@ -7,19 +7,16 @@ subtenant (400), rate limit (429). Tokens are HS256 JWTs with ``tenantId``,
 """
 from __future__ import annotations
 
-import collections
-import hashlib
 import hmac
-import json
-import math
 import secrets
-import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 import jwt
 from flask import Flask, Response, jsonify, request
+
+from gateway.sim.dashboard import register as register_dashboard
+from gateway.sim.state import SimState
 
 TOKEN_PATH = "/api/v1/partner/dashboard/auth/token"
 SPEC_MESSAGES = {
@@ -28,97 +25,6 @@ SPEC_MESSAGES = {
     429: "Rate limit exceeded. Try again in 60 seconds.",
     500: "Internal server error",
 }
-STATIC = Path(__file__).resolve().parent / "static"
-
-
-class SimState:
-    """Counters, injected faults and rate-limit windows, shared by all threads.
-
-    Two journals outlive ``reset()``: every dashboard request (method, raw path,
-    query, headers, cookies) and every minted token. The tests' leak oracle drains
-    them after each test, so they stay small; outside tests they are capped.
-    """
-
-    JOURNAL_CAP = 20000
-
-    class _Minted(set):
-        """The live token set; each addition is also journaled, since ``reset()`` replaces the set."""
-
-        def __init__(self, journal: collections.deque):
-            super().__init__()
-            self._journal = journal
-
-        def add(self, value) -> None:
-            if value not in self:
-                self._journal.append(value)
-            super().add(value)
-
-    def __init__(self, clock: Callable[[], float]):
-        self.clock = clock
-        self.lock = threading.Lock()
-        self.requests: collections.deque = collections.deque(maxlen=self.JOURNAL_CAP)
-        self.requests_seen = 0
-        self.mint_journal: collections.deque = collections.deque(maxlen=self.JOURNAL_CAP)
-        self.reset()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.token_requests = 0
-            self.by_subtenant: collections.Counter = collections.Counter()
-            self.statuses: collections.Counter = collections.Counter()
-            self.dashboard_paths: list[str] = []
-            self.faults: list[dict] = []
-            self.windows: dict[str, collections.deque] = {}
-            self.minted: set[str] = self._Minted(self.mint_journal)
-            self.revoked: set[str] = set()
-            self.first_seen: dict[tuple[str, str], str] = {}
-            self.last_token: dict[tuple[str, str], str] = {}
-
-    def journal_request(self, entry: dict) -> None:
-        with self.lock:
-            self.requests_seen += 1
-            entry["seq"] = self.requests_seen
-            self.requests.append(entry)
-
-    def drain_requests(self) -> tuple[list[dict], int]:
-        """The journaled requests, emptied; and the sequence number of the last one ever seen.
-
-        A gap between the last drained ``seq`` and the first one here means the cap dropped some.
-        """
-        with self.lock:
-            entries = list(self.requests)
-            self.requests.clear()
-            return entries, self.requests_seen
-
-    def drain_minted(self) -> list[str]:
-        with self.lock:
-            tokens = list(self.mint_journal)
-            self.mint_journal.clear()
-            return tokens
-
-    def next_fault(self) -> dict | None:
-        with self.lock:
-            if not self.faults:
-                return None
-            fault = self.faults[0]
-            fault["count"] -= 1
-            if fault["count"] <= 0:
-                self.faults.pop(0)
-            return dict(fault)
-
-    def rate_limited(self, key: str, limit: int | None) -> int:
-        """0 if the request may pass, else the seconds until it may."""
-        if not limit:
-            return 0
-        now = self.clock()
-        with self.lock:
-            window = self.windows.setdefault(key, collections.deque())
-            while window and window[0] <= now - 60:
-                window.popleft()
-            if len(window) >= limit:
-                return max(1, math.ceil(window[0] + 60 - now))
-            window.append(now)
-            return 0
 
 
 def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
@@ -246,9 +152,7 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
             request.headers.get("Authorization", "")[7:]
         return None
 
-    from gateway.sim.dashboard import register
-
-    register(app, state, poll_ms)
+    register_dashboard(app, state, poll_ms)
 
     # ------------------------------------------------------------- control
     @app.get("/_sim/stats")
@@ -311,13 +215,3 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
         return jsonify(ok=True)
 
     return app
-
-
-def fingerprint_numbers(tenant: str, subtenant: str) -> dict[str, int]:
-    """Stable, tenant-specific figures for the dashboard to render."""
-    digest = hashlib.sha256(f"{tenant}/{subtenant}".encode()).digest()
-    return {"meetings": 100 + digest[0], "deals": 10 + digest[1] % 90, "win_rate": 20 + digest[2] % 60}
-
-
-def dumps(value) -> str:
-    return json.dumps(value, separators=(",", ":"))
