@@ -38,32 +38,19 @@ def parse_bool(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
-def parse_positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be a number greater than 0")
-    return value
+def _number(kind: type, allowed: Callable[[float], bool], rule: str) -> Callable[[str], float]:
+    def parse(raw: str):
+        value = kind(raw)
+        if not allowed(value):
+            raise ValueError(rule)
+        return value
+    return parse
 
 
-def parse_non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
-
-
-def parse_non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
-
-
-def parse_positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("must be 1 or more")
-    return value
+parse_positive_float = _number(float, lambda v: v > 0, "must be a number greater than 0")
+parse_non_negative_float = _number(float, lambda v: v >= 0, "must be 0 or more")
+parse_non_negative_int = _number(int, lambda v: v >= 0, "must be 0 or more")
+parse_positive_int = _number(int, lambda v: v >= 1, "must be 1 or more")
 
 
 def parse_http_url(raw: str) -> str:
