@@ -101,21 +101,28 @@ def is_dashboard_token(candidate: bytes | str) -> bool:
     return isinstance(claims, dict) and ("tenantId" in claims or "subTenantId" in claims)
 
 
-class Pattern:
-    """Every encoded form of some tokens, each mapped to its placeholder in the same encoding,
-    and any other dashboard token in plain text, mapped to the placeholder too."""
+class _Compiled:
+    """The regex for every encoded form of some tokens (plus any dashboard JWT): compiled once
+    per set of tokens, i.e. per team and token renewal, and shared by every user of the team."""
 
-    def __init__(self, replacements: dict[str, str]):
-        self.table: dict[bytes, bytes] = {}
-        for token, placeholder in replacements.items():
-            for form in FORMS:
-                self.table[token.encode(form)] = placeholder.encode(form)
-        self.placeholder = next(iter(replacements.values())).encode()
-        literals = b"|".join(re.escape(n) for n in sorted(self.table, key=len, reverse=True))
+    def __init__(self, tokens: tuple[str, ...]):
+        self.forms = {token.encode(form): (token, form) for token in tokens for form in FORMS}
+        literals = b"|".join(re.escape(n) for n in sorted(self.forms, key=len, reverse=True))
         self.regex = re.compile(literals + b"|" + _JWT)
         # Longest tail a chunk must hold back: the start of a match that the next chunk completes.
-        self.keep = max(max(len(n) for n in self.table), JWT_MAX) - 1
-        self.texts = tuple(replacements.items())
+        self.keep = max(max(len(n) for n in self.forms), JWT_MAX) - 1
+
+
+class Pattern:
+    """Every encoded form of some tokens, each mapped to one placeholder in the same encoding,
+    and any other dashboard token in plain text, mapped to the placeholder too."""
+
+    def __init__(self, compiled: _Compiled, placeholder: str):
+        self.regex, self.keep = compiled.regex, compiled.keep
+        self.table: dict[bytes, bytes] = {found: placeholder.encode(form)
+                                          for found, (_, form) in compiled.forms.items()}
+        self.placeholder = placeholder.encode()
+        self.texts = tuple((token, placeholder) for token in dict.fromkeys(t for t, _ in compiled.forms.values()))
 
     def replace(self, match: re.Match) -> bytes:
         found = match.group(0)
@@ -137,15 +144,20 @@ class Pattern:
         return value
 
 
-_patterns = Memo(4096)
+_compiled = Memo(1024)
+_patterns = Memo(16384)
 
 
 def pattern_for(tokens: tuple[str, ...], placeholder: str) -> Pattern:
-    """One compiled pattern per set of tokens and placeholder: many requests share it."""
+    """The pattern for a team's valid tokens and a session's placeholder: the regex is the team's."""
     key = (tokens, placeholder)
     found = _patterns.get(key)
     if found is None:
-        found = Pattern({t: placeholder for t in tokens})
+        compiled = _compiled.get(tokens)
+        if compiled is None:
+            compiled = _Compiled(tokens)
+            _compiled.put(tokens, compiled)
+        found = Pattern(compiled, placeholder)
         _patterns.put(key, found)
     return found
 
