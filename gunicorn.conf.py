@@ -33,7 +33,7 @@ accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info").lower()
 # gunicorn's own lines in the gateway's format, so a JSON log stays all JSON.
-logger_class = "gateway.ops.logs.GunicornLogger"
+logger_class = "gateway.ops.logformat.GunicornLogger"
 # Several gateways may run on one host (and in the tests); none needs the control socket.
 control_socket_disable = True
 

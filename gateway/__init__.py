@@ -82,7 +82,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(auth.bp)
     app.register_blueprint(embed.bp)
     app.register_blueprint(sdk.bp)
-    app.extensions["embed_pages"] = Memo(4096)  # rendered embed pages (embed.render_embed)
+    app.extensions["embed_pages"] = Memo(1024)  # one rendered page per team and look (embed.render_embed)
     if app.config["GATEWAY_EMBED_MODE"] == "proxy":
         proxy.init_app(app)
     if app.config["GATEWAY_AUTH_MODE"] == "oidc":

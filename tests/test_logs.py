@@ -7,7 +7,7 @@ import logging.handlers
 import pytest
 from flask import Flask, g
 
-from gateway.ops import audit, logs
+from gateway.ops import audit, logformat, logs
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_the_one_log_path_is_the_standard_queue_handler(writer):
     handler, _ = writer("json")
     ours = [h for h in logging.root.handlers if not type(h).__module__.startswith("_pytest")]
     assert ours == [handler] and isinstance(handler, logging.handlers.QueueHandler)
-    assert handler.queue.maxsize == logs.QUEUE_LINES
+    assert handler.lock is None  # the queue is thread-safe; no lock handed between request threads
 
 
 FORGED_PATH = "/x%0aFORGED%20line%0d%1b[2J"
@@ -147,7 +147,7 @@ def test_gunicorns_own_lines_are_one_line_each(monkeypatch, fmt):
     monkeypatch.setenv("GATEWAY_LOG_FORMAT", fmt)
     cfg = Config()
     cfg.set("errorlog", "-")
-    glog = logs.GunicornLogger(cfg)
+    glog = logformat.GunicornLogger(cfg)
     stream = io.StringIO()
     [handler] = [h for h in glog.error_log.handlers if getattr(h, "_gunicorn", False)]
     handler.setStream(stream)

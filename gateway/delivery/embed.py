@@ -4,10 +4,12 @@ from ``gateway.tenancy.choice``."""
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import urlencode, urlsplit
 
 from flask import (Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session,
                    url_for)
+from markupsafe import escape
 
 from gateway import security
 from gateway.delivery import loading
@@ -65,27 +67,37 @@ def index():
     return render_embed(user, match, src, int(serve_until), user_matches(), chrome)
 
 
-_REQUEST_ID_MARK = "\x00request-id\x00"
+# Stand-ins for what differs between the users of one team's page; each is put in per
+# response, HTML-escaped, by one pass over the cached page (``_fill``).
+_MARK = {name: f"\x00{name}\x00" for name in ("email", "csrf", "src", "request-id")}
+_MARKS = re.compile("\x00(email|csrf|src|request-id)\x00")
+
+
+class _MarkedUser:
+    email = _MARK["email"]
 
 
 def render_embed(user, match: Match, src: str, serve_until: int, matches: list[Match],
                  chrome: str = "full") -> str:
-    """The embed page, rendered once per distinct content and reused.
+    """The embed page, rendered once per team and look, and filled in per response.
 
-    Everything on it is fixed for a session and team but the request id, which is
-    put in per response. The key holds every input of the template.
+    The cached page is the same for every user of a team who sees the same team list;
+    the user's email, CSRF token and frame address and the request id go in as marks.
+    A first visit and a returning user both reuse it, and it costs one entry per team,
+    not one per user. The key holds every other input of the template.
     """
-    key = (user.email, match.key, match.subtenant.name, src, serve_until, security.ensure_csrf(),
-           tuple((m.key, m.subtenant.name) for m in matches), chrome)
+    key = (match.key, match.subtenant.name, serve_until, tuple((m.key, m.subtenant.name) for m in matches), chrome)
     pages = current_app.extensions["embed_pages"]
     html = pages.get(key)
     if html is None:
-        html = render_template("embed.html", user=user, subtenant=match.subtenant, subtenant_key=match.key,
-                               frame_src=src, serve_until=serve_until, matches=matches,
-                               request_id=_REQUEST_ID_MARK, chrome=chrome, hide_bar=chrome == "none",
-                               state=page_state(match, matches, chrome))
+        html = render_template("embed.html", user=_MarkedUser, subtenant=match.subtenant, subtenant_key=match.key,
+                               frame_src=_MARK["src"], serve_until=serve_until, matches=matches,
+                               request_id=_MARK["request-id"], csrf_token=lambda: _MARK["csrf"], chrome=chrome,
+                               hide_bar=chrome == "none", state=page_state(match, matches, chrome))
         pages.put(key, html)
-    return html.replace(_REQUEST_ID_MARK, g.request_id)
+    values = {"email": escape(user.email), "csrf": escape(security.ensure_csrf()), "src": escape(src),
+              "request-id": escape(g.request_id)}
+    return _MARKS.sub(lambda m: values[m.group(1)], html)
 
 
 def page_state(match: Match, matches: list[Match], chrome: str) -> dict:

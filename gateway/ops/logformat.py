@@ -1,4 +1,5 @@
-"""How a log line looks: JSON or text, always exactly one line, control characters escaped.
+"""How a log line looks: JSON or text, always exactly one line, control characters escaped;
+and gunicorn's own lines in the same shapes (``GunicornLogger``).
 
 Used by the gateway's handler (``gateway.ops.logs``) and by gunicorn's own lines
 (``GunicornLogger``), so every line on stdout has one of the two shapes.
@@ -9,6 +10,10 @@ import json
 import logging
 import re
 import time
+
+from gunicorn import glogging
+
+from gateway import config as settings
 
 _last_second: list = [None, ""]
 
@@ -70,3 +75,40 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return one_line(super().format(record))
+
+
+class GunicornLogger(glogging.Logger):
+    """gunicorn's own log lines in the gateway's format, and no access-log work.
+
+    gunicorn builds an access-log record for every request whenever any logging
+    configuration is given, even with the access log off; this logger only does
+    when an access log is actually configured (ours, in gateway.ops.logs, is enough).
+    """
+
+    @property
+    def access_log_enabled(self):
+        return bool(self.cfg.accesslog)
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        # Only gunicorn's own handlers: those from a logconfig keep the format they were given.
+        if settings.value("GATEWAY_LOG_FORMAT") == "json":
+            error_format = JsonFormatter()
+        else:  # gunicorn's layout, one line per event like ours (its messages may quote a request)
+            error_format = TextFormatter(self.error_fmt, self.datefmt)
+        for log, formatter in ((self.error_log, error_format), (self.access_log, TextFormatter(self.access_fmt))):
+            for handler in log.handlers:
+                if getattr(handler, "_gunicorn", False):
+                    handler.setFormatter(formatter)
+        self.error_log.addFilter(_without_queries)
+
+
+_QUERY = re.compile(r"\?[^\s'\"]+")  # a query, not a question ("Perhaps out of memory?")
+
+
+def _without_queries(record: logging.LogRecord) -> bool:
+    """gunicorn quotes a request line it refuses; its query may carry a hand-off token."""
+    message = record.getMessage()
+    if "?" in message:
+        record.msg, record.args = _QUERY.sub("?[query removed]", message), None
+    return True

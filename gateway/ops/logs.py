@@ -30,9 +30,7 @@ import uuid
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, current_app, g, has_request_context, request
-from gunicorn import glogging
 
-from gateway import config as settings
 from gateway.identity.peers import peer_is_trusted
 from gateway.ops import metrics
 from gateway.ops.logformat import JsonFormatter, TextFormatter
@@ -42,6 +40,7 @@ bp = Blueprint("logs", __name__)
 
 _UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;._~-]")
 QUEUE_LINES = 50000  # at most this many lines wait for stdout; more are dropped and counted
+BATCH_SECONDS = 0.05
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 
 
@@ -118,11 +117,21 @@ def _warning(message: str) -> logging.LogRecord:
 
 
 class BoundedQueueHandler(logging.handlers.QueueHandler):
-    """Puts records on the bounded queue without waiting; a full queue loses the line, counted."""
+    """Puts records on the bounded queue without waiting; a full queue loses the line, counted.
+
+    The queue is a ``SimpleQueue`` (C, no Python-level lock or condition per put: a
+    ``queue.Queue`` put cost a request thread more than formatting the line), bounded by
+    its size before each put; under contention the bound is loose by a few lines.
+    """
 
     def __init__(self, writer: StdoutWriter):
-        super().__init__(queue.Queue(QUEUE_LINES))
+        super().__init__(queue.SimpleQueue())
         self.writer = writer
+
+    def createLock(self) -> None:
+        # No handler lock: the queue is thread-safe, and a lock taken and handed over between
+        # request threads for every line was the larger part of logging's cost under load.
+        self.lock = None
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         # The message is rendered now (its arguments may change later), formatted on the
@@ -136,24 +145,31 @@ class BoundedQueueHandler(logging.handlers.QueueHandler):
         return record
 
     def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
+        if self.queue.qsize() >= QUEUE_LINES:
             self.writer.lost(1)
+        else:
+            self.queue.put_nowait(record)
 
 
 class StdoutListener(logging.handlers.QueueListener):
+    """The writer thread. It wakes for a batch, not for every line: after the queue ran empty
+    it waits ``BATCH_SECONDS`` once woken, so that it takes the interpreter lock from the
+    request threads a few times a second rather than once per line."""
+
     def dequeue(self, block: bool):
         try:
             return self.queue.get_nowait()
         except queue.Empty:
             pass
         for handler in self.handlers:
-            handler.flush()  # one flush per burst of lines, not per line
-        return self.queue.get(block)
+            handler.flush()  # one flush per batch of lines, not per line
+        record = self.queue.get(block)
+        if record is not self._sentinel:
+            time.sleep(BATCH_SECONDS)
+        return record
 
     def enqueue_sentinel(self) -> None:
-        self.queue.put(self._sentinel, timeout=5)  # waits for room: the queue is being drained
+        self.queue.put(self._sentinel)  # past the bound on purpose: the queue is being drained
 
 
 _installed: BoundedQueueHandler | None = None
@@ -173,7 +189,7 @@ def _after_fork_in_child() -> None:
     # locked mid-put at fork; what the parent queued is the parent's to write.
     global _listener
     if _installed is not None:
-        _installed.queue = queue.Queue(QUEUE_LINES)
+        _installed.queue = queue.SimpleQueue()
         _listener = None
         start_writer()
 
@@ -182,10 +198,7 @@ def stop_writer() -> None:
     global _listener
     listener, _listener = _listener, None
     if listener is not None:
-        try:
-            listener.stop()  # writes out what is still queued
-        except queue.Full:
-            pass
+        listener.stop()  # writes out what is still queued
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -219,43 +232,6 @@ def configure(level: str = "INFO", fmt: str = "text", stream=None) -> BoundedQue
     # Authlib logs the PKCE code verifier at DEBUG: never below INFO, whatever GATEWAY_LOG_LEVEL says.
     logging.getLogger("authlib").setLevel(logging.INFO)
     return _installed
-
-
-class GunicornLogger(glogging.Logger):
-    """gunicorn's own log lines in the gateway's format, and no access-log work.
-
-    gunicorn builds an access-log record for every request whenever any logging
-    configuration is given, even with the access log off; this logger only does
-    when an access log is actually configured (ours, in gateway.ops.logs, is enough).
-    """
-
-    @property
-    def access_log_enabled(self):
-        return bool(self.cfg.accesslog)
-
-    def setup(self, cfg):
-        super().setup(cfg)
-        # Only gunicorn's own handlers: those from a logconfig keep the format they were given.
-        if settings.value("GATEWAY_LOG_FORMAT") == "json":
-            error_format = JsonFormatter()
-        else:  # gunicorn's layout, one line per event like ours (its messages may quote a request)
-            error_format = TextFormatter(self.error_fmt, self.datefmt)
-        for log, formatter in ((self.error_log, error_format), (self.access_log, TextFormatter(self.access_fmt))):
-            for handler in log.handlers:
-                if getattr(handler, "_gunicorn", False):
-                    handler.setFormatter(formatter)
-        self.error_log.addFilter(_without_queries)
-
-
-_QUERY = re.compile(r"\?[^\s'\"]+")  # a query, not a question ("Perhaps out of memory?")
-
-
-def _without_queries(record: logging.LogRecord) -> bool:
-    """gunicorn quotes a request line it refuses; its query may carry a hand-off token."""
-    message = record.getMessage()
-    if "?" in message:
-        record.msg, record.args = _QUERY.sub("?[query removed]", message), None
-    return True
 
 
 def init_app(app: Flask) -> None:
