@@ -3,6 +3,7 @@ import io
 import json
 import logging
 import logging.handlers
+import os
 
 import pytest
 from flask import Flask, g
@@ -203,3 +204,23 @@ def test_a_failed_write_is_counted_and_announced_when_writing_works_again(writer
     logging.getLogger("gateway.test").warning("kept")
     lines = written(handler, stream)
     assert "1 log lines were dropped" in lines[0] and lines[1].endswith("kept")
+
+
+def test_a_stalled_stdout_cannot_hold_a_stopping_worker(writer):
+    """At exit the writer gets a few seconds, not for ever: gunicorn would otherwise wait its
+    whole graceful timeout and kill the worker (found by a black-box review)."""
+    import time
+
+    read_end, write_end = os.pipe()
+    try:
+        handler = logs.configure("INFO", "json", stream=logs._Descriptor(write_end))
+        for _ in range(3000):  # far more than a pipe holds: nobody reads it
+            logging.getLogger("gateway.test").warning("x" * 200)
+        time.sleep(0.3)  # the writer is now blocked in a write
+        started = time.monotonic()
+        logs.stop_writer(0.5)
+        assert time.monotonic() - started < 2
+        assert handler.queue.qsize() == 0 or handler.writer.dropped > 0
+    finally:
+        os.close(read_end)  # the blocked write fails (EPIPE), and the writer thread ends
+        os.close(write_end)

@@ -373,6 +373,23 @@ def test_explain_reads_claims_and_names_a_groups_overage(sim, idp, tmp_path):
     assert result.returncode == 1 and "No rule matches carol@partner.example" in result.stdout
 
 
+@pytest.mark.parametrize("claims, refusal", [
+    ({"email": ["x@acme.example"], "upn": "alice@acme.example"}, "the email claim is not one well-formed"),
+    ({"email": "alice@acme.example", "email_verified": False}, "email_verified is not true"),
+])
+def test_explain_reads_claims_exactly_as_a_sign_in_does(sim, idp, tmp_path, claims, refusal):
+    """Found by review: explain used its own claim parsing and showed dashboards sign-in refuses."""
+    import json
+
+    from test_ops import flask_cli
+
+    path = tmp_path / "claims.json"
+    path.write_text(json.dumps({"sub": "x", "groups": [["sales-us"]], **claims}))
+    result = flask_cli(sim, "explain", "--claims", str(path), **_oidc_env(idp, OIDC_EMAIL_CLAIM="email,upn"))
+    assert result.returncode == 1 and f"The sign-in would be refused: {refusal}" in result.stdout
+    assert "They would see" not in result.stdout
+
+
 # ------------------------------------------------------------------ found by review
 def test_twenty_unfinished_sign_ins_do_not_lock_the_user_out(make_app, idp, tmp_path):
     client = oidc_app(make_app, idp, tmp_path).test_client()

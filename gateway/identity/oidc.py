@@ -29,10 +29,11 @@ from gateway.identity.idp import (OVERAGE_HINT, IdpUnavailable, LoginDenied, Log
                                   LoginMisconfigured, auth_method_problem, client, email_claims,
                                   explain_id_token_failure, metadata, public)
 from gateway.identity.session import start_session
-from gateway.identity.users import ClaimsRejected, User
+from gateway.identity.users import ClaimsRejected, EmailNotVerified, User
 from gateway.identity.users import user_from_claims as parse_claims
 from gateway.ops import audit
 from gateway.redirects import safe_next
+from gateway.tenancy.rules import normalize_email
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("oidc", __name__)
@@ -165,18 +166,16 @@ def _with_userinfo(claims: dict, token: dict) -> dict:
 def user_from_claims(claims: dict) -> User:
     """The user the claims name, or a plain refusal saying which claim let us down."""
     cfg = current_app.config
-    names = email_claims(cfg)
     try:
-        user = parse_claims(claims, names, cfg["OIDC_GROUPS_CLAIM"], f"{claims['iss']}|{claims['sub']}")
+        user = parse_claims(claims, email_claims(cfg), cfg["OIDC_GROUPS_CLAIM"], f"{claims['iss']}|{claims['sub']}",
+                            require_verified_email=cfg["OIDC_REQUIRE_VERIFIED_EMAIL"])
+    except EmailNotVerified as exc:
+        _refuse(LoginDenied, str(exc), email=normalize_email(claims.get("email") or "") or "-")
     except ClaimsRejected as exc:
         _refuse(LoginFailed, f"{exc} (see the README's IdP recipes)" if exc.args[0].startswith("no ") else str(exc))
     email = user.email
-    source = next(name for name in names if claims.get(name) not in (None, ""))
-    # email_verified speaks for the email claim only; other claims are the IdP's own login names.
-    if source == "email" and cfg["OIDC_REQUIRE_VERIFIED_EMAIL"] and claims.get("email_verified") is not True:
-        _refuse(LoginDenied, "email_verified is not true (OIDC_REQUIRE_VERIFIED_EMAIL)", email=email)
     groups_claim = cfg["OIDC_GROUPS_CLAIM"]
-    if groups_claim not in claims and groups_claim in (claims.get("_claim_names") or {}):
+    if claims.get(groups_claim) is None and groups_claim in (claims.get("_claim_names") or {}):
         logger.warning("groups overage for %s: %s", email, OVERAGE_HINT)
         audit.event("groups_overage", email=email, claim=groups_claim)
     return user

@@ -20,15 +20,22 @@ class ClaimsRejected(ValueError):
     """The claims name no usable user; the message says which claim let us down, in words."""
 
 
+class EmailNotVerified(ClaimsRejected):
+    """The address came from the ``email`` claim, and the IdP does not say it verified it."""
+
+
 def _groups(value) -> tuple[str, ...]:
     values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
     return tuple(dict.fromkeys(str(x) for x in values if isinstance(x, (str, int)) and str(x)))
 
 
 def user_from_claims(claims: dict, email_claims: Iterable[str], groups_claim: str,
-                     subject: str | None = None) -> User:
+                     subject: str | None = None, *, require_verified_email: bool = False) -> User:
     """The user verified claims name: the first email claim present, which must be one
-    well-formed address (never a silent fall back to the next claim), and the groups claim."""
+    well-formed address (never a silent fall back to the next claim), and the groups claim.
+
+    ``email_verified`` speaks for the ``email`` claim only; other claims are the IdP's own
+    login names (OIDC_REQUIRE_VERIFIED_EMAIL)."""
     names = list(email_claims)
     for name in names:
         value = claims.get(name)
@@ -37,6 +44,8 @@ def user_from_claims(claims: dict, email_claims: Iterable[str], groups_claim: st
         email = normalize_email(value) if isinstance(value, str) else None
         if email is None:
             raise ClaimsRejected(f"the {name} claim is not one well-formed email address")
+        if name == "email" and require_verified_email and claims.get("email_verified") is not True:
+            raise EmailNotVerified("email_verified is not true (OIDC_REQUIRE_VERIFIED_EMAIL)")
         return User(email, _groups(claims.get(groups_claim)), subject)
     raise ClaimsRejected(f"no well-formed email in the claims {', '.join(names)}")
 

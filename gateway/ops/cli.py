@@ -72,15 +72,20 @@ def explain_command(email: str | None, groups: str, claims_file):
 
 
 def _from_claims(claims: dict) -> tuple[str, tuple[str, ...]]:
-    cfg = current_app.config
-    email = next((claims[c] for c in cfg["OIDC_EMAIL_CLAIM"].split(",") if isinstance(claims.get(c), str)), "")
-    groups = claims.get(cfg["OIDC_GROUPS_CLAIM"])
-    if groups is None and cfg["OIDC_GROUPS_CLAIM"] in (claims.get("_claim_names") or {}):
-        from gateway.identity.idp import OVERAGE_HINT
+    """Email and groups exactly as a sign-in reads them (gateway.identity.users), or exit 1."""
+    from gateway.identity.idp import OVERAGE_HINT, email_claims
+    from gateway.identity.users import ClaimsRejected, user_from_claims
 
+    cfg = current_app.config
+    try:
+        user = user_from_claims(claims, email_claims(cfg), cfg["OIDC_GROUPS_CLAIM"],
+                                require_verified_email=cfg["OIDC_REQUIRE_VERIFIED_EMAIL"])
+    except ClaimsRejected as exc:
+        click.echo(f"The sign-in would be refused: {exc}.")
+        sys.exit(1)
+    if claims.get(cfg["OIDC_GROUPS_CLAIM"]) is None and cfg["OIDC_GROUPS_CLAIM"] in (claims.get("_claim_names") or {}):
         click.echo(f"groups overage: the IdP sent a pointer instead of {cfg['OIDC_GROUPS_CLAIM']!r}: {OVERAGE_HINT}.")
-    groups = [groups] if isinstance(groups, str) else groups if isinstance(groups, list) else []
-    return email, tuple(str(g) for g in groups)
+    return user.email, user.groups
 
 
 @gateway_cli.command("check")

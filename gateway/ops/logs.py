@@ -16,24 +16,21 @@ works again.
 from __future__ import annotations
 
 import atexit
-import copy
-import itertools
 import logging
 import logging.handlers
 import os
 import queue
 import re
 import sys
-import threading
 import time
-import uuid
 from urllib.parse import quote
 
-from flask import Blueprint, Flask, current_app, g, has_request_context, request
+from flask import Blueprint, Flask, current_app, g, request
 
 from gateway.identity.peers import peer_is_trusted
 from gateway.ops import metrics
 from gateway.ops.logformat import JsonFormatter, TextFormatter
+from gateway.ops.requestid import SANE_REQUEST_ID, RequestIdFilter, new_request_id
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("logs", __name__)
@@ -41,73 +38,55 @@ bp = Blueprint("logs", __name__)
 _UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;._~-]")
 QUEUE_LINES = 50000  # at most this many lines wait for stdout; more are dropped and counted
 BATCH_SECONDS = 0.05
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+STOP_SECONDS = 2.0  # at exit, queued lines are written within this, or counted as dropped
 
 
-class _RequestIds:
-    """Unique ids without a system call per request: a random per-process prefix and a counter."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._reset()
-
-    def _reset(self) -> None:
-        self._pid = os.getpid()
-        self._prefix = uuid.uuid4().hex[:16]
-        self._counter = itertools.count(1)
-
-    def __call__(self) -> str:
-        if os.getpid() != self._pid:  # forked into a gunicorn worker: start a new sequence
-            with self._lock:
-                if os.getpid() != self._pid:
-                    self._reset()
-        return f"{self._prefix}{next(self._counter):016x}"
-
-
-new_request_id = _RequestIds()
-
-
-def current_request_id() -> str:
-    return g.get("request_id", "-") if has_request_context() else "-"
-
-
-class RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current_request_id()
-        return True
-
-
-class StdoutWriter(logging.StreamHandler):
-    """The listener's handler: writes each line, counts what could not be written."""
+class StdoutWriter:
+    """The writer thread's end: formatted lines out in batches; what cannot be written is counted."""
 
     def __init__(self, stream, formatter: logging.Formatter):
-        super().__init__(stream)
-        self.setFormatter(formatter)
-        self.dropped = 0    # lines lost since start: a full queue or a failed write
+        self.stream, self.formatter = stream, formatter
+        self.dropped = 0    # lines lost since start: a full queue, a failed write, a stalled stop
         self._reported = 0  # of those, already announced in a warning line
+        self._pending: list[str] = []
 
     def lost(self, count: int) -> None:
         self.dropped += count
         metrics.LOG_LINES_DROPPED.inc(count)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        # No flush per line: the listener flushes when the queue runs empty.
-        try:
-            if self.dropped > self._reported:
-                dropped = self.dropped
-                self.stream.write(self.format(_warning(
-                    f"{dropped - self._reported} log lines were dropped (the log queue of {QUEUE_LINES} lines "
-                    "was full, or writing failed); gateway_log_lines_dropped_total counts them")) + "\n")
-                self._reported = dropped
-            self.stream.write(self.format(record) + "\n")
-        except (OSError, ValueError):
-            self.lost(1)  # stdout closed or broken: counted, announced when it works again
+    def add(self, line: str) -> None:
+        self._pending.append(line)
 
     def flush(self) -> None:
+        lines, self._pending = self._pending, []
+        if self.dropped > self._reported:
+            lines.append(self.formatter.format(_warning(
+                f"{self.dropped - self._reported} log lines were dropped (the log queue of {QUEUE_LINES} lines "
+                "was full, or writing failed); gateway_log_lines_dropped_total counts them")))
+            self._reported = self.dropped
+        if not lines:
+            return
         try:
-            super().flush()
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
         except (OSError, ValueError):
-            pass  # the lines were counted when their write failed, if it did
+            self.lost(len(lines))  # stdout closed or broken: counted, announced when it works again
+
+
+class _Descriptor:
+    """Standard output as its file descriptor. The writer thread never holds ``sys.stdout``'s
+    buffer lock, so a stalled reader cannot block the interpreter's own flush at exit."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, text: str) -> None:
+        data = memoryview(text.encode("utf-8", "backslashreplace"))
+        while data:
+            data = data[os.write(self.fd, data):]
+
+    def flush(self) -> None:
+        pass
 
 
 def _warning(message: str) -> logging.LogRecord:
@@ -117,11 +96,14 @@ def _warning(message: str) -> logging.LogRecord:
 
 
 class BoundedQueueHandler(logging.handlers.QueueHandler):
-    """Puts records on the bounded queue without waiting; a full queue loses the line, counted.
+    """Formats each record in the thread that logs it and puts the line on a bounded queue
+    without waiting; a full queue loses the line, counted.
 
     The queue is a ``SimpleQueue`` (C, no Python-level lock or condition per put: a
     ``queue.Queue`` put cost a request thread more than formatting the line), bounded by
-    its size before each put; under contention the bound is loose by a few lines.
+    its size before each put; under contention the bound is loose by a few lines. Lines,
+    not records, cross to the writer: it then holds the interpreter lock only to join and
+    write them, not to format.
     """
 
     def __init__(self, writer: StdoutWriter):
@@ -133,43 +115,52 @@ class BoundedQueueHandler(logging.handlers.QueueHandler):
         # request threads for every line was the larger part of logging's cost under load.
         self.lock = None
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # The message is rendered now (its arguments may change later), formatted on the
-        # writer thread. Rendering in place is what any handler sees anyway; a record with
-        # a traceback is copied, so that handlers after this one still get the exception.
-        record.msg, record.args = record.getMessage(), None
-        if record.exc_info:
-            record = copy.copy(record)
-            record.exc_text = self.writer.formatter.formatException(record.exc_info)
-            record.exc_info = None
-        return record
+    def prepare(self, record: logging.LogRecord) -> str:
+        return self.writer.formatter.format(record)
 
-    def enqueue(self, record: logging.LogRecord) -> None:
+    def enqueue(self, line: str) -> None:
         if self.queue.qsize() >= QUEUE_LINES:
             self.writer.lost(1)
         else:
-            self.queue.put_nowait(record)
+            self.queue.put_nowait(line)
 
 
 class StdoutListener(logging.handlers.QueueListener):
-    """The writer thread. It wakes for a batch, not for every line: after the queue ran empty
-    it waits ``BATCH_SECONDS`` once woken, so that it takes the interpreter lock from the
-    request threads a few times a second rather than once per line."""
+    """The writer thread. It wakes for a batch, not for every line: once the queue ran empty
+    it waits ``BATCH_SECONDS`` after the next line arrives, so that it takes the interpreter
+    lock from the request threads a few times a second rather than once per line."""
 
     def dequeue(self, block: bool):
         try:
-            return self.queue.get_nowait()
+            line = self.queue.get_nowait()
         except queue.Empty:
-            pass
-        for handler in self.handlers:
-            handler.flush()  # one flush per batch of lines, not per line
-        record = self.queue.get(block)
-        if record is not self._sentinel:
-            time.sleep(BATCH_SECONDS)
-        return record
+            self._write()  # one write per batch of lines, not per line
+            line = self.queue.get(block)
+            if line is not self._sentinel:
+                time.sleep(BATCH_SECONDS)
+        if line is self._sentinel:
+            self._write()
+        return line
 
-    def enqueue_sentinel(self) -> None:
+    def _write(self) -> None:
+        for writer in self.handlers:
+            writer.flush()
+
+    def handle(self, line: str) -> None:
+        for writer in self.handlers:
+            writer.add(line)
+
+    def stop_within(self, seconds: float) -> None:
+        """Write out what is queued, waiting ``seconds`` at most (``stop`` waits for ever: a
+        stalled stdout would hold a stopping worker until gunicorn kills it)."""
         self.queue.put(self._sentinel)  # past the bound on purpose: the queue is being drained
+        thread = self._thread  # QueueListener keeps its thread here; stop() would join it unbounded
+        if thread is not None:
+            thread.join(seconds)
+            if thread.is_alive():
+                for writer in self.handlers:
+                    writer.lost(self.queue.qsize())
+        self._thread = None
 
 
 _installed: BoundedQueueHandler | None = None
@@ -194,15 +185,22 @@ def _after_fork_in_child() -> None:
         start_writer()
 
 
-def stop_writer() -> None:
+def stop_writer(seconds: float = STOP_SECONDS) -> None:
     global _listener
     listener, _listener = _listener, None
     if listener is not None:
-        listener.stop()  # writes out what is still queued
+        listener.stop_within(seconds)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(stop_writer)
+
+
+def _stdout():
+    try:
+        return _Descriptor(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # replaced by something without a descriptor
+        return sys.stdout
 
 
 def configure(level: str = "INFO", fmt: str = "text", stream=None) -> BoundedQueueHandler:
@@ -212,7 +210,7 @@ def configure(level: str = "INFO", fmt: str = "text", stream=None) -> BoundedQue
     if _installed is not None:
         stop_writer()
         root.removeHandler(_installed)
-    writer = StdoutWriter(stream or sys.stdout, JsonFormatter() if fmt == "json" else TextFormatter())
+    writer = StdoutWriter(stream or _stdout(), JsonFormatter() if fmt == "json" else TextFormatter())
     _installed = BoundedQueueHandler(writer)
     _installed.addFilter(RequestIdFilter())
     root.addHandler(_installed)
@@ -245,7 +243,7 @@ def assign_request_id() -> None:
     ctx = g._get_current_object()  # bound once: this runs on every request
     ctx.started = time.perf_counter()
     incoming = request.headers.get("X-Request-Id")
-    if incoming and _REQUEST_ID.fullmatch(incoming) and peer_is_trusted(
+    if incoming and SANE_REQUEST_ID.fullmatch(incoming) and peer_is_trusted(
             request.remote_addr, current_app.config["GATEWAY_TRUSTED_PROXIES"]):
         ctx.request_id = incoming
     else:
