@@ -294,6 +294,9 @@ def test_cookie_replay_after_logout_is_refused_by_every_worker(gunicorn, tmp_pat
         page = http.get(server.url + "/")
         assert page.status_code == 200
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        for _ in range(12):  # every worker checks (and remembers) that this session is not revoked
+            with recording_session() as other:
+                assert other.get(server.url + "/", cookies={"zg_session": cookie}).status_code == 200
         assert http.post(server.url + "/logout", data={"csrf_token": csrf}).status_code == 200
     statuses = set()
     for _ in range(12):  # new connections: both workers get their turn
