@@ -1,12 +1,16 @@
 """Baseline for the benchmarks: a bare Flask app that renders a page from a session.
 
-No identity checks, no rules, no token, no security headers: it reads the user
-from Flask's signed-cookie session and renders a page of the same size as the
-gateway's embed page (``BENCH_PAGE_BYTES``). ``/login`` sets the session.
+No rules, no token, no security headers, no audit lines: it does what any Flask
+app behind an identity proxy must do and nothing more. With an identity header
+(``X-Forwarded-Email``) whose address is not the one in the session (a first
+visit, no cookie), it starts a session from the header (Set-Cookie); otherwise it
+reads the user from Flask's signed-cookie session. Then it renders a page of the
+same size as the gateway's embed page (``BENCH_PAGE_BYTES``). ``/login`` sets a
+fixed user's session (for bench/app_cost.py, which sends no header).
 """
 import os
 
-from flask import Flask, session
+from flask import Flask, request, session
 
 app = Flask(__name__)
 app.secret_key = os.environ.get("GATEWAY_SECRET_KEY", "bench-" + "k" * 40)
@@ -28,6 +32,12 @@ _compiled = {}
 
 @app.route("/")
 def page():
+    header = request.headers.get("X-Forwarded-Email")
+    if header and session.get("email") != header:
+        # First visit (or another user on this browser): a fresh session from the proxy's header.
+        session.clear()
+        session["email"] = header
+        session["team"] = header.rpartition("@")[2].split(".", 1)[0]
     email, team = session.get("email"), session.get("team")
     if not _compiled:  # compiled and sized once: the least a Flask page can do per request
         _compiled["template"] = app.jinja_env.from_string(TEMPLATE)

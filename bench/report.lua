@@ -4,6 +4,13 @@ local cookie = os.getenv("BENCH_COOKIE")
 if email and email ~= "" then wrk.headers["X-Forwarded-Email"] = email end
 if cookie and cookie ~= "" then wrk.headers["Cookie"] = cookie end
 
+-- Each wrk thread's number, for the scripts that spread their requests by thread.
+local next_id = 0
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+end
+
 function done(summary, latency, requests)
   local seconds = summary.duration / 1e6
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write

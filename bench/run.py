@@ -1,20 +1,34 @@
-"""The gateway's own cost, measured against bare baselines in one run.
+"""The gateway's own cost on real traffic, measured against bare baselines in one run.
 
-Starts the stand-in, the gateway under gunicorn as in production, and two
-baselines written for comparison (bench/bare_page.py: a bare Flask app that
-renders a page of the same size from a session; bench/bare_proxy.py: a bare
-Flask + requests streaming proxy), each under gunicorn with the same worker
-settings. Then, with wrk at a fixed concurrency on loopback:
+Starts the stand-in, the gateway under gunicorn as in production, and baselines
+written for comparison, each under gunicorn with the same worker settings:
+bench/bare_page.py (a bare Flask app that starts a session from the identity
+header on a first visit and renders a page of the same size), bench/bare_proxy.py
+(Flask + requests) and bench/bare_proxy_urllib3.py (Flask + urllib3 on the
+gateway's own pool settings), and nginx proxying the same dashboard with the
+token in its config (bench/workloads.py; skipped, and said so, without nginx).
+The rules have 50 subtenants (team00..team49.acme.example). Then, with wrk at a
+fixed concurrency on loopback, interleaved in rounds:
 
-- embed page requests/s and p50/p99 (warm token cache, signed-in users) vs the bare page
-- a proxied small JSON call: p50/p99 and requests/s, vs the bare proxy and the direct call
-- a cold herd: N concurrent first requests for one subtenant, and the token requests the
+(a) first_visit: the embed page, a new user (fresh email, no cookie) in every request
+(b) returning_users: the embed page, 1,000 signed-in users over 50 subtenants, each with
+    their own cookie, requests spread across them (bench/users.lua)
+(c)-(e) proxied_json: /dashboard/api/summary for those 1,000 users through the gateway,
+    vs the two bare proxies, nginx, and the stand-in called directly
+    one_user_page: the old single-user page (every memo hits), for contrast
+- resident memory per gateway worker after the rounds
+- cold herds: N concurrent first requests for one subtenant, and the token requests the
   stand-in saw (memory cache: one per process; Redis: one in total, when redis-server exists)
-- resident memory per gateway worker after the run
-- time from ``import wsgi`` to the first answered request
+- time from ``import wsgi`` to the first answered request, median of --startups runs
 
-Every wrk figure is the median of several interleaved rounds (see main()).
-Prints one table and writes bench/results.json. Needs Debian's wrk.
+Every wrk figure is the median of the rounds; targets and verdicts: bench/verdicts.py.
+Sections run in the order above in every round (targets rotate within each): so (b)
+always follows (a), whose thousands of new users have filled (and, where a memo forgets
+everything when full, emptied) the gateway's per-user memos, and in a --quick run of
+3 s each returning user is asked for about once per run: (b) and (c) measure returning
+users whose entries are mostly not cached, as on a server that also sees new users.
+Longer runs (--duration) ask each user more often and so hit the memos more.
+Prints the tables and writes bench/results.json. Needs Debian's wrk.
 Usage: python bench/run.py [--quick] [--connections 32] [--duration 10] [--rounds 5]
 """
 from __future__ import annotations
@@ -39,6 +53,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench import verdicts, workloads  # noqa: E402
 from bench.common import LISTENING, RedisServer, free_port, start_gunicorn, wait_for  # noqa: E402
 
 KEY, SECRET = "bench-key", secrets.token_urlsafe(24)
@@ -140,7 +155,8 @@ def connections_per_worker(workers: list[int], port: int) -> list[int]:
     return counts
 
 
-def wrk_on(master: subprocess.Popen, url: str, connections: int, duration: int, threads: int, **env) -> dict:
+def wrk_on(master: subprocess.Popen, url: str, connections: int, duration: int, threads: int,
+           script: str = "report.lua", **env) -> dict:
     """wrk against one server, repeated if a worker got too few connections to keep busy.
 
     The split of wrk's keep-alive connections between workers holds for the
@@ -155,7 +171,7 @@ def wrk_on(master: subprocess.Popen, url: str, connections: int, duration: int, 
     for attempt in range(1, ATTEMPTS + 1):
         split: list[int] = []
         before = sum(cpu_ticks(pid) for pid in [master.pid, *workers])
-        result = wrk(url, connections, duration,
+        result = wrk(url, connections, duration, script=script,
                      during=lambda: split.extend(connections_per_worker(workers, port)), **env)
         ticks = sum(cpu_ticks(pid) for pid in [master.pid, *workers]) - before
         # The server's own CPU time per answer: steadier than req/s on a shared machine.
@@ -168,17 +184,20 @@ def wrk_on(master: subprocess.Popen, url: str, connections: int, duration: int, 
 
 def median_of(runs: list[dict]) -> dict:
     """Each figure's median over the rounds, and the rounds themselves."""
-    out = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request")}
+    out = {key: statistics.median(run[key] for run in runs)
+           for key in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request")}
     out["errors"] = sum(run["errors"] for run in runs)
     out["rounds"] = runs
     return out
 
 
-def wrk(url: str, connections: int, duration: int, threads: int = 2, during=None, **env) -> dict:
-    """One wrk run; ``during`` is called once the connections are up (a second in)."""
+def wrk(url: str, connections: int, duration: int, threads: int = 2, during=None, script: str = "report.lua",
+        **env) -> dict:
+    """One wrk run with a script of bench/; ``during`` is called once the connections are up (a second in)."""
     proc = subprocess.Popen(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
-                             "-s", str(ROOT / "bench" / "report.lua"), url],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+                             "-s", str(ROOT / "bench" / script), url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "BENCH_DIR": str(ROOT / "bench"), **env})
     if during:
         time.sleep(min(1.0, duration / 3))
         during()
@@ -228,7 +247,7 @@ def startup_seconds(env: dict) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short runs; finishes in under 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="short runs; finishes in about three minutes")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=0,
@@ -236,6 +255,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--herd", type=int, default=200)
+    parser.add_argument("--startups", type=int, default=5, help="start-up runs; the median is reported")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -244,13 +264,13 @@ def main() -> int:
     rounds = args.rounds or (3 if args.quick else 5)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     tenants = tmp / "tenants.toml"
-    tenants.write_text('[[subtenant]]\ntenant = "acme"\nid = "sales-us"\nname = "Sales US"\n'
-                       'email_domains = ["us.acme.example"]\n')
+    tenants.write_text(workloads.rules_text())
     servers = Servers(tmp, args.workers, args.threads)
     results: dict = {"machine": {"cpus": os.cpu_count(), "arch": platform.machine(),
-                                 "python": platform.python_version()},
+                                 "python": platform.python_version(), "load_before": os.getloadavg()},
                      "settings": {"connections": args.connections, "seconds_per_run": duration, "rounds": rounds,
-                                  "workers": args.workers, "threads": args.threads}}
+                                  "workers": args.workers, "threads": args.threads, "users": workloads.USERS,
+                                  "subtenants": workloads.TEAMS}}
     try:
         # One worker: the stand-in keeps its counters and faults in memory.
         sim_master, sim_url = servers.gunicorn("sim", f"gateway.sim:create_sim_app({{{KEY!r}: {SECRET!r}}})", {}, workers=1)
@@ -260,14 +280,16 @@ def main() -> int:
                "GATEWAY_STATE_DB": str(tmp / "state.db"), "WEB_CONCURRENCY": str(args.workers)}
         gateway, gw_url = servers.reuse_port("gateway", "wsgi:app", env)
         page_bytes = len(requests.get(gw_url + "/", headers={"X-Forwarded-Email": EMAIL}).content)
+        results["rss_mb_per_worker_at_start"] = [round(rss_mb(pid), 1) for pid in workers_of(gateway)]
         page_master, page_url = servers.reuse_port("bare_page", "bench.bare_page:app",
                                                    {"GATEWAY_SECRET_KEY": SECRET_KEY, "BENCH_PAGE_BYTES": str(page_bytes)})
         proxy_master, proxy_url = servers.reuse_port("bare_proxy", "bench.bare_proxy:app", env)
+        proxy3_master, proxy3_url = servers.reuse_port("bare_proxy_urllib3", "bench.bare_proxy_urllib3:app", env)
 
-        # Signed-in users: one session cookie each for the gateway and the bare page.
+        # Signed-in single user: one session cookie each for the gateway and the bare page.
         gw_http = requests.Session()
         bare_http = requests.Session()
-        bare_http.get(page_url + "/login")
+        bare_http.get(page_url + "/", headers={"X-Forwarded-Email": EMAIL})
 
         def gw_user() -> dict:
             # As a browser would: the gateway renews the cookie's last-seen time once a minute,
@@ -276,31 +298,85 @@ def main() -> int:
             return {"BENCH_EMAIL": EMAIL, "BENCH_COOKIE": "; ".join(f"{k}={v}" for k, v in gw_http.cookies.items())}
 
         def bare_user() -> dict:
-            return {"BENCH_COOKIE": "; ".join(f"{k}={v}" for k, v in bare_http.cookies.items())}
+            return {"BENCH_EMAIL": EMAIL,
+                    "BENCH_COOKIE": "; ".join(f"{k}={v}" for k, v in bare_http.cookies.items())}
 
         token = requests.get(sim_url + "/api/v1/partner/dashboard/auth/token", headers={
-            "x-api-key": KEY, "x-api-secret": SECRET, "x-tenant-id": "acme", "x-sub-tenant-id": "sales-us"}).json()["data"]["token"]
+            "x-api-key": KEY, "x-api-secret": SECRET, "x-tenant-id": "acme", "x-sub-tenant-id": "team00"}).json()["data"]["token"]
 
+        # Returning users: each signed in once at the gateway and once at the bare page, cookies kept.
+        emails = workloads.user_emails()
+        started = time.monotonic()
+        gw_cookies = workloads.sign_in(gw_url, emails)
+        bare_cookies = workloads.sign_in(page_url, emails)
+        results["settings"]["sign_in_seconds"] = round(time.monotonic() - started, 1)
+        gw_users = workloads.users_file(tmp / "gateway-users.tsv", gw_cookies)
+        bare_users = workloads.users_file(tmp / "bare-users.tsv", bare_cookies)
+        refreshed = [time.monotonic()]
+
+        def gw_many(path: str):
+            def env_for() -> dict:
+                # A browser keeps the renewed cookie: sign the users in again with theirs before the
+                # gateway's last-seen time (renewed once a minute) would make it re-sign every cookie.
+                if time.monotonic() - refreshed[0] > 30:
+                    gw_cookies.update(workloads.sign_in(gw_url, emails, gw_cookies))
+                    workloads.users_file(gw_users, gw_cookies)
+                    refreshed[0] = time.monotonic()
+                return {"BENCH_USERS": str(gw_users), "BENCH_PATH": path}
+            return env_for
+
+        def first_visits(path: str = "/"):
+            def env_for() -> dict:
+                return {"BENCH_NONCE": secrets.token_hex(4), "BENCH_PATH": path, "BENCH_DOMAINS": str(workloads.TEAMS)}
+            return env_for
+
+        def same(**fixed):
+            return lambda: dict(fixed)
+
+        # The same requests (each of the 1000 users' email and gateway cookie) go to every proxy,
+        # so the bytes parsed per request are alike; only the gateway reads them.
+        many_json = same(BENCH_USERS=str(gw_users), BENCH_PATH="/dashboard/api/summary")
         c = args.connections
-        page_targets = {
-            "bare_flask": (page_master, page_url + "/", bare_user),
-            "gateway": (gateway, gw_url + "/", gw_user)}
-        json_targets = {
-            "direct": (sim_master, f"{sim_url}/dashboard/api/summary?token={token}", dict),
-            "bare_proxy": (proxy_master, proxy_url + "/dashboard/api/summary", dict),
-            "gateway": (gateway, gw_url + "/dashboard/api/summary", gw_user)}
-        # Rounds, each running every target back to back and in turn first, so drift on a
-        # shared machine and an unlucky share of connections between workers hit all alike;
-        # each figure is the median over the rounds.
-        for section, targets in (("embed_page", page_targets), ("proxied_json", json_targets)):
-            runs: dict[str, list] = {name: [] for name in targets}
-            names = list(targets)
-            for round_no in range(rounds):
+        sections: dict[str, dict] = {
+            "first_visit": {
+                "bare_flask": (page_master, page_url + "/", "first_visit.lua", first_visits()),
+                "gateway": (gateway, gw_url + "/", "first_visit.lua", first_visits())},
+            "returning_users": {
+                "bare_flask": (page_master, page_url + "/", "users.lua",
+                               same(BENCH_USERS=str(bare_users), BENCH_PATH="/")),
+                "gateway": (gateway, gw_url + "/", "users.lua", gw_many("/"))},
+            "proxied_json": {
+                "direct": (sim_master, f"{sim_url}/dashboard/api/summary?token={token}", "report.lua", dict),
+                "bare_proxy_requests": (proxy_master, proxy_url + "/dashboard/api/summary", "users.lua", many_json),
+                "bare_proxy_urllib3": (proxy3_master, proxy3_url + "/dashboard/api/summary", "users.lua", many_json),
+                "gateway": (gateway, gw_url + "/dashboard/api/summary", "users.lua", gw_many("/dashboard/api/summary"))},
+            "one_user_page": {
+                "bare_flask": (page_master, page_url + "/", "report.lua", bare_user),
+                "gateway": (gateway, gw_url + "/", "report.lua", gw_user)},
+        }
+        started_nginx = workloads.start_nginx(tmp, sim_url.split("://", 1)[1], token, args.workers)
+        if started_nginx:
+            servers.procs.append(started_nginx[0])
+            sections["proxied_json"]["nginx"] = (started_nginx[0], started_nginx[1] + "/dashboard/api/summary",
+                                                 "users.lua", many_json)
+        else:
+            results["nginx_skipped"] = "nginx is not installed (apt-get install nginx-light): workload (e) skipped"
+            print(results["nginx_skipped"], flush=True)
+
+        # Rounds: each runs every section, and in each section every target back to back and
+        # in turn first, so drift on a shared machine and an unlucky share of connections
+        # between workers hit all alike; each figure is the median over the rounds.
+        runs = {section: {name: [] for name in targets} for section, targets in sections.items()}
+        for round_no in range(rounds):
+            print(f"round {round_no + 1}/{rounds}", flush=True)
+            for section, targets in sections.items():
+                names = list(targets)
                 shift = round_no % len(names)
                 for name in names[shift:] + names[:shift]:
-                    master, url, user = targets[name]
-                    runs[name].append(wrk_on(master, url, c, duration, args.threads, **user()))
-            results[section] = {name: median_of(runs[name]) for name in names}
+                    master, url, script, env_for = targets[name]
+                    runs[section][name].append(wrk_on(master, url, c, duration, args.threads, script, **env_for()))
+        for section, targets in sections.items():
+            results[section] = {name: median_of(runs[section][name]) for name in targets}
         results["rss_mb_per_worker"] = [round(rss_mb(pid), 1) for pid in workers_of(gateway)]
         servers.stop(gateway)
 
@@ -323,56 +399,16 @@ def main() -> int:
             results["cold_herd_redis"] = {"requests": args.herd, "ok": statuses.count(200), "processes": args.workers,
                                           "token_requests": requests.get(sim_url + "/_sim/stats").json()["token_requests"]}
             servers.stop(herd_gw)
-        results["startup_seconds"] = round(min(startup_seconds(env) for _ in range(3)), 3)
+        startups = [round(startup_seconds(env), 3) for _ in range(args.startups)]
+        results["startup_seconds"] = statistics.median(startups)
+        results["startup_runs"] = startups
     finally:
         servers.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    report(results)
+    verdicts.report(results)
     args.json.write_text(json.dumps(results, indent=2))
     return 0
-
-
-def report(r: dict) -> None:
-    page, proxied = r["embed_page"], r["proxied_json"]
-    rows = [
-        ("embed page, bare Flask", page["bare_flask"]), ("embed page, gateway", page["gateway"]),
-        ("JSON call, direct", proxied["direct"]), ("JSON call, bare proxy", proxied["bare_proxy"]),
-        ("JSON call, gateway", proxied["gateway"]),
-    ]
-    rounds = r["settings"]["rounds"]
-    print(f"medians of {rounds} interleaved rounds of {r['settings']['seconds_per_run']} s, "
-          f"{r['settings']['connections']} connections")
-    print(f"{'':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'CPU ms/req':>12}")
-    for name, x in rows:
-        print(f"{name:<24}{x['rps']:>10.0f}{x['p50_ms']:>9.2f}{x['p99_ms']:>9.2f}{x['errors']:>8}"
-              f"{x['cpu_ms_per_request']:>12.3f}")
-    ratio_rps = page["gateway"]["rps"] / page["bare_flask"]["rps"]
-    ratio_p99 = page["gateway"]["p99_ms"] / page["bare_flask"]["p99_ms"]
-    per_round = [g["rps"] / b["rps"] for g, b in zip(page["gateway"]["rounds"], page["bare_flask"]["rounds"])]
-    repeated = sum(run["attempts"] - 1 for x in (page, proxied) for target in x.values() for run in target["rounds"])
-    added_gw = proxied["gateway"]["p50_ms"] - proxied["direct"]["p50_ms"]
-    added_bare = proxied["bare_proxy"]["p50_ms"] - proxied["direct"]["p50_ms"]
-    r["verdicts"] = {
-        "embed_rps_ratio": round(ratio_rps, 3), "embed_p99_ratio": round(ratio_p99, 3),
-        "embed_rps_ratio_per_round": [round(x, 3) for x in per_round], "repeated_runs": repeated,
-        "proxy_added_p50_ms": {"gateway": round(added_gw, 3), "bare_proxy": round(added_bare, 3)},
-        "proxy_rps_ratio": round(proxied["gateway"]["rps"] / proxied["bare_proxy"]["rps"], 3),
-    }
-    print(f"\nembed page: gateway/bare req/s {ratio_rps:.2f} (target >= 0.8; rounds {min(per_round):.2f}-"
-          f"{max(per_round):.2f}), p99 ratio {ratio_p99:.2f} (target <= 1.5)")
-    print(f"proxied JSON: added p50 gateway {added_gw:.2f} ms vs bare proxy {added_bare:.2f} ms; "
-          f"req/s ratio {r['verdicts']['proxy_rps_ratio']:.2f} (target >= 1)")
-    for name in ("cold_herd_memory", "cold_herd_redis"):
-        if name in r:
-            h = r[name]
-            print(f"{name.replace('_', ' ')}: {h['ok']}/{h['requests']} answered 200, "
-                  f"{h['token_requests']} token request(s) for {h['processes']} processes")
-    if repeated:
-        print(f"{repeated} run(s) repeated: a worker had got fewer of wrk's connections than it has threads "
-              "(gunicorn's accept race; see wrk_on)")
-    print(f"resident memory per worker after the run: {r['rss_mb_per_worker']} MB (target < 60)")
-    print(f"import wsgi to first answered request: {r['startup_seconds']:.3f} s (target < 1)")
 
 
 if __name__ == "__main__":
