@@ -170,7 +170,12 @@ def make_error(status, sim, servers):
 
 @pytest.mark.parametrize("width", sorted(WIDTHS))
 @pytest.mark.parametrize("status", [401, 403, 404, 413, 503, 502, 504])
-def test_error_pages_say_what_happened_and_what_to_do(browser, servers, sim, status, width):  # noqa: F811
+def test_error_pages_say_what_happened_and_what_to_do(browser, servers, sim, status, width, monkeypatch):  # noqa: F811
+    from gateway.delivery import loading
+
+    # These pages are about failures, not about waiting: on a loaded machine a failing first
+    # fetch could take past the loading page's second, and the test would see that page instead.
+    monkeypatch.setattr(loading, "LOADING_PAGE_AFTER", 10.0)
     server, headers, path, words, action = make_error(status, sim, servers)
     context = browser.new_context(viewport=WIDTHS[width], extra_http_headers=headers)
     page = context.new_page()
