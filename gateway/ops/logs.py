@@ -6,12 +6,12 @@ forge a line. The request id comes from ``X-Request-Id`` when a trusted proxy se
 sane one, otherwise it is generated; it is echoed in the response and on every error
 page. Access lines name the path, never the query string.
 
-One log path: the standard library's ``QueueHandler`` on the root logger puts each
-record on a bounded queue, and a ``QueueListener`` thread per process formats and
-writes it, flushing stdout once whenever the queue runs empty. Request threads never
-wait for stdout; when stdout stalls and the queue is full, a line is dropped, counted
-in ``gateway_log_lines_dropped_total`` and announced by a warning line once writing
-works again.
+One log path: the standard library's ``QueueHandler`` on the root logger formats each
+record and puts the line on a bounded queue, and a ``QueueListener`` thread per process
+writes what has gathered in one write per batch. Request threads never wait for stdout;
+when stdout stalls and the queue is full, a line is dropped, counted in
+``gateway_log_lines_dropped_total`` and announced by a warning line once writing works
+again. A stop waits ``STOP_SECONDS`` at most for the writer.
 """
 from __future__ import annotations
 
