@@ -29,31 +29,57 @@ from gateway.shared import LOG_EVERY, RETRY_AFTER_ERROR, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
-ANSWERS = 16384  # revocation answers remembered per process, while nothing new was marked
+ANSWERS = 16384  # revocation answers remembered per process, while nothing new was marked...
+ANSWER_SECONDS = 1.0  # ...and for this long at most, whatever happens to the change counter
 
 
 class ChangeCounter:
     """How many marks were written to the SQLite file: 8 bytes of a small file every process
-    of this host maps shared (``<db>.changes``). Reading it is a memory read, no system call."""
+    of this host maps shared (``<db>.changes``, next to the database's real path). Reading it
+    is a memory read, no system call; once a second a reader checks that the file at that
+    path is still the one it maps (a temp cleaner may have removed it), and maps it again."""
 
-    def __init__(self, path: str):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    def __init__(self, path: str, monotonic: Callable[[], float] = time.monotonic):
+        self.path = path
+        self._monotonic = monotonic
+        self._checked_at = float("-inf")
+        self._inode = None
+        self._map = None
+        self._open()
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if os.fstat(fd).st_size < 8:
                 os.ftruncate(fd, 8)
             self._map = mmap.mmap(fd, 8)
+            self._inode = os.fstat(fd).st_ino
         finally:
             os.close(fd)
-        self._path = path
+
+    def _still_ours(self) -> None:
+        now = self._monotonic()
+        if now - self._checked_at < 1.0:
+            return
+        self._checked_at = now
+        try:
+            same = os.stat(self.path).st_ino == self._inode
+        except OSError:
+            same = False
+        if not same:
+            self._open()
 
     def read(self) -> int:
+        self._still_ours()
         return struct.unpack_from("<Q", self._map, 0)[0]
 
     def bump(self) -> None:
-        with open(self._path, "rb+") as fh:
+        self._checked_at = float("-inf")
+        self._still_ours()
+        with open(self.path, "rb+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)  # writers are rare (logout, hand-off): a file lock is plenty
             try:
-                struct.pack_into("<Q", self._map, 0, self.read() + 1)
+                struct.pack_into("<Q", self._map, 0, struct.unpack_from("<Q", self._map, 0)[0] + 1)
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -66,17 +92,20 @@ class SqliteState:
     logout and hand-off; under load the read (and taking the lock and the interpreter lock
     back after it) was a third of a returning user's request. So answers are remembered in
     a ``Memo`` for as long as the host's change counter has not moved: any mark written by
-    any process of this host moves it, and the next check asks SQLite again.
+    any process of this host moves it, and the next check asks SQLite again. Whatever
+    happens to the counter (removed, or an instance that does not move it), an answer is
+    used for ``ANSWER_SECONDS`` at most.
     """
 
-    def __init__(self, path: str, clock: Callable[[], float] = time.time):
+    def __init__(self, path: str, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.path = path
-        self._clock = clock
+        self._clock, self._monotonic = clock, monotonic
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._pid = -1
-        self._changes = ChangeCounter(path + ".changes")
-        self._answers: tuple[int, Memo] = (-1, Memo(ANSWERS))  # (counter value they hold for, answers)
+        self._changes = ChangeCounter(os.path.realpath(path) + ".changes", monotonic)
+        self._answers: tuple[int, Memo] = (-1, self._memo())  # (counter value they hold for, answers)
         with self._lock:
             db = self._connect()
             db.execute("PRAGMA journal_mode=WAL")
@@ -84,6 +113,9 @@ class SqliteState:
 
     def __repr__(self) -> str:
         return f"SqliteState({self.path!r})"
+
+    def _memo(self) -> Memo:
+        return Memo(ANSWERS, ttl=ANSWER_SECONDS, clock=self._monotonic)
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():
@@ -106,14 +138,18 @@ class SqliteState:
                 if hash(key) % 64 == 0:  # now and then, forget what has expired
                     db.execute("DELETE FROM marks WHERE until <= ?", (now,))
                 db.execute("COMMIT")
-                self._changes.bump()
-                return True
             except sqlite3.Error as exc:
                 try:
                     db.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
                 raise StoreUnavailable(str(exc)) from None
+        try:
+            self._changes.bump()
+        except OSError as exc:  # recorded all the same: other processes see it within ANSWER_SECONDS
+            logger.warning("revocation change counter %s could not be moved (%s)", self._changes.path,
+                           type(exc).__name__)
+        return True
 
     def marked(self, key: str) -> bool:
         # The counter is read before SQLite is: a mark committed after it was read moves it,
@@ -121,7 +157,7 @@ class SqliteState:
         version = self._changes.read()
         answers = self._answers
         if answers[0] != version:
-            answers = self._answers = (version, Memo(ANSWERS))
+            answers = self._answers = (version, self._memo())
         until = answers[1].get(key)
         if until is None:
             try:

@@ -103,7 +103,7 @@ class GunicornLogger(glogging.Logger):
         self.error_log.addFilter(_without_queries)
 
 
-_QUERY = re.compile(r"\?[^\s'\"]+")  # a query, not a question ("Perhaps out of memory?")
+_QUERY = re.compile(r"\?\S+")  # a query, not a question ("Perhaps out of memory?"); quotes too
 
 
 def _without_queries(record: logging.LogRecord) -> bool:

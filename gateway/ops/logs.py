@@ -181,6 +181,7 @@ def _after_fork_in_child() -> None:
     global _listener
     if _installed is not None:
         _installed.queue = queue.SimpleQueue()
+        _installed.writer._pending = []  # lines the parent's writer had taken: the parent writes them
         _listener = None
         start_writer()
 
