@@ -39,6 +39,15 @@ class Memo:
             return default
         return item[0]
 
+    def get_or_make(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """The remembered value, or ``make()``'s, remembered (None, a miss, is not)."""
+        value = self.get(key)
+        if value is None:
+            value = make()
+            if value is not None:
+                self.put(key, value)
+        return value
+
     def put(self, key: Hashable, value: Any, until: float | None = None) -> None:
         data = self._data
         if key not in data:

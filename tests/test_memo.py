@@ -45,3 +45,18 @@ def test_an_entry_can_name_its_own_expiry():
 def test_a_miss_is_none_or_the_default():
     assert Memo(2).get("nothing") is None and Memo(2, ttl=1).get("nothing", 0) == 0
     assert Memo(2).pop("nothing") is None
+
+
+def test_get_or_make_makes_once_and_never_remembers_a_miss():
+    memo, made = Memo(4), []
+
+    def make(value):
+        made.append(value)
+        return value
+
+    assert memo.get_or_make("a", lambda: make("A")) == "A"
+    assert memo.get_or_make("a", lambda: make("other")) == "A"
+    assert memo.get_or_make("b", lambda: make(None)) is None and len(memo) == 1
+    assert memo.get_or_make("b", lambda: make(False)) is False  # a falsy answer is an answer
+    assert memo.get_or_make("b", lambda: make("never")) is False
+    assert made == ["A", None, False]

@@ -87,14 +87,11 @@ def render_embed(user, match: Match, src: str, serve_until: int, matches: list[M
     not one per user. The key holds every other input of the template.
     """
     key = (match.key, match.subtenant.name, serve_until, tuple((m.key, m.subtenant.name) for m in matches), chrome)
-    pages = current_app.extensions["embed_pages"]
-    html = pages.get(key)
-    if html is None:
-        html = render_template("embed.html", user=_MarkedUser, subtenant=match.subtenant, subtenant_key=match.key,
-                               frame_src=_MARK["src"], serve_until=serve_until, matches=matches,
-                               request_id=_MARK["request-id"], csrf_token=lambda: _MARK["csrf"], chrome=chrome,
-                               hide_bar=chrome == "none", state=page_state(match, matches, chrome))
-        pages.put(key, html)
+    html = current_app.extensions["embed_pages"].get_or_make(key, lambda: render_template(
+        "embed.html", user=_MarkedUser, subtenant=match.subtenant, subtenant_key=match.key,
+        frame_src=_MARK["src"], serve_until=serve_until, matches=matches, request_id=_MARK["request-id"],
+        csrf_token=lambda: _MARK["csrf"], chrome=chrome, hide_bar=chrome == "none",
+        state=page_state(match, matches, chrome)))
     values = {"email": escape(user.email), "csrf": escape(security.ensure_csrf()), "src": escape(src),
               "request-id": escape(g.request_id)}
     return _MARKS.sub(lambda m: values[m.group(1)], html)

@@ -14,20 +14,14 @@ _verdicts = Memo(1024)  # a few peers (the proxy, the scraper) ask on every requ
 
 def peer_is_trusted(addr: str | None, networks) -> bool:
     """True when the connecting peer's address lies in one of ``networks`` (a tuple)."""
-    verdict = _verdicts.get((addr, networks))
-    if verdict is None:
-        verdict = _verdicts_put(addr, networks)
-    return verdict
+    return _verdicts.get_or_make((addr, networks), lambda: _in_networks(addr, networks))
 
 
-def _verdicts_put(addr: str | None, networks) -> bool:
+def _in_networks(addr: str | None, networks) -> bool:
     try:
         ip = ipaddress.ip_address(addr or "")
     except ValueError:
-        verdict = False
-    else:
-        if getattr(ip, "ipv4_mapped", None):
-            ip = ip.ipv4_mapped
-        verdict = any(ip in net for net in networks)
-    _verdicts.put((addr, networks), verdict)
-    return verdict
+        return False
+    if getattr(ip, "ipv4_mapped", None):
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)

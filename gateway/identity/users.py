@@ -55,12 +55,12 @@ _from_headers = Memo(4096)
 
 def user_from_headers(email_header: str, groups_header: str) -> User | None:
     """The user a proxy's identity headers name; the same headers arrive with every request of a user."""
-    key = (email_header, groups_header)
-    user = _from_headers.get(key)
-    if user is None:
-        email = normalize_email(email_header)
-        if email is None:
-            return None
-        user = User(email, _groups([x.strip() for x in groups_header.split(",")]))
-        _from_headers.put(key, user)
-    return user
+    return _from_headers.get_or_make((email_header, groups_header),
+                                     lambda: _user_from_headers(email_header, groups_header))
+
+
+def _user_from_headers(email_header: str, groups_header: str) -> User | None:
+    email = normalize_email(email_header)
+    if email is None:
+        return None
+    return User(email, _groups([x.strip() for x in groups_header.split(",")]))

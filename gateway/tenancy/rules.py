@@ -115,12 +115,8 @@ class Rules:
 
     def match(self, email: str | None, groups: Iterable[str] = ()) -> list[Match]:
         """Every subtenant the user matches, in file order, each with the first reason."""
-        memo_key = (email, tuple(groups))
-        known = self._memo.get(memo_key)
-        if known is None:
-            known = tuple(self._match(email, memo_key[1]))
-            self._memo.put(memo_key, known)
-        return list(known)
+        groups = tuple(groups)
+        return list(self._memo.get_or_make((email, groups), lambda: tuple(self._match(email, groups))))
 
     def _match(self, email: str | None, groups: tuple[str, ...]) -> list[Match]:
         found: dict[str, Match] = {}

@@ -31,14 +31,8 @@ def placeholder_for(key: str) -> str:
     switches the session to another team.
     """
     who = session.get("subject") or session["email"]
-    memo = current_app.extensions["placeholders"]
-    value = memo.get((who, key))
-    if value is None:
-        secret = current_app.config["SECRET_KEY"].encode()
-        digest = hmac.new(secret, f"{who}|{key}".encode(), hashlib.sha256).hexdigest()
-        value = "zgtoken-" + digest[:32]
-        memo.put((who, key), value)
-    return value
+    return current_app.extensions["placeholders"].get_or_make((who, key), lambda: "zgtoken-" + hmac.new(
+        current_app.config["SECRET_KEY"].encode(), f"{who}|{key}".encode(), hashlib.sha256).hexdigest()[:32])
 
 
 def bound_match(matches):

@@ -150,16 +150,8 @@ _patterns = Memo(16384)
 
 def pattern_for(tokens: tuple[str, ...], placeholder: str) -> Pattern:
     """The pattern for a team's valid tokens and a session's placeholder: the regex is the team's."""
-    key = (tokens, placeholder)
-    found = _patterns.get(key)
-    if found is None:
-        compiled = _compiled.get(tokens)
-        if compiled is None:
-            compiled = _Compiled(tokens)
-            _compiled.put(tokens, compiled)
-        found = Pattern(compiled, placeholder)
-        _patterns.put(key, found)
-    return found
+    return _patterns.get_or_make((tokens, placeholder), lambda: Pattern(
+        _compiled.get_or_make(tokens, lambda: _Compiled(tokens)), placeholder))
 
 
 class Scrubber:
