@@ -78,6 +78,19 @@ class Attack:
             sock.close()
 
 
+def _served_at_once_beside_four(server, stall) -> None:
+    """Four connections each stalled by ``stall(sock)``, two threads: a normal request is still answered at once."""
+    stalled = []
+    try:
+        for _ in range(4):
+            stalled.append(_connect(server))
+            stall(stalled[-1])
+        _served_at_once(server)
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
 def _normal_user_timings(server, rounds: int = 15) -> list[float]:
     timings = []
     with recording_session() as http:
@@ -125,18 +138,11 @@ def test_a_head_that_never_completes_gets_408_and_is_closed(gunicorn):
 
 def test_a_body_trickled_in_is_read_before_a_thread_takes_it(gunicorn):
     # Two threads, four uploads stalled mid-body: a normal request is still answered at once.
-    server = gunicorn(workers=1, threads=2)
-    stalled = []
-    for _ in range(4):
-        sock = _connect(server)
+    def stall(sock):
         sock.sendall(b"POST /logout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                      b"Content-Length: 1000\r\n\r\nnext=")
-        stalled.append(sock)
-    try:
-        _served_at_once(server)
-    finally:
-        for sock in stalled:
-            sock.close()
+
+    _served_at_once_beside_four(gunicorn(workers=1, threads=2), stall)
 
 
 def test_a_client_that_stops_reading_frees_its_thread_after_the_client_timeout(gunicorn):
@@ -242,17 +248,10 @@ def test_a_head_past_the_limit_with_no_end_gets_431_from_the_event_loop(gunicorn
 
 
 def test_expect_100_continue_is_answered_and_the_body_read_by_the_event_loop(gunicorn):
-    server = gunicorn(workers=1, threads=2)
-    stalled = []
-    for _ in range(4):
-        sock = _connect(server)
+    def stall(sock):
         sock.sendall(b"POST /logout HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                      b"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
         sock.sendall(b"next=")  # and the rest never comes
-        stalled.append(sock)
-    try:
-        _served_at_once(server)
-    finally:
-        for sock in stalled:
-            sock.close()
+
+    _served_at_once_beside_four(gunicorn(workers=1, threads=2), stall)
