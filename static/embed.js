@@ -253,16 +253,20 @@
     if (link) { link.focus(); }
     ZG.tell("session-ended", { status: 401 });
   }
+  // A question for the gateway about this session: its JSON answer, or null when it had none
+  // to give; a 401 means the session is over, and the page says so.
+  function ask(url) {
+    return fetch(url, json).then(function (r) {
+      if (r.status === 401) { endSession(); return null; }
+      return r.ok ? r.json() : null;
+    });
+  }
   // The session check: still signed in? And (proxy mode) did the dashboard's own calls fail
   // lately because of the gateway or its token? Then the gateway is asked (probe) before the
   // panel is shown: the dashboard's own hiccups stay the dashboard's.
   function checkSession() {
     if (phase === "ended") { return; }
-    fetch("/session/status?team=" + encodeURIComponent(team.id), json)
-      .then(function (r) {
-        if (r.status === 401) { endSession(); return null; }
-        return r.ok ? r.json() : null;
-      })
+    ask("/session/status?team=" + encodeURIComponent(team.id))
       .then(function (answer) { if (answer && answer.dashboard) { suspect(); } })
       .catch(function () { /* offline for a moment: try again later */ });
   }
@@ -422,11 +426,7 @@
   }
   function renew() {
     if (phase === "ended") { return; }
-    fetch("/embed/frame?team=" + encodeURIComponent(team.id), json)
-      .then(function (r) {
-        if (r.status === 401) { endSession(); return null; }
-        return r.ok ? r.json() : null;
-      })
+    ask("/embed/frame?team=" + encodeURIComponent(team.id))
       .then(function (fresh) {
         if (!fresh) { renewTimer = window.setTimeout(renew, 3000); return; }
         if (!renewed(fresh)) { renewTimer = window.setTimeout(renew, 2000); }  // the new token is on its way
