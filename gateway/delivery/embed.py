@@ -68,9 +68,9 @@ def index():
 
 
 # Stand-ins for what differs between the users of one team's page; each is put in per
-# response, HTML-escaped, by one pass over the cached page (``_fill``).
+# response, HTML-escaped, by one pass over the cached page (the end of ``render_embed``).
 _MARK = {name: f"\x00{name}\x00" for name in ("email", "csrf", "src", "request-id")}
-_MARKS = re.compile("\x00(email|csrf|src|request-id)\x00")
+_MARKS = re.compile("\x00(" + "|".join(map(re.escape, _MARK)) + ")\x00")
 
 
 class _MarkedUser:
