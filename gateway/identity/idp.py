@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 OVERAGE_HINT = "too many groups for the token; use an app-role or group filter"
 
 
+def groups_overage(claims: dict, groups_claim: str) -> bool:
+    """Entra ID's overage: no groups claim, only a pointer to fetch them (``_claim_names``)."""
+    return claims.get(groups_claim) is None and groups_claim in (claims.get("_claim_names") or {})
+
+
 class LoginFailed(GatewayError):
     status_code = 401
     code = "login_failed"

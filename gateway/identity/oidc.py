@@ -27,7 +27,7 @@ from flask import Blueprint, Flask, current_app, redirect, request, session
 from gateway.identity import idp
 from gateway.identity.idp import (OVERAGE_HINT, IdpUnavailable, LoginDenied, LoginExpired, LoginFailed,
                                   LoginMisconfigured, auth_method_problem, client, email_claims,
-                                  explain_id_token_failure, metadata, public)
+                                  explain_id_token_failure, groups_overage, metadata, public)
 from gateway.identity.session import start_session
 from gateway.identity.users import ClaimsRejected, EmailNotVerified, User
 from gateway.identity.users import user_from_claims as parse_claims
@@ -175,7 +175,7 @@ def user_from_claims(claims: dict) -> User:
         _refuse(LoginFailed, f"{exc} (see the README's IdP recipes)" if exc.args[0].startswith("no ") else str(exc))
     email = user.email
     groups_claim = cfg["OIDC_GROUPS_CLAIM"]
-    if claims.get(groups_claim) is None and groups_claim in (claims.get("_claim_names") or {}):
+    if groups_overage(claims, groups_claim):
         logger.warning("groups overage for %s: %s", email, OVERAGE_HINT)
         audit.event("groups_overage", email=email, claim=groups_claim)
     return user

@@ -73,7 +73,7 @@ def explain_command(email: str | None, groups: str, claims_file):
 
 def _from_claims(claims: dict) -> tuple[str, tuple[str, ...]]:
     """Email and groups exactly as a sign-in reads them (gateway.identity.users), or exit 1."""
-    from gateway.identity.idp import OVERAGE_HINT, email_claims
+    from gateway.identity.idp import OVERAGE_HINT, email_claims, groups_overage
     from gateway.identity.users import ClaimsRejected, user_from_claims
 
     cfg = current_app.config
@@ -83,7 +83,7 @@ def _from_claims(claims: dict) -> tuple[str, tuple[str, ...]]:
     except ClaimsRejected as exc:
         click.echo(f"The sign-in would be refused: {exc}.")
         sys.exit(1)
-    if claims.get(cfg["OIDC_GROUPS_CLAIM"]) is None and cfg["OIDC_GROUPS_CLAIM"] in (claims.get("_claim_names") or {}):
+    if groups_overage(claims, cfg["OIDC_GROUPS_CLAIM"]):
         click.echo(f"groups overage: the IdP sent a pointer instead of {cfg['OIDC_GROUPS_CLAIM']!r}: {OVERAGE_HINT}.")
     return user.email, user.groups
 
