@@ -32,7 +32,7 @@ from functools import partial
 from gunicorn import http
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from gateway.ops import metrics, health as ops
+from gateway.ops import health, metrics
 from gateway.serving.incoming import (BUSY_ANSWER, CONTINUE, HEAD_TOO_LARGE, HEAD_TOO_LARGE_ANSWER,
                                       PREREAD_TOTAL, READY, TIMED_OUT, Incoming)
 from gateway.serving.reload import reloading
@@ -199,14 +199,14 @@ class GatewayWorker(ThreadWorker):
 
     # ------------------------------------------------------------ graceful stop
     def handle_exit(self, sig, frame):
-        if not self.alive or ops.DRAINING.is_set():
+        if not self.alive or health.DRAINING.is_set():
             return
         if reloading():
             # A HUP: fresh workers already share the listener, so the instance stays ready and
             # this one just stops taking new connections and finishes what it has.
             self.method_queue.defer(self._stop_accepting)
             return
-        ops.DRAINING.set()
+        health.DRAINING.set()
         # From a signal handler: the stop itself runs in the worker's own loop (method_queue).
         threading.Timer(self.drain_delay, lambda: self.method_queue.defer(self._stop_accepting)).start()
 
