@@ -29,15 +29,17 @@ from gateway.shared import LOG_EVERY, RETRY_AFTER_ERROR, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
-ANSWERS = 16384  # revocation answers remembered per process, while nothing new was marked...
-ANSWER_SECONDS = 1.0  # ...and for this long at most, whatever happens to the change counter
+ANSWERS = 16384  # revocation answers remembered per process, while nothing new was marked
+CHECK_SECONDS = 1.0  # how often the counter file's identity and SQLite's own change count are read
 
 
 class ChangeCounter:
     """How many marks were written to the SQLite file: 8 bytes of a small file every process
     of this host maps shared (``<db>.changes``, next to the database's real path). Reading it
     is a memory read, no system call; once a second a reader checks that the file at that
-    path is still the one it maps (a temp cleaner may have removed it), and maps it again."""
+    path is still the one it maps (a temp cleaner may have removed it), and maps it again.
+    ``read`` answers (how many times it was mapped, the count), so a new file that happens
+    to hold the old count still reads as a change."""
 
     def __init__(self, path: str, monotonic: Callable[[], float] = time.monotonic):
         self.path = path
@@ -45,6 +47,7 @@ class ChangeCounter:
         self._checked_at = float("-inf")
         self._inode = None
         self._map = None
+        self._mapped = 0
         self._open()
 
     def _open(self) -> None:
@@ -54,12 +57,13 @@ class ChangeCounter:
                 os.ftruncate(fd, 8)
             self._map = mmap.mmap(fd, 8)
             self._inode = os.fstat(fd).st_ino
+            self._mapped += 1
         finally:
             os.close(fd)
 
     def _still_ours(self) -> None:
         now = self._monotonic()
-        if now - self._checked_at < 1.0:
+        if now - self._checked_at < CHECK_SECONDS:
             return
         self._checked_at = now
         try:
@@ -69,9 +73,9 @@ class ChangeCounter:
         if not same:
             self._open()
 
-    def read(self) -> int:
+    def read(self) -> tuple[int, int]:
         self._still_ours()
-        return struct.unpack_from("<Q", self._map, 0)[0]
+        return self._mapped, struct.unpack_from("<Q", self._map, 0)[0]
 
     def bump(self) -> None:
         self._checked_at = float("-inf")
@@ -90,11 +94,17 @@ class SqliteState:
     One connection per process (a forked worker opens its own), used under a lock. Every
     signed-in request asks whether its session was revoked, and marks are written only on
     logout and hand-off; under load the read (and taking the lock and the interpreter lock
-    back after it) was a third of a returning user's request. So answers are remembered in
-    a ``Memo`` for as long as the host's change counter has not moved: any mark written by
-    any process of this host moves it, and the next check asks SQLite again. Whatever
-    happens to the counter (removed, or an instance that does not move it), an answer is
-    used for ``ANSWER_SECONDS`` at most.
+    back after it) was a quarter of a returning user's request. So answers are remembered
+    in a ``Memo`` for as long as nothing was written to the file:
+
+    - any mark written by a process of this host moves the change counter, and the next
+      check (in any process) asks SQLite again;
+    - a write the counter missed (its file removed, or a writer that does not move it: an
+      older instance on the same file) moves SQLite's own ``PRAGMA data_version``, which is
+      read once every ``CHECK_SECONDS``: such a write is seen within that.
+
+    The answers carry no time limit of their own: a returning user is asked about less
+    often than once a second, and an answer that expired every second was never used.
     """
 
     def __init__(self, path: str, clock: Callable[[], float] = time.time,
@@ -105,7 +115,8 @@ class SqliteState:
         self._db: sqlite3.Connection | None = None
         self._pid = -1
         self._changes = ChangeCounter(os.path.realpath(path) + ".changes", monotonic)
-        self._answers: tuple[int, Memo] = (-1, self._memo())  # (counter value they hold for, answers)
+        self._answers: tuple[tuple, Memo] = ((), self._memo())  # (the versions they hold for, answers)
+        self._data_version: tuple[float, int] = (float("-inf"), -1)  # (read at, value)
         with self._lock:
             db = self._connect()
             db.execute("PRAGMA journal_mode=WAL")
@@ -115,12 +126,23 @@ class SqliteState:
         return f"SqliteState({self.path!r})"
 
     def _memo(self) -> Memo:
-        return Memo(ANSWERS, ttl=ANSWER_SECONDS, clock=self._monotonic)
+        return Memo(ANSWERS)
+
+    def _written_elsewhere(self) -> int:
+        """SQLite's count of commits by other connections, read at most every CHECK_SECONDS."""
+        read_at, value = self._data_version
+        now = self._monotonic()
+        if now - read_at >= CHECK_SECONDS:
+            with self._lock:
+                value = self._connect().execute("PRAGMA data_version").fetchone()[0]
+            self._data_version = (now, value)
+        return value
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():
             self._db = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
             self._pid = os.getpid()
+            self._data_version = (float("-inf"), -1)  # a new connection counts from its own start
         return self._db
 
     def mark(self, key: str, ttl: float) -> bool:
@@ -144,17 +166,22 @@ class SqliteState:
                 except sqlite3.Error:
                     pass
                 raise StoreUnavailable(str(exc)) from None
+        # Our own commits do not move our connection's data_version: forget here, whatever the counter does.
+        self._answers = ((), self._memo())
         try:
             self._changes.bump()
-        except OSError as exc:  # recorded all the same: other processes see it within ANSWER_SECONDS
+        except OSError as exc:  # recorded all the same: other processes see it within CHECK_SECONDS
             logger.warning("revocation change counter %s could not be moved (%s)", self._changes.path,
                            type(exc).__name__)
         return True
 
     def marked(self, key: str) -> bool:
-        # The counter is read before SQLite is: a mark committed after it was read moves it,
-        # and an answer given before that commit is then never used again.
-        version = self._changes.read()
+        # The versions are read before SQLite is: a mark committed after they were read moves
+        # them, and an answer given before that commit is then never used again.
+        try:
+            version = (self._changes.read(), self._written_elsewhere())
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from None
         answers = self._answers
         if answers[0] != version:
             answers = self._answers = (version, self._memo())
