@@ -10,7 +10,7 @@ import pytest
 
 from conftest import axe_check
 from test_browser import CHROMIUM, browser  # noqa: F401  (the module-scoped Chromium fixture)
-from test_experience import WIDTHS, identity, servers, wait_ready  # noqa: F401  (servers: a fixture)
+from test_experience import WIDTHS, identity, servers, signed_in_page, wait_ready  # noqa: F401  (servers: a fixture)
 
 pytestmark = [
     pytest.mark.browser,
@@ -53,17 +53,14 @@ STATES = ["embed", "picker", "error-404", "error-403", "signed-out"]
 # --------------------------------------------------------- the checker
 def test_the_axe_check_reports_a_known_violation(browser, servers):  # noqa: F811
     server = servers()
-    context = browser.new_context(viewport=WIDTHS["desktop"], extra_http_headers=identity("alice@acme.example"))
-    page = context.new_page()
-    page.goto(server.url + "/no-such-page")
-    axe_check(page, "axe-self-test-clean")  # the page as served passes
-    # An image without a text alternative (img-src allows data: URLs, so the CSP lets it load).
-    page.evaluate("""() => { const img = document.createElement('img');
-        img.src = 'data:image/gif;base64,R0lGODlhAQABAAAAACw='; img.width = 40; img.height = 40;
-        document.querySelector('main').appendChild(img); }""")
-    with pytest.raises(AssertionError, match=r"image-alt \(critical\)[^\n]*\n\s+at img:"):
-        axe_check(page, "axe-self-test-violation")
-    context.close()
+    with signed_in_page(browser, server.url + "/no-such-page", width="desktop") as page:
+        axe_check(page, "axe-self-test-clean")  # the page as served passes
+        # An image without a text alternative (img-src allows data: URLs, so the CSP lets it load).
+        page.evaluate("""() => { const img = document.createElement('img');
+            img.src = 'data:image/gif;base64,R0lGODlhAQABAAAAACw='; img.width = 40; img.height = 40;
+            document.querySelector('main').appendChild(img); }""")
+        with pytest.raises(AssertionError, match=r"image-alt \(critical\)[^\n]*\n\s+at img:"):
+            axe_check(page, "axe-self-test-violation")
 
 
 # ------------------------------------------------------- the dark scheme
@@ -177,29 +174,24 @@ def test_the_focus_ring_stands_out_on_every_background(browser, servers, scheme,
 # --------------------------------------------------------------- favicon
 def test_the_favicon_is_ours_and_nothing_is_missing_on_first_load(browser, servers):  # noqa: F811
     server = servers()
-    context = browser.new_context(viewport=WIDTHS["desktop"], extra_http_headers=identity("alice@acme.example"))
-    page = context.new_page()
-    failed = []
-    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    page.goto(server.url + "/")
-    wait_ready(page)
-    assert failed == []
-    icon = page.locator("link[rel=icon]").get_attribute("href")
-    answer = page.request.get(server.url + icon)
-    assert answer.status == 200 and answer.headers["content-type"].startswith("image/svg+xml")
-    assert 'fill="#0b5d3b"' in answer.text()  # the partner's colour
-    legacy = page.request.get(server.url + "/favicon.ico")  # for browsers that ask without reading the link
-    assert legacy.status == 200 and legacy.url.endswith(icon)
-    context.close()
+    with signed_in_page(browser, width="desktop") as page:
+        failed = []
+        page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.goto(server.url + "/")
+        wait_ready(page)
+        assert failed == []
+        icon = page.locator("link[rel=icon]").get_attribute("href")
+        answer = page.request.get(server.url + icon)
+        assert answer.status == 200 and answer.headers["content-type"].startswith("image/svg+xml")
+        assert 'fill="#0b5d3b"' in answer.text()  # the partner's colour
+        legacy = page.request.get(server.url + "/favicon.ico")  # for browsers that ask without reading the link
+        assert legacy.status == 200 and legacy.url.endswith(icon)
 
 
 def test_the_embed_page_names_itself_for_screen_readers(browser, servers):  # noqa: F811
     server = servers()
-    context = browser.new_context(viewport=WIDTHS["phone"], extra_http_headers=identity("alice@acme.example"))
-    page = context.new_page()
-    page.goto(server.url + "/")
-    wait_ready(page)
-    heading = page.get_by_role("heading", level=1)
-    assert heading.inner_text() == "Sales EMEA dashboard"
-    assert re.search(r"visually-hidden", heading.get_attribute("class"))
-    context.close()
+    with signed_in_page(browser, server.url + "/") as page:
+        wait_ready(page)
+        heading = page.get_by_role("heading", level=1)
+        assert heading.inner_text() == "Sales EMEA dashboard"
+        assert re.search(r"visually-hidden", heading.get_attribute("class"))

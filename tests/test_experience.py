@@ -6,6 +6,7 @@ each land in test-artifacts/.
 """
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,76 +68,88 @@ def wait_ready(page, timeout=15000):
     return frame
 
 
+@contextmanager
+def signed_in_page(browser, url=None, email="alice@acme.example", width="phone", *, groups="", **context_options):  # noqa: F811
+    """A page in a fresh context signed in as ``email`` (the SSO proxy's headers), at one of
+    ``WIDTHS``: opened at ``url``, or left blank for a test that watches the page (its console,
+    its responses) before going anywhere. The context (``page.context``) is closed at the end,
+    even when the test fails."""
+    context = browser.new_context(viewport=WIDTHS[width], extra_http_headers=identity(email, groups), **context_options)
+    try:
+        page = context.new_page()
+        if url is not None:
+            page.goto(url)
+        yield page
+    finally:
+        context.close()
+
+
 # ------------------------------------------------------------- the page
 @pytest.mark.parametrize("width", sorted(WIDTHS))
 def test_branded_embed_page(browser, servers, width):  # noqa: F811
     server = servers()
-    context = browser.new_context(viewport=WIDTHS[width], extra_http_headers=identity("alice@acme.example"))
-    page = context.new_page()
-    console = Console(page)
-    page.goto(server.url + "/")
-    assert page.locator("html").get_attribute("lang") == "en"
-    wait_ready(page)
-    assert page.get_by_test_id("loading").is_hidden()
-    assert page.locator(".brand-name").inner_text() == "Acme Portal"
-    assert page.get_by_test_id("subtenant").inner_text() == "Sales EMEA"
-    header_bg = page.evaluate("getComputedStyle(document.querySelector('.bar')).backgroundColor")
-    assert header_bg == "rgb(11, 93, 59)"
-    # Full height, no double scrollbars, nothing wider than the screen.
-    assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-    frame_box = page.locator("iframe#dashboard").bounding_box()
-    assert frame_box["y"] + frame_box["height"] >= WIDTHS[width]["height"] - 2
-    # One slim row of header on every width.
-    assert page.locator(".bar").bounding_box()["height"] <= 48
-    # Keyboard: the skip link first, then the header's controls (on a phone, behind a menu).
-    page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.className") == "skip"
-    page.keyboard.press("Tab")
-    first = "Sign out" if width == "desktop" else "Menu"
-    assert page.evaluate("document.activeElement.textContent.trim()") == first
-    axe_check(page, f"embed-{width}")
-    if width == "phone":
-        page.keyboard.press("Enter")
-        assert page.get_by_role("button", name="Sign out").is_visible()
-        assert page.get_by_text("alice@acme.example").is_visible()
-        axe_check(page, "embed-menu-open-phone")
-        page.keyboard.press("Escape")
-        assert page.get_by_role("button", name="Sign out").is_hidden()
-        assert page.evaluate("document.activeElement.getAttribute('aria-expanded')") == "false"
-    assert console.csp_violations() == []
-    context.close()
+    with signed_in_page(browser, width=width) as page:
+        console = Console(page)
+        page.goto(server.url + "/")
+        assert page.locator("html").get_attribute("lang") == "en"
+        wait_ready(page)
+        assert page.get_by_test_id("loading").is_hidden()
+        assert page.locator(".brand-name").inner_text() == "Acme Portal"
+        assert page.get_by_test_id("subtenant").inner_text() == "Sales EMEA"
+        header_bg = page.evaluate("getComputedStyle(document.querySelector('.bar')).backgroundColor")
+        assert header_bg == "rgb(11, 93, 59)"
+        # Full height, no double scrollbars, nothing wider than the screen.
+        assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        frame_box = page.locator("iframe#dashboard").bounding_box()
+        assert frame_box["y"] + frame_box["height"] >= WIDTHS[width]["height"] - 2
+        # One slim row of header on every width.
+        assert page.locator(".bar").bounding_box()["height"] <= 48
+        # Keyboard: the skip link first, then the header's controls (on a phone, behind a menu).
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.className") == "skip"
+        page.keyboard.press("Tab")
+        first = "Sign out" if width == "desktop" else "Menu"
+        assert page.evaluate("document.activeElement.textContent.trim()") == first
+        axe_check(page, f"embed-{width}")
+        if width == "phone":
+            page.keyboard.press("Enter")
+            assert page.get_by_role("button", name="Sign out").is_visible()
+            assert page.get_by_text("alice@acme.example").is_visible()
+            axe_check(page, "embed-menu-open-phone")
+            page.keyboard.press("Escape")
+            assert page.get_by_role("button", name="Sign out").is_hidden()
+            assert page.evaluate("document.activeElement.getAttribute('aria-expanded')") == "false"
+        assert console.csp_violations() == []
 
 
 @pytest.mark.parametrize("width", sorted(WIDTHS))
 def test_team_picker_and_switcher(browser, servers, width):  # noqa: F811
     server = servers()
-    context = browser.new_context(viewport=WIDTHS[width], extra_http_headers=identity("bob@acme.example", "emea"))
-    page = context.new_page()
-    console = Console(page)
-    page.goto(server.url + "/")
-    assert page.url.endswith("/select")
-    axe_check(page, f"picker-{width}")
-    page.get_by_role("button", name="Sales EMEA").click()
-    wait_ready(page)
-    if width == "phone":
-        assert page.get_by_test_id("subtenant").inner_text() == "Sales EMEA"  # the team stays in view
-        page.get_by_role("button", name="Menu").click()
-    select = page.get_by_test_id("subtenant-select")
-    assert select.input_value() == "acme/sales-emea"
-    assert page.url == server.url + "/?team=acme%2Fsales-emea"  # the address names the team
-    select.select_option("acme/sales-us")  # choosing is not switching (WCAG 3.2.2)...
-    page.wait_for_timeout(300)
-    assert page.url == server.url + "/?team=acme%2Fsales-emea"
-    page.get_by_role("button", name="Switch").click()  # ...the button is
-    page.wait_for_url(server.url + "/?team=acme%2Fsales-us")
-    frame = wait_ready(page)
-    assert frame.locator("#app").get_attribute("data-subtenant") == "sales-us"
-    axe_check(page, f"switcher-{width}")
-    page.reload()  # a reload keeps the team (Post/Redirect/Get: nothing is sent again)
-    assert wait_ready(page).locator("#app").get_attribute("data-subtenant") == "sales-us"
-    assert console.csp_violations() == []
-    context.close()
+    with signed_in_page(browser, email="bob@acme.example", width=width, groups="emea") as page:
+        console = Console(page)
+        page.goto(server.url + "/")
+        assert page.url.endswith("/select")
+        axe_check(page, f"picker-{width}")
+        page.get_by_role("button", name="Sales EMEA").click()
+        wait_ready(page)
+        if width == "phone":
+            assert page.get_by_test_id("subtenant").inner_text() == "Sales EMEA"  # the team stays in view
+            page.get_by_role("button", name="Menu").click()
+        select = page.get_by_test_id("subtenant-select")
+        assert select.input_value() == "acme/sales-emea"
+        assert page.url == server.url + "/?team=acme%2Fsales-emea"  # the address names the team
+        select.select_option("acme/sales-us")  # choosing is not switching (WCAG 3.2.2)...
+        page.wait_for_timeout(300)
+        assert page.url == server.url + "/?team=acme%2Fsales-emea"
+        page.get_by_role("button", name="Switch").click()  # ...the button is
+        page.wait_for_url(server.url + "/?team=acme%2Fsales-us")
+        frame = wait_ready(page)
+        assert frame.locator("#app").get_attribute("data-subtenant") == "sales-us"
+        axe_check(page, f"switcher-{width}")
+        page.reload()  # a reload keeps the team (Post/Redirect/Get: nothing is sent again)
+        assert wait_ready(page).locator("#app").get_attribute("data-subtenant") == "sales-us"
+        assert console.csp_violations() == []
 
 
 # --------------------------------------------------------------- errors
@@ -219,47 +232,41 @@ def test_error_pages_say_what_happened_and_what_to_do(browser, servers, sim, sta
 def test_a_busy_page_counts_down_and_opens_the_dashboard_by_itself(browser, servers, sim):  # noqa: F811
     sim.fault(status=429, message="Rate limit exceeded. Try again in 3 seconds.", count=1)
     server = servers(ZIPTEAMS_RETRIES="0")
-    context = browser.new_context(viewport=WIDTHS["phone"], extra_http_headers=identity("alice@acme.example"))
-    page = context.new_page()
-    console = Console(page)
-    assert page.goto(server.url + "/").status == 503
-    wait = page.locator("main .wait")
-    first = wait.inner_text()
-    assert re.fullmatch(r"Trying again by itself in [23] seconds\.", first), first
-    page.wait_for_function("() => !document.querySelector('main .wait').textContent.includes(' 3 ')", timeout=3000)
-    # Once the wait named by Retry-After is over, the page comes back as the dashboard.
-    wait_ready(page, timeout=10000)
-    assert page.get_by_test_id("subtenant").inner_text() == "Sales EMEA"
-    assert console.csp_violations() == []
-    context.close()
+    with signed_in_page(browser) as page:
+        console = Console(page)
+        assert page.goto(server.url + "/").status == 503
+        wait = page.locator("main .wait")
+        first = wait.inner_text()
+        assert re.fullmatch(r"Trying again by itself in [23] seconds\.", first), first
+        page.wait_for_function("() => !document.querySelector('main .wait').textContent.includes(' 3 ')", timeout=3000)
+        # Once the wait named by Retry-After is over, the page comes back as the dashboard.
+        wait_ready(page, timeout=10000)
+        assert page.get_by_test_id("subtenant").inner_text() == "Sales EMEA"
+        assert console.csp_violations() == []
 
 
 def test_the_countdown_can_be_stopped(browser, servers, sim):  # noqa: F811
     sim.fault(status=429, message="Rate limit exceeded. Try again in 2 seconds.", count=1)
     server = servers(ZIPTEAMS_RETRIES="0")
-    context = browser.new_context(viewport=WIDTHS["desktop"], extra_http_headers=identity("alice@acme.example"))
-    context.clock.install()  # the page's timers run on a clock this test moves
-    page = context.new_page()
-    assert page.goto(server.url + "/").status == 503
-    page.get_by_role("button", name="Stop trying by itself").click()
-    assert "Not trying again by itself" in page.locator("main .wait").inner_text()
-    page.clock.run_for(10_000)  # well past the wait and its jitter: the page stayed
-    assert page.locator("main").get_attribute("data-status") == "503"
-    axe_check(page, "error-503-stopped-desktop")
-    context.close()
+    with signed_in_page(browser, width="desktop") as page:
+        page.context.clock.install()  # the page's timers run on a clock this test moves
+        assert page.goto(server.url + "/").status == 503
+        page.get_by_role("button", name="Stop trying by itself").click()
+        assert "Not trying again by itself" in page.locator("main .wait").inner_text()
+        page.clock.run_for(10_000)  # well past the wait and its jitter: the page stayed
+        assert page.locator("main").get_attribute("data-status") == "503"
+        axe_check(page, "error-503-stopped-desktop")
 
 
 def test_copy_puts_the_request_id_on_the_clipboard(browser, servers):  # noqa: F811
     server = servers()
-    context = browser.new_context(viewport=WIDTHS["desktop"], extra_http_headers=identity("alice@acme.example"))
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
-    page = context.new_page()
-    page.goto(server.url + "/no-such-page")
-    page.get_by_role("button", name="Copy the request id").click()
-    page.get_by_role("status").filter(has_text="Copied").wait_for(timeout=3000)
-    assert page.evaluate("navigator.clipboard.readText()") == page.locator("main code").inner_text()
-    axe_check(page, "error-404-copied-desktop")
-    context.close()
+    with signed_in_page(browser, width="desktop") as page:
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+        page.goto(server.url + "/no-such-page")
+        page.get_by_role("button", name="Copy the request id").click()
+        page.get_by_role("status").filter(has_text="Copied").wait_for(timeout=3000)
+        assert page.evaluate("navigator.clipboard.readText()") == page.locator("main code").inner_text()
+        axe_check(page, "error-404-copied-desktop")
 
 
 def test_not_linked_user_can_sign_out_to_use_another_account(browser, servers):  # noqa: F811
@@ -337,27 +344,25 @@ def test_two_tabs_with_different_teams_each_keep_their_own(browser, servers):  #
     fast = start_sim(poll_ms=700)
     try:
         server = servers(fast)
-        context = browser.new_context(viewport=WIDTHS["desktop"], extra_http_headers=identity("bob@acme.example", "emea"))
-        tab_a = context.new_page()
-        tab_a.goto(server.url + "/")
-        tab_a.get_by_role("button", name="Sales EMEA").click()
-        frame_a = wait_ready(tab_a)
-        tab_b = context.new_page()
-        tab_b.goto(server.url + "/")
-        tab_b.get_by_test_id("subtenant-select").select_option("acme/sales-us")
-        tab_b.get_by_role("button", name="Switch").click()
-        tab_b.wait_for_url(server.url + "/?team=acme%2Fsales-us")
-        frame_b = wait_ready(tab_b)
-        assert frame_b.locator("#app").get_attribute("data-subtenant") == "sales-us"
-        before = float(frame_a.locator("#app").get_attribute("data-loaded-at"))
-        tab_a.wait_for_function("""() => { const d = document.getElementById('dashboard').contentDocument;
-            return Number(d.getElementById('app').dataset.loadedAt) > %f; }""" % (before + 1), timeout=10000)
-        # Tab A's dashboard went on refreshing after the switch, and still shows Sales EMEA.
-        assert frame_a.locator("#app").get_attribute("data-subtenant") == "sales-emea"
-        assert tab_a.get_by_test_id("subtenant").inner_text() == "Sales EMEA"
-        shot(tab_a, "two-tabs-a-emea-desktop")
-        shot(tab_b, "two-tabs-b-us-desktop")
-        context.close()
+        with signed_in_page(browser, email="bob@acme.example", width="desktop", groups="emea") as tab_a:
+            tab_a.goto(server.url + "/")
+            tab_a.get_by_role("button", name="Sales EMEA").click()
+            frame_a = wait_ready(tab_a)
+            tab_b = tab_a.context.new_page()
+            tab_b.goto(server.url + "/")
+            tab_b.get_by_test_id("subtenant-select").select_option("acme/sales-us")
+            tab_b.get_by_role("button", name="Switch").click()
+            tab_b.wait_for_url(server.url + "/?team=acme%2Fsales-us")
+            frame_b = wait_ready(tab_b)
+            assert frame_b.locator("#app").get_attribute("data-subtenant") == "sales-us"
+            before = float(frame_a.locator("#app").get_attribute("data-loaded-at"))
+            tab_a.wait_for_function("""() => { const d = document.getElementById('dashboard').contentDocument;
+                return Number(d.getElementById('app').dataset.loadedAt) > %f; }""" % (before + 1), timeout=10000)
+            # Tab A's dashboard went on refreshing after the switch, and still shows Sales EMEA.
+            assert frame_a.locator("#app").get_attribute("data-subtenant") == "sales-emea"
+            assert tab_a.get_by_test_id("subtenant").inner_text() == "Sales EMEA"
+            shot(tab_a, "two-tabs-a-emea-desktop")
+            shot(tab_b, "two-tabs-b-us-desktop")
     finally:
         fast.server.stop()
 
@@ -386,16 +391,13 @@ def test_signing_out_in_one_tab_ends_the_others(browser, servers, sim):  # noqa:
 
 def test_sso_session_gone_shows_session_ended_not_a_broken_frame(browser, servers):  # noqa: F811
     server = servers()
-    context = browser.new_context(viewport=WIDTHS["phone"], extra_http_headers=identity("alice@acme.example"))
-    page = context.new_page()
-    page.goto(server.url + "/")
-    wait_ready(page)
-    context.set_extra_http_headers({})  # the SSO proxy's session ended: no more identity
-    page.evaluate("document.getElementById('dashboard').contentWindow.location.reload()")
-    page.get_by_test_id("session-ended").wait_for(timeout=10000)
-    assert page.locator("iframe#dashboard").is_hidden()
-    axe_check(page, "session-ended-phone")
-    context.close()
+    with signed_in_page(browser, server.url + "/") as page:
+        wait_ready(page)
+        page.context.set_extra_http_headers({})  # the SSO proxy's session ended: no more identity
+        page.evaluate("document.getElementById('dashboard').contentWindow.location.reload()")
+        page.get_by_test_id("session-ended").wait_for(timeout=10000)
+        assert page.locator("iframe#dashboard").is_hidden()
+        axe_check(page, "session-ended-phone")
 
 
 # --------------------------------------------------------- long-open tabs
