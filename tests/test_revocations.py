@@ -3,11 +3,20 @@
 Two ``SqliteState`` objects on one file stand for two worker processes (or two instances on one
 host): each keeps its own remembered answers, as a process does.
 """
+import multiprocessing
 import os
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from conftest import FakeClock
-from gateway.identity.revocations import CHECK_SECONDS, SqliteState
+from gateway.shared import StoreUnavailable
+from gateway.identity.hoststate import CHECK_SECONDS, SqliteState
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def pair(tmp_path, path_b=None):
@@ -81,7 +90,7 @@ def test_a_counter_file_made_again_with_the_same_count_still_reads_as_a_change(t
         other.execute("INSERT INTO marks (key, until) VALUES (?, ?)", ("sid:s1", 2000.0))
     b._changes.bump()  # a new file, counted to 1 again
     monotonic.advance(CHECK_SECONDS + 0.01)
-    a._data_version = (monotonic(), a._data_version[1])  # as if SQLite's count had just been read
+    a._version = (monotonic(), a._version[1])  # as if SQLite's count had just been read
     assert a.marked("sid:s1") is True
 
 
@@ -95,3 +104,76 @@ def test_a_mark_whose_counter_could_not_move_is_seen_by_its_own_process(tmp_path
     monkeypatch.setattr(a._changes, "bump", broken)
     assert a.mark("sid:s1", 600) is True
     assert a.marked("sid:s1") is True
+
+
+# ------------------------------------------------ the file removed, replaced or damaged
+# Found by review on real workers: each of these left logouts invisible to a worker for good.
+def alone(tmp_path):
+    """One process's state, alone in this process: as in a worker, its connection is the only one
+    to the file here (connections of one process share what SQLite keeps per file)."""
+    monotonic = FakeClock(50.0)
+    return SqliteState(str(tmp_path / "state.db"), clock=FakeClock(1000.0), monotonic=monotonic), monotonic
+
+
+
+def _mark_in_another_process(db, key):
+    """A mark written by a fresh process (another instance, a restarted worker): SQLite shares a
+    file's locks and shared memory between the connections of one process, so this must not be one."""
+    subprocess.run([sys.executable, "-c", (
+        "import sys; from gateway.identity.hoststate import SqliteState; "
+        f"assert SqliteState({str(db)!r}).mark({key!r}, 600)")], check=True, cwd=ROOT, timeout=60)
+
+
+def _remove_database(db):
+    for suffix in ("", "-wal", "-shm"):
+        (db.parent / (db.name + suffix)).unlink(missing_ok=True)
+
+
+def test_a_removed_database_is_made_again_and_its_marks_seen(tmp_path):
+    a, monotonic = alone(tmp_path)
+    assert a.marked("sid:s1") is False
+    _remove_database(tmp_path / "state.db")  # a temp cleaner: the default path is in the temp directory
+    _mark_in_another_process(tmp_path / "state.db", "sid:s1")  # e.g. a restarted worker's logout
+    monotonic.advance(CHECK_SECONDS + 0.01)
+    assert a.marked("sid:s1") is True
+
+
+def test_a_worker_forked_after_the_database_was_removed_still_has_its_table(tmp_path):
+    db = tmp_path / "state.db"
+    master = SqliteState(str(db))  # gunicorn's master (the app is preloaded), before the workers fork
+    _remove_database(db)
+    fork = multiprocessing.get_context("fork")
+    worker = fork.Process(target=lambda: sys.exit(0 if master.mark("sid:s1", 600) else 3))
+    worker.start()
+    worker.join(60)
+    assert worker.exitcode == 0  # not "no such table: marks" (a StoreUnavailable: logouts not recorded)
+def test_a_symlink_pointed_elsewhere_later_does_not_split_the_workers(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    link = tmp_path / "state.db"
+    os.symlink(tmp_path / "one" / "state.db", link)
+    master = SqliteState(str(link))
+    os.remove(link)
+    os.symlink(tmp_path / "two" / "state.db", link)
+    assert master.path == str(tmp_path / "one" / "state.db")  # what every worker forked from it opens
+
+
+def test_a_truncated_counter_file_reads_as_a_change_not_a_crash(tmp_path):
+    # In a child process: reading a memory map of a truncated file kills the process (SIGBUS).
+    db = tmp_path / "state.db"
+    code = ("from gateway.identity.hoststate import SqliteState; import os; "
+            f"a = SqliteState({str(db)!r}); b = SqliteState({str(db)!r}); "
+            "assert a.marked('sid:s1') is False; "
+            f"os.truncate({str(db) + '.changes'!r}, 0); "
+            "assert a.marked('sid:s1') is False; assert b.mark('sid:s1', 600); assert a.marked('sid:s1') is True")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60, capture_output=True, text=True)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
+def test_an_unreadable_counter_is_a_store_outage_not_a_crash(tmp_path):
+    a, _, monotonic = pair(tmp_path)
+    os.remove(tmp_path / "state.db.changes")
+    os.mkdir(tmp_path / "state.db.changes")  # cannot be opened again, even by root
+    monotonic.advance(CHECK_SECONDS + 0.01)
+    with pytest.raises(StoreUnavailable):
+        a.marked("sid:s1")  # SecurityState's stated policy then applies (tests/test_outages.py), not a 500
