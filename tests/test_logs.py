@@ -224,3 +224,41 @@ def test_a_stalled_stdout_cannot_hold_a_stopping_worker(writer):
     finally:
         os.close(read_end)  # the blocked write fails (EPIPE), and the writer thread ends
         os.close(write_end)
+
+
+ODD = ["plain", "", "quote \" backslash \\ slash /", "newline\nreturn\r tab\t nul\x00 esc\x1b del\x7f",
+       "c1 \x85 \x9b", "line sep \u2028 para sep \u2029", "para sep alone \u2029", "non-ASCII é ü 名前 🙂", "lone surrogate \ud800"]
+
+
+@pytest.mark.parametrize("message", ODD)
+def test_a_json_line_is_exactly_what_json_dumps_makes_of_it(message):
+    """The formatter writes its lines out key by key; json.dumps of the same dict is the oracle."""
+    def reference(record, exception=None):
+        entry = {"ts": logformat._timestamp(record.created), "level": record.levelname.lower(),
+                 "logger": record.name, "request_id": getattr(record, "request_id", "-"),
+                 "message": record.getMessage(), **getattr(record, "audit", {})}
+        if exception:
+            entry["exception"] = exception
+        return logformat._JSON_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}",
+                                          json.dumps(entry, ensure_ascii=False))
+
+    formatter = logformat.JsonFormatter()
+    plain = logging.LogRecord("gateway.x" + message[:3], logging.WARNING, "", 0, "said %s", (message,), None)
+    plain.request_id = message
+    assert formatter.format(plain) == reference(plain)
+    audited = logging.LogRecord("gateway.audit", logging.INFO, "", 0, message, None, None)
+    audited.audit = {"event": message, "count": 3, "ratio": 0.5, "flag": True, "none": None,
+                     "groups": [message, "b"], message or "k": {"nested": message}}
+    assert formatter.format(audited) == reference(audited)
+    try:
+        raise ValueError(message)
+    except ValueError:
+        import sys
+        failed = logging.LogRecord("gateway.x", logging.ERROR, "", 0, "boom", None, sys.exc_info())
+    assert formatter.format(failed) == reference(failed, formatter.formatException(failed.exc_info))
+    # A field named like a base key replaces it, in place, as in a dict.
+    clash = logging.LogRecord("gateway.audit", logging.INFO, "", 0, "m", None, None)
+    clash.audit = {"message": message, "event": "e"}
+    assert formatter.format(clash) == reference(clash)
+    for line in (formatter.format(plain), formatter.format(audited), formatter.format(failed)):
+        assert len(line.splitlines()) == 1 and json.loads(line)
