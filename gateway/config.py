@@ -131,7 +131,8 @@ SETTINGS: tuple[Setting, ...] = (
             parse_samesite),
     Setting("GATEWAY_STATE_DB", "",
             "Without Redis: SQLite file shared by this host's workers for logout revocations and single-use "
-            "hand-off ids (default: a file in the system temp directory). With Redis, Redis holds them.", str),
+            "hand-off ids (default: a file in the system temp directory; in production name a path no temp cleaner "
+            "empties, see SECURITY.md). With Redis, Redis holds them.", str),
     Setting("GATEWAY_BRAND_NAME", "Zipteams Insights", "Name shown in the page header and titles.",
             lambda raw: raw.strip()[:60] or "Zipteams Insights"),
     Setting("GATEWAY_BRAND_LOGO_URL", "",
