@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import workloads  # noqa: E402
 from bench.common import LISTENING, start_gunicorn, wait_for  # noqa: E402
-from bench.profile_workloads import call, environ, per_request_us  # noqa: E402
+from bench.profile_workloads import environ, per_request_us  # noqa: E402
 
 ACCESS = ("request method=%s path=%s endpoint=%s status=%s ms=%.1f", "GET", "/", "embed.index", 200, 1.234)
 AUDIT = dict(email="user0001@team01.acme.example", tenant="acme", subtenant="team01",
