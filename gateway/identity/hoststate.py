@@ -17,7 +17,7 @@ import time
 from typing import Callable
 
 from gateway.memo import Memo
-from gateway.shared import StoreUnavailable
+from gateway.shared import LOG_EVERY, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +38,19 @@ class ChangeCounter:
         self._monotonic = monotonic
         self._checked_at = float("-inf")
         self._fd = -1
+        self._retired = -1
         self._inode = None
         self._opened = 0
         self._open()
 
     def _open(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        # The descriptor it replaces stays open: a reading thread may hold its number, and
-        # closing it would let another file take that number mid-read. One per replaced file.
+        # The descriptor it replaces stays open until the next replacement (a second at least):
+        # a reading thread may hold its number, and closing it at once could let another file
+        # take that number mid-read. The one before that is closed: no leak, however often.
+        if self._retired >= 0:
+            os.close(self._retired)
+        self._retired = self._fd
         self._inode, self._fd = os.fstat(fd).st_ino, fd
         self._opened += 1
 
@@ -59,10 +64,13 @@ class ChangeCounter:
         except OSError:
             same = False
         if not same:
+            self._inode = None  # stays so, and reads fail, until it could be opened again
             self._open()
 
     def read(self) -> tuple[int, int]:
         self._still_ours()
+        if self._inode is None:
+            raise OSError(f"change counter {self.path} could not be opened again")
         data = os.pread(self._fd, 8, 0)
         return self._opened, struct.unpack("<Q", data)[0] if len(data) == 8 else -1
 
@@ -75,7 +83,7 @@ class ChangeCounter:
             try:
                 data = os.pread(fh.fileno(), 8, 0)
                 count = struct.unpack("<Q", data)[0] if len(data) == 8 else 0
-                os.pwrite(fh.fileno(), struct.pack("<Q", count + 1), 0)
+                os.pwrite(fh.fileno(), struct.pack("<Q", (count + 1) & 0xFFFFFFFFFFFFFFFF), 0)  # wraps, never fails
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -114,6 +122,7 @@ class SqliteState:
         self._pid = -1
         self._opened = 0  # connections made by this object: a new one is a new view of the file
         self._identity: tuple = ()
+        self._counter_logged_at = float("-inf")
         self._changes = ChangeCounter(self.path + ".changes", monotonic)
         self._answers: tuple[tuple, Memo] = ((), self._memo())  # (the versions they hold for, answers)
         self._version: tuple[float, tuple] = (float("-inf"), ())  # (checked at, (connection, data_version))
@@ -155,39 +164,49 @@ class SqliteState:
         now = self._monotonic()
         if now - checked_at >= CHECK_SECONDS:
             with self._lock:
-                db = self._connect()
-                if self._files() != self._identity:
-                    logger.warning("revocation store %s was removed or replaced; opened again", self.path)
-                    db.close()
-                    self._db = None
-                    db = self._connect()
+                db = self._current()
                 version = (self._opened, db.execute("PRAGMA data_version").fetchone()[0])
             self._version = (now, version)
         return version
+
+    def _current(self) -> sqlite3.Connection:
+        """The connection, opened again if the file (or its -shm) is not the one it has open. Under the lock."""
+        db = self._connect()
+        if self._files() != self._identity:
+            logger.warning("revocation store %s was removed or replaced; opened again", self.path)
+            db.close()
+            self._db = None
+            db = self._connect()
+        return db
 
     def mark(self, key: str, ttl: float) -> bool:
         """Record ``key`` until ``ttl`` seconds from now; False if it was already recorded."""
         now = self._clock()
         with self._lock:
-            db = None
-            try:
-                db = self._connect()
-                db.execute("BEGIN IMMEDIATE")
-                row = db.execute("SELECT until FROM marks WHERE key = ?", (key,)).fetchone()
-                if row is not None and row[0] > now:
-                    db.execute("COMMIT")
-                    return False
-                db.execute("INSERT OR REPLACE INTO marks (key, until) VALUES (?, ?)", (key, now + ttl))
-                if hash(key) % 64 == 0:  # now and then, forget what has expired
-                    db.execute("DELETE FROM marks WHERE until <= ?", (now,))
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            # Written to the file at the path, not one removed since the last check: a logout
+            # written to a removed file would be lost. If it goes while we write, write again.
+            for _ in range(3):
+                db = None
                 try:
-                    if db is not None:
-                        db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise StoreUnavailable(str(exc)) from None
+                    db = self._current()
+                    db.execute("BEGIN IMMEDIATE")
+                    row = db.execute("SELECT until FROM marks WHERE key = ?", (key,)).fetchone()
+                    if row is not None and row[0] > now:
+                        db.execute("COMMIT")
+                        return False
+                    db.execute("INSERT OR REPLACE INTO marks (key, until) VALUES (?, ?)", (key, now + ttl))
+                    if hash(key) % 64 == 0:  # now and then, forget what has expired
+                        db.execute("DELETE FROM marks WHERE until <= ?", (now,))
+                    db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    try:
+                        if db is not None:
+                            db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                    raise StoreUnavailable(str(exc)) from None
+                if self._files() == self._identity:
+                    break
         # Our own commits do not move our connection's data_version: forget here, whatever the counter does.
         self._answers = ((), self._memo())
         try:
@@ -201,8 +220,14 @@ class SqliteState:
         # The versions are read before SQLite is: a mark committed after they were read moves
         # them, and an answer given before that commit is then never used again.
         try:
-            version = (self._changes.read(), self._db_version())
-        except (sqlite3.Error, OSError) as exc:
+            counted = self._changes.read()
+        except OSError as exc:
+            # The counter only saves SQLite reads: without it every check asks SQLite.
+            self._counter_failed(exc)
+            counted = None
+        try:
+            version = (counted, self._db_version())
+        except sqlite3.Error as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
         answers = self._answers
         if answers[0] != version:
@@ -215,5 +240,13 @@ class SqliteState:
             except sqlite3.Error as exc:
                 raise StoreUnavailable(str(exc)) from None
             until = row[0] if row is not None else 0.0
-            answers[1].put(key, until)
+            if counted is not None:  # without the counter, no answer may be kept
+                answers[1].put(key, until)
         return until > self._clock()
+
+    def _counter_failed(self, exc: OSError) -> None:
+        now = self._monotonic()
+        if now - self._counter_logged_at >= LOG_EVERY:
+            self._counter_logged_at = now
+            logger.warning("revocation change counter %s cannot be read (%s): every check asks SQLite "
+                           "until it can; logged once a minute", self._changes.path, type(exc).__name__)
