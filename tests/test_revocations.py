@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from conftest import FakeClock
 from gateway.identity.hoststate import CHECK_SECONDS, SqliteState
 
