@@ -3,11 +3,14 @@
 Two ``SqliteState`` objects on one file stand for two worker processes (or two instances on one
 host): each keeps its own remembered answers, as a process does.
 """
+import errno
+import itertools
 import multiprocessing
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from conftest import FakeClock
@@ -214,3 +217,44 @@ def test_a_counter_file_replaced_again_and_again_keeps_two_descriptors_at_most(t
         monotonic.advance(CHECK_SECONDS + 0.01)
         a.marked("sid:s1")  # opens the new file
     assert held() <= 2 + 2  # a's two at most (b never looked again), and b's one, and the new file's
+
+
+def test_a_counter_that_cannot_be_opened_at_start_is_not_a_crash(tmp_path):
+    os.mkdir(tmp_path / "state.db.changes")
+    a, b, _ = pair(tmp_path)  # starts (was: IsADirectoryError at start-up)
+    assert b.mark("sid:s1", 600) is True
+    assert a.marked("sid:s1") is True
+
+
+def test_threads_opening_the_counter_again_at_once_close_nothing_twice(tmp_path):
+    """Found by review: two threads reopening at once closed one descriptor number twice,
+    which by then could belong to an unrelated file."""
+    ticks = itertools.count()
+    a = SqliteState(str(tmp_path / "state.db"), clock=FakeClock(1000.0),
+                    monotonic=lambda: next(ticks) * (CHECK_SECONDS + 1))  # every read re-checks the file
+    counter = tmp_path / "state.db.changes"
+    errors = []
+
+    def reader():
+        for _ in range(300):
+            try:
+                a._changes.read()
+            except OSError as exc:
+                errors.append(exc)
+
+    def deleter():
+        for _ in range(300):
+            counter.unlink(missing_ok=True)
+
+    with open(tmp_path / "unrelated", "w") as unrelated:
+        threads = [threading.Thread(target=reader) for _ in range(8)] + [threading.Thread(target=deleter)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        os.fstat(unrelated.fileno())  # still open
+        unrelated.write("x")
+    assert not [e for e in errors if e.errno == errno.EBADF]
+    held = sum(os.readlink(f"/proc/self/fd/{fd}").startswith(str(counter)) for fd in os.listdir("/proc/self/fd")
+               if os.path.islink(f"/proc/self/fd/{fd}"))
+    assert held <= 2

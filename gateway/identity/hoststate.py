@@ -41,7 +41,10 @@ class ChangeCounter:
         self._retired = -1
         self._inode = None
         self._opened = 0
-        self._open()
+        self._why = ""  # why it could not be opened, while it cannot
+        self._lock = threading.Lock()  # for opening again only (once a second at most), never for a read
+        with self._lock:
+            self._reopen()
 
     def _open(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -55,28 +58,38 @@ class ChangeCounter:
         self._opened += 1
 
     def _still_ours(self) -> None:
-        now = self._monotonic()
-        if now - self._checked_at < CHECK_SECONDS:
+        if self._monotonic() - self._checked_at < CHECK_SECONDS:
             return
-        self._checked_at = now
+        with self._lock:  # two threads opening at once would close one descriptor twice
+            now = self._monotonic()
+            if now - self._checked_at < CHECK_SECONDS:
+                return
+            self._checked_at = now
+            try:
+                same = os.stat(self.path).st_ino == self._inode
+            except OSError:
+                same = False
+            if not same:
+                self._reopen()
+
+    def _reopen(self) -> None:
         try:
-            same = os.stat(self.path).st_ino == self._inode
-        except OSError:
-            same = False
-        if not same:
-            self._inode = None  # stays so, and reads fail, until it could be opened again
             self._open()
+            self._why = ""
+        except OSError as exc:
+            self._inode = None  # stays so, and reads fail, until it could be opened again
+            self._why = f"{type(exc).__name__}: {exc.strerror or exc}"
 
     def read(self) -> tuple[int, int]:
         self._still_ours()
         if self._inode is None:
-            raise OSError(f"change counter {self.path} could not be opened again")
+            raise OSError(f"it could not be opened ({self._why})")
         data = os.pread(self._fd, 8, 0)
         return self._opened, struct.unpack("<Q", data)[0] if len(data) == 8 else -1
 
     def bump(self) -> None:
         self._checked_at = float("-inf")
-        self._still_ours()
+        self._still_ours()  # then the file at the path, however it stands, is the one moved
         # Its own open file, for the lock: a worker's inherited descriptor shares its lock with the master's.
         with open(self.path, "rb+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)  # writers are rare (logout, hand-off): a file lock is plenty
@@ -248,5 +261,5 @@ class SqliteState:
         now = self._monotonic()
         if now - self._counter_logged_at >= LOG_EVERY:
             self._counter_logged_at = now
-            logger.warning("revocation change counter %s cannot be read (%s): every check asks SQLite "
-                           "until it can; logged once a minute", self._changes.path, type(exc).__name__)
+            logger.warning("revocation change counter %s cannot be read: %s; every check asks SQLite "
+                           "until it can; logged once a minute", self._changes.path, exc)
