@@ -29,7 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import workloads  # noqa: E402
-from bench.common import LISTENING, start_gunicorn, wait_for  # noqa: E402
 from bench.profile_workloads import environ, per_request_us  # noqa: E402
 
 ACCESS = ("request method=%s path=%s endpoint=%s status=%s ms=%.1f", "GET", "/", "embed.index", 200, 1.234)
@@ -94,16 +93,10 @@ def main() -> int:
     args = parser.parse_args()
     report = os.fdopen(os.dup(1), "w", buffering=1)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-logcost-"))
-    key, secret = "bench-key", secrets.token_urlsafe(24)
-    sim = start_gunicorn(f"gateway.sim:create_sim_app({{{key!r}: {secret!r}}})", {}, tmp / "sim.log")
+    sim, settings = workloads.in_process_settings(tmp, "bench-key", secrets.token_urlsafe(24),
+                                                  secrets.token_urlsafe(40))
     try:
-        sim_url = wait_for(LISTENING, tmp / "sim.log", sim)
-        (tmp / "tenants.toml").write_text(workloads.rules_text())
-        os.environ.update({
-            "ZIPTEAMS_API_KEY": key, "ZIPTEAMS_API_SECRET": secret, "ZIPTEAMS_API_URL": sim_url + "/api/v1",
-            "ZIPTEAMS_DASHBOARD_URL": sim_url + "/dashboard/", "GATEWAY_SECRET_KEY": secrets.token_urlsafe(40),
-            "GATEWAY_TENANTS_FILE": str(tmp / "tenants.toml"), "GATEWAY_COOKIE_SECURE": "false",
-            "GATEWAY_STATE_DB": str(tmp / "state.db"), "GATEWAY_LOG_FORMAT": "json"})
+        os.environ.update(settings)
         log = os.open(tmp / "gateway.log", os.O_WRONLY | os.O_CREAT)
         os.dup2(log, 1)  # the lines go to a file, as in production they go to a pipe
         os.dup2(log, 2)

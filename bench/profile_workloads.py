@@ -31,7 +31,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import workloads  # noqa: E402
-from bench.common import LISTENING, start_gunicorn, wait_for  # noqa: E402
 
 
 def environ(path: str, headers: dict) -> dict:
@@ -84,17 +83,10 @@ def main() -> int:
     args = parser.parse_args()
     report = os.fdopen(os.dup(1), "w", buffering=1)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-profile-"))
-    key, secret, secret_key = "bench-key", secrets.token_urlsafe(24), secrets.token_urlsafe(40)
-    sim = start_gunicorn(f"gateway.sim:create_sim_app({{{key!r}: {secret!r}}})", {}, tmp / "sim.log")
+    secret_key = secrets.token_urlsafe(40)
+    sim, settings = workloads.in_process_settings(tmp, "bench-key", secrets.token_urlsafe(24), secret_key)
     try:
-        sim_url = wait_for(LISTENING, tmp / "sim.log", sim)
-        (tmp / "tenants.toml").write_text(workloads.rules_text())
-        os.environ.update({
-            "ZIPTEAMS_API_KEY": key, "ZIPTEAMS_API_SECRET": secret, "ZIPTEAMS_API_URL": sim_url + "/api/v1",
-            "ZIPTEAMS_DASHBOARD_URL": sim_url + "/dashboard/", "GATEWAY_SECRET_KEY": secret_key,
-            "GATEWAY_TENANTS_FILE": str(tmp / "tenants.toml"), "GATEWAY_COOKIE_SECURE": "false",
-            "GATEWAY_STATE_DB": str(tmp / "state.db"), "GATEWAY_LOG_FORMAT": "json", "BENCH_PAGE_BYTES": "2600",
-            "BENCH_SUBTENANT": "team00"})
+        os.environ.update({**settings, "BENCH_PAGE_BYTES": "2600", "BENCH_SUBTENANT": "team00"})
         # The gateway's log lines (and the baselines') go to a file, not this terminal.
         log = os.open(tmp / "gateway.log", os.O_WRONLY | os.O_CREAT)
         os.dup2(log, 1)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from bench.common import free_port
+from bench.common import LISTENING, free_port, start_gunicorn, wait_for
 
 BENCH = Path(__file__).resolve().parent
 TEAMS = 50
@@ -35,6 +35,19 @@ def rules_text(teams: int = TEAMS) -> str:
         rules.append(f'[[subtenant]]\ntenant = "acme"\nid = "team{n:02d}"\nname = "Team {n:02d}"\n'
                      f'email_domains = ["{DOMAIN.format(n)}"]\n')
     return "\n".join(rules)
+
+
+def in_process_settings(tmp: Path, key: str, secret: str, secret_key: str) -> tuple[subprocess.Popen, dict]:
+    """The stand-in under gunicorn, and the settings that run the gateway in this process against it
+    (bench/profile_workloads.py, bench/log_cost.py): these rules, JSON logs, the state in ``tmp``."""
+    sim = start_gunicorn(f"gateway.sim:create_sim_app({{{key!r}: {secret!r}}})", {}, tmp / "sim.log")
+    sim_url = wait_for(LISTENING, tmp / "sim.log", sim)
+    (tmp / "tenants.toml").write_text(rules_text())
+    return sim, {
+        "ZIPTEAMS_API_KEY": key, "ZIPTEAMS_API_SECRET": secret, "ZIPTEAMS_API_URL": sim_url + "/api/v1",
+        "ZIPTEAMS_DASHBOARD_URL": sim_url + "/dashboard/", "GATEWAY_SECRET_KEY": secret_key,
+        "GATEWAY_TENANTS_FILE": str(tmp / "tenants.toml"), "GATEWAY_COOKIE_SECURE": "false",
+        "GATEWAY_STATE_DB": str(tmp / "state.db"), "GATEWAY_LOG_FORMAT": "json"}
 
 
 def user_emails(users: int = USERS, teams: int = TEAMS) -> list[str]:
