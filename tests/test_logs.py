@@ -4,6 +4,7 @@ import json
 import logging
 import logging.handlers
 import os
+import sys
 
 import pytest
 from flask import Flask, g
@@ -253,7 +254,6 @@ def test_a_json_line_is_exactly_what_json_dumps_makes_of_it(message):
     try:
         raise ValueError(message)
     except ValueError:
-        import sys
         failed = logging.LogRecord("gateway.x", logging.ERROR, "", 0, "boom", None, sys.exc_info())
     assert formatter.format(failed) == reference(failed, formatter.formatException(failed.exc_info))
     # A field named like a base key replaces it, in place, as in a dict.
