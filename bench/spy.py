@@ -50,6 +50,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=400)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--keep", type=Path, help="copy py-spy's raw stacks into this directory")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     tmp = Path(tempfile.mkdtemp(prefix="gateway-spy-"))
@@ -91,12 +92,17 @@ def main() -> int:
         before = sum(cpu_ticks(pid) for pid in [gateway.pid, *workers])
         result = run(args.workload, args.seconds, during=start_spies)
         ticks = sum(cpu_ticks(pid) for pid in [gateway.pid, *workers]) - before
-        for proc, _ in spies:
+        for proc, out in spies:
             proc.wait(timeout=60)
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy(out, args.keep / out.name)
         own, inclusive, total = collections.Counter(), collections.Counter(), 0
         for _, out in spies:
             for line in out.read_text().splitlines():
                 stack, _, count = line.rpartition(" ")
+                if not count.isdigit():
+                    continue  # a line py-spy cut short when the duration ended
                 n = int(count)
                 frames = [frame_name(f) for f in stack.split(";") if f]
                 frames = frames[1:] if frames and frames[0].startswith("process ") else frames
