@@ -9,7 +9,9 @@ decode_content=False, assert_same_host=False)``. No login, no rules, no header
 hygiene, no token scrubbing: one token fetched at start-up and attached to every
 request, the answer streamed back as it comes. It exists only to be measured
 next to the gateway (``gunicorn bench.bare_proxy_urllib3:app``), so that the
-comparison is of the gateway's own work, not of HTTP clients.
+comparison is of the gateway's own work, not of HTTP clients. With
+``BENCH_OBLIGATIONS=1`` it also writes the gateway's request id, log line, metrics and
+security headers (bench/obligations.py: the floor under the targets).
 """
 import json
 import os
@@ -17,6 +19,11 @@ from urllib.parse import urlsplit
 
 import urllib3
 from flask import Flask, Response, request
+
+# The floor only: the bare baseline imports nothing of the gateway.
+obligations = None
+if os.environ.get("BENCH_OBLIGATIONS") == "1":
+    from bench import obligations
 
 API = os.environ["ZIPTEAMS_API_URL"].rstrip("/")
 DASHBOARD = os.environ["ZIPTEAMS_DASHBOARD_URL"].rstrip("/") + "/"
@@ -33,6 +40,8 @@ _answer = urllib3.PoolManager().request("GET", API + "/partner/dashboard/auth/to
 _token = json.loads(_answer.data)["data"]["token"]
 
 app = Flask(__name__)
+if obligations:
+    obligations.add_to(app)
 
 
 def _stream(upstream):
@@ -51,4 +60,5 @@ def proxy(path):
                             assert_same_host=False)
     # Not decoded, so the upstream's Content-Length (and Content-Encoding) still hold.
     headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP]
-    return Response(_stream(upstream), status=upstream.status, headers=headers, direct_passthrough=True)
+    response = Response(_stream(upstream), status=upstream.status, headers=headers, direct_passthrough=True)
+    return obligations.proxied(app, response) if obligations else response

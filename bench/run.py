@@ -7,6 +7,10 @@ header on a first visit and renders a page of the same size), bench/bare_proxy.p
 (Flask + requests) and bench/bare_proxy_urllib3.py (Flask + urllib3 on the
 gateway's own pool settings), and nginx proxying the same dashboard with the
 token in its config (bench/workloads.py; skipped, and said so, without nginx).
+Beside the bare page and the urllib3 proxy runs their "floor": the same app plus
+only what every gateway answer carries, written by the gateway's own code
+(bench/obligations.py: request id, log and audit lines, metrics, security headers),
+checked at start to write them.
 The rules have 50 subtenants (team00..team49.acme.example). Then, with wrk at a
 fixed concurrency on loopback, interleaved in rounds:
 
@@ -221,6 +225,63 @@ def workers_of(master: subprocess.Popen) -> list[int]:
         return [int(p) for p in fh.read().split()]
 
 
+# What the gateway itself puts on every answer; a floor must put the same (bench/obligations.py).
+OWN_HEADERS = ("X-Content-Type-Options", "Referrer-Policy", "Cache-Control", "Content-Security-Policy",
+               "X-Frame-Options", "Vary")
+# Lines of the gateway's own work, not written per answer (a team's first token).
+OWN_WORK_LINES = {"zipteams", "token_fetched", "token_refreshed"}
+
+
+def lines_of(log: Path, request_id: str) -> list[str]:
+    """The kinds of line (audit event, or the message's first word) written for one request."""
+    kinds = []
+    for line in log.read_text(errors="replace").splitlines():
+        if request_id in line and line.endswith("}"):  # whole lines only: the writer batches
+            record = json.loads(line)
+            kinds.append(record.get("event") or record["message"].split(" ", 1)[0])
+    return sorted(kind for kind in kinds if kind not in OWN_WORK_LINES)
+
+
+def check_floor(pairs: list[tuple[str, Path, str, Path, str]]) -> None:
+    """A floor must write what the gateway writes on the same answers, no less and no more.
+
+    ``pairs``: (floor url, its log, gateway url, its log, what the answers are) per request kind:
+    a first visit, the same user returning, a proxied call. Compares the headers the gateway
+    sets itself and the lines written for each answer (by its request id).
+    """
+    email = f"floor-check@{workloads.DOMAIN.format(7)}"
+    floor_http, gateway_http = requests.Session(), requests.Session()
+    answers = []
+    for floor_url, floor_log, gateway_url, gateway_log, kind in pairs:
+        both = []
+        for http, url, log in ((floor_http, floor_url, floor_log), (gateway_http, gateway_url, gateway_log)):
+            answer = http.get(url, headers={"X-Forwarded-Email": email}, timeout=30)
+            both.append((answer, log))
+        answers.append((kind, both))
+    deadline = time.monotonic() + 5
+    while True:
+        problems = []
+        for kind, ((floor, floor_log), (gateway, gateway_log)) in answers:
+            if floor.status_code != 200 or gateway.status_code != 200:
+                problems.append(f"{kind}: status {floor.status_code} (gateway {gateway.status_code})")
+                continue
+            for name in OWN_HEADERS:
+                if floor.headers.get(name) != gateway.headers.get(name):
+                    problems.append(f"{kind}: {name} {floor.headers.get(name)!r} (gateway {gateway.headers.get(name)!r})")
+            ids = [answer.headers.get("X-Request-Id", "") for answer in (floor, gateway)]
+            if not all(ids):
+                problems.append(f"{kind}: no X-Request-Id")
+                continue
+            written = lines_of(floor_log, ids[0]), lines_of(gateway_log, ids[1])
+            if written[0] != written[1] or not written[0]:
+                problems.append(f"{kind}: lines {written[0]} (gateway {written[1]})")
+        if not problems or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # the log writers batch their lines
+    if problems:
+        sys.exit("a floor does not write what the gateway writes:\n  " + "\n  ".join(problems))
+
+
 def herd(url: str, n: int, email: str) -> list[int]:
     barrier = threading.Barrier(n)
 
@@ -285,6 +346,19 @@ def main() -> int:
                                                    {"GATEWAY_SECRET_KEY": SECRET_KEY, "BENCH_PAGE_BYTES": str(page_bytes)})
         proxy_master, proxy_url = servers.reuse_port("bare_proxy", "bench.bare_proxy:app", env)
         proxy3_master, proxy3_url = servers.reuse_port("bare_proxy_urllib3", "bench.bare_proxy_urllib3:app", env)
+        # The floors: each bare baseline plus only the gateway's request id, log and audit lines,
+        # metrics and security headers (bench/obligations.py), with the gateway's settings.
+        floor = {**env, "BENCH_OBLIGATIONS": "1"}
+        page_floor_master, page_floor_url = servers.reuse_port("bare_page_floor", "bench.bare_page:app",
+                                                               {**floor, "BENCH_PAGE_BYTES": str(page_bytes)})
+        proxy_floor_master, proxy_floor_url = servers.reuse_port("bare_proxy_floor", "bench.bare_proxy_urllib3:app",
+                                                                 floor)
+        gw_log = tmp / "gateway.log"
+        check_floor([
+            (page_floor_url + "/", tmp / "bare_page_floor.log", gw_url + "/", gw_log, "first visit"),
+            (page_floor_url + "/", tmp / "bare_page_floor.log", gw_url + "/", gw_log, "returning user"),
+            (proxy_floor_url + "/dashboard/api/summary", tmp / "bare_proxy_floor.log",
+             gw_url + "/dashboard/api/summary", gw_log, "proxied call")])
 
         # Signed-in single user: one session cookie each for the gateway and the bare page.
         gw_http = requests.Session()
@@ -340,15 +414,20 @@ def main() -> int:
         sections: dict[str, dict] = {
             "first_visit": {
                 "bare_flask": (page_master, page_url + "/", "first_visit.lua", first_visits()),
+                "floor": (page_floor_master, page_floor_url + "/", "first_visit.lua", first_visits()),
                 "gateway": (gateway, gw_url + "/", "first_visit.lua", first_visits())},
             "returning_users": {
                 "bare_flask": (page_master, page_url + "/", "users.lua",
                                same(BENCH_USERS=str(bare_users), BENCH_PATH="/")),
+                # The same secret key: the bare page's cookies are the floor's.
+                "floor": (page_floor_master, page_floor_url + "/", "users.lua",
+                          same(BENCH_USERS=str(bare_users), BENCH_PATH="/")),
                 "gateway": (gateway, gw_url + "/", "users.lua", gw_many("/"))},
             "proxied_json": {
                 "direct": (sim_master, f"{sim_url}/dashboard/api/summary?token={token}", "report.lua", dict),
                 "bare_proxy_requests": (proxy_master, proxy_url + "/dashboard/api/summary", "users.lua", many_json),
                 "bare_proxy_urllib3": (proxy3_master, proxy3_url + "/dashboard/api/summary", "users.lua", many_json),
+                "floor": (proxy_floor_master, proxy_floor_url + "/dashboard/api/summary", "users.lua", many_json),
                 "gateway": (gateway, gw_url + "/dashboard/api/summary", "users.lua", gw_many("/dashboard/api/summary"))},
             "one_user_page": {
                 "bare_flask": (page_master, page_url + "/", "report.lua", bare_user),
