@@ -10,7 +10,8 @@ token in its config (bench/workloads.py; skipped, and said so, without nginx).
 Beside the bare page and the urllib3 proxy runs their "floor": the same app plus
 only what every gateway answer carries, written by the gateway's own code
 (bench/obligations.py: request id, log and audit lines, metrics, security headers),
-checked at start to write them.
+checked before the rounds to set the same security headers and write the same
+lines as the gateway (check_floor).
 The rules have 50 subtenants (team00..team49.acme.example). Then, with wrk at a
 fixed concurrency on loopback, interleaved in rounds:
 
