@@ -325,8 +325,6 @@ def main() -> int:
     duration = 3 if args.quick else args.duration
     rounds = args.rounds or (3 if args.quick else 5)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-    tenants = tmp / "tenants.toml"
-    tenants.write_text(workloads.rules_text())
     servers = Servers(tmp, args.workers, args.threads)
     results: dict = {"machine": {"cpus": os.cpu_count(), "arch": platform.machine(),
                                  "python": platform.python_version(), "load_before": os.getloadavg()},
@@ -336,10 +334,8 @@ def main() -> int:
     try:
         # One worker: the stand-in keeps its counters and faults in memory.
         sim_master, sim_url = servers.gunicorn("sim", f"gateway.sim:create_sim_app({{{KEY!r}: {SECRET!r}}})", {}, workers=1)
-        env = {"ZIPTEAMS_API_KEY": KEY, "ZIPTEAMS_API_SECRET": SECRET, "ZIPTEAMS_API_URL": sim_url + "/api/v1",
-               "ZIPTEAMS_DASHBOARD_URL": sim_url + "/dashboard/", "GATEWAY_SECRET_KEY": SECRET_KEY,
-               "GATEWAY_TENANTS_FILE": str(tenants), "GATEWAY_COOKIE_SECURE": "false",
-               "GATEWAY_STATE_DB": str(tmp / "state.db"), "WEB_CONCURRENCY": str(args.workers)}
+        env = {**workloads.gateway_settings(tmp, sim_url, KEY, SECRET, SECRET_KEY),
+               "WEB_CONCURRENCY": str(args.workers)}
         gateway, gw_url = servers.reuse_port("gateway", "wsgi:app", env)
         page_bytes = len(requests.get(gw_url + "/", headers={"X-Forwarded-Email": EMAIL}).content)
         results["rss_mb_per_worker_at_start"] = [round(rss_mb(pid), 1) for pid in workers_of(gateway)]

@@ -54,14 +54,10 @@ def main() -> int:
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     tmp = Path(tempfile.mkdtemp(prefix="gateway-spy-"))
-    (tmp / "tenants.toml").write_text(workloads.rules_text())
     servers = Servers(tmp, 2, 8)
     try:
         _, sim_url = servers.gunicorn("sim", f"gateway.sim:create_sim_app({{{KEY!r}: {SECRET!r}}})", {}, workers=1)
-        env = {"ZIPTEAMS_API_KEY": KEY, "ZIPTEAMS_API_SECRET": SECRET, "ZIPTEAMS_API_URL": sim_url + "/api/v1",
-               "ZIPTEAMS_DASHBOARD_URL": sim_url + "/dashboard/", "GATEWAY_SECRET_KEY": SECRET_KEY,
-               "GATEWAY_TENANTS_FILE": str(tmp / "tenants.toml"), "GATEWAY_COOKIE_SECURE": "false",
-               "GATEWAY_STATE_DB": str(tmp / "state.db"), "WEB_CONCURRENCY": "2"}
+        env = {**workloads.gateway_settings(tmp, sim_url, KEY, SECRET, SECRET_KEY), "WEB_CONCURRENCY": "2"}
         gateway, url = servers.reuse_port("gateway", "wsgi:app", env)
         emails = workloads.user_emails()
         cookies = workloads.sign_in(url, emails)

@@ -37,17 +37,22 @@ def rules_text(teams: int = TEAMS) -> str:
     return "\n".join(rules)
 
 
+def gateway_settings(tmp: Path, sim_url: str, key: str, secret: str, secret_key: str) -> dict[str, str]:
+    """The gateway's settings for these workloads: the stand-in at ``sim_url``, these rules
+    (written into ``tmp``), the host revocation store in ``tmp``, cookies over plain HTTP."""
+    (tmp / "tenants.toml").write_text(rules_text())
+    return {"ZIPTEAMS_API_KEY": key, "ZIPTEAMS_API_SECRET": secret, "ZIPTEAMS_API_URL": sim_url + "/api/v1",
+            "ZIPTEAMS_DASHBOARD_URL": sim_url + "/dashboard/", "GATEWAY_SECRET_KEY": secret_key,
+            "GATEWAY_TENANTS_FILE": str(tmp / "tenants.toml"), "GATEWAY_COOKIE_SECURE": "false",
+            "GATEWAY_STATE_DB": str(tmp / "state.db")}
+
+
 def in_process_settings(tmp: Path, key: str, secret: str, secret_key: str) -> tuple[subprocess.Popen, dict]:
     """The stand-in under gunicorn, and the settings that run the gateway in this process against it
-    (bench/profile_workloads.py, bench/log_cost.py): these rules, JSON logs, the state in ``tmp``."""
+    (bench/profile_workloads.py, bench/log_cost.py): ``gateway_settings`` with JSON logs."""
     sim = start_gunicorn(f"gateway.sim:create_sim_app({{{key!r}: {secret!r}}})", {}, tmp / "sim.log")
     sim_url = wait_for(LISTENING, tmp / "sim.log", sim)
-    (tmp / "tenants.toml").write_text(rules_text())
-    return sim, {
-        "ZIPTEAMS_API_KEY": key, "ZIPTEAMS_API_SECRET": secret, "ZIPTEAMS_API_URL": sim_url + "/api/v1",
-        "ZIPTEAMS_DASHBOARD_URL": sim_url + "/dashboard/", "GATEWAY_SECRET_KEY": secret_key,
-        "GATEWAY_TENANTS_FILE": str(tmp / "tenants.toml"), "GATEWAY_COOKIE_SECURE": "false",
-        "GATEWAY_STATE_DB": str(tmp / "state.db"), "GATEWAY_LOG_FORMAT": "json"}
+    return sim, {**gateway_settings(tmp, sim_url, key, secret, secret_key), "GATEWAY_LOG_FORMAT": "json"}
 
 
 def user_emails(users: int = USERS, teams: int = TEAMS) -> list[str]:
