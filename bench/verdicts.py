@@ -15,8 +15,10 @@ LABELS = {
     "proxied_json": "(c-e) JSON call, the same 1,000 users",
     "one_user_page": "embed page, one signed-in user (every memo hits; old workload)",
 }
-# floor: the section's bare baseline plus the gateway's request id, log and audit lines, metrics
-# and security headers, written by the gateway's own code (bench/obligations.py).
+# Each section's ratios are to this bare baseline. Its "floor" is the same baseline plus the
+# gateway's request id, log and audit lines, metrics and security headers (bench/obligations.py).
+BASELINES = {"first_visit": "bare_flask", "returning_users": "bare_flask", "proxied_json": "bare_proxy_urllib3",
+             "one_user_page": "bare_flask"}
 
 
 def _ratio(r: dict, section: str, ours: str, theirs: str, key: str = "rps") -> dict:
@@ -39,7 +41,7 @@ def report(r: dict) -> None:
             continue
         print(f"\n{label}")
         print(f"  {'':<22}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'CPU ms/req':>12}{'req/s ratio':>13}")
-        base = "bare_proxy_urllib3" if section == "proxied_json" else "bare_flask"
+        base = BASELINES[section]
         for name, x in r[section].items():
             ratio = x["rps"] / r[section][base]["rps"]
             print(f"  {name:<22}{x['rps']:>9.0f}{x['p50_ms']:>9.2f}{x['p99_ms']:>9.2f}{x['errors']:>8}"
@@ -56,9 +58,8 @@ def report(r: dict) -> None:
     if "nginx" in r["proxied_json"]:
         v["proxied_rps_vs_nginx"] = _ratio(r, "proxied_json", "gateway", "nginx")
     v["one_user_page_rps"] = _ratio(r, "one_user_page", "gateway", "bare_flask")
-    for section, base in (("first_visit", "bare_flask"), ("returning_users", "bare_flask"),
-                          ("proxied_json", "bare_proxy_urllib3")):
-        if "floor" in r[section]:
+    for section, base in BASELINES.items():
+        if "floor" in r.get(section, {}):
             v[f"{section}_floor_rps"] = _ratio(r, section, "floor", base)
             v[f"{section}_gateway_over_floor_rps"] = _ratio(r, section, "gateway", "floor")
     met = {
