@@ -7,7 +7,7 @@
   own cookies kept), and users_file() writes the (email, cookie) pairs that
   bench/users.lua spreads wrk's requests over.
 - Nginx: nginx proxying the stand-in dashboard with the token written into its config,
-  the floor a partner would compare the gateway against.
+  the reference a partner would compare the gateway against.
 """
 from __future__ import annotations
 
