@@ -81,6 +81,7 @@ def _demo_login(http, base: str, email: str):
     return http.post(base + "login", data={"email": email, "csrf_token": csrf})
 
 
+@pytest.mark.smoke
 def test_demo_command_serves_a_working_login(processes):
     port = free_port()
     proc, match = run(["demo", "--port", str(port), "--sim-port", "0"], r"open (http://\S+/) in your browser")

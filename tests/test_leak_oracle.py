@@ -9,6 +9,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.smoke  # the oracle must be proven on every supported Python
+
 LEAKING = {
     "test_canary_response_header_carries_the_api_secret":
         "API secret reached response from the test client: GET /leak (header X-Canary)",
