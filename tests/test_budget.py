@@ -5,7 +5,9 @@ over the lock wait and the fetch.
 
 Injected clocks and captured timers, no sleeps; two tests under real gunicorn (2 workers).
 """
+import re
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -200,6 +202,17 @@ def test_without_redis_each_worker_s_share_is_the_budget_divided_by_the_workers_
     assert process_share(3, 4) == 1  # never a worker with none
 
 
+def test_the_readme_s_warm_up_example_is_what_check_prints_for_30_teams_at_the_defaults():
+    from gateway.ops.cli import warm_up_line
+
+    cfg = {name: config.BY_NAME[name].parse(DEFAULT[name]) for name in
+           ("GATEWAY_CACHE_URL", "WEB_CONCURRENCY", "ZIPTEAMS_MAX_RPM", "GATEWAY_BREAKER_COOLDOWN")}
+    line = warm_up_line(cfg, 30)
+    assert "ZIPTEAMS_MAX_RPM=160 (auto, from the rules) gives each worker 80 a minute of its own" in line
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert f"(`{line}`)" in readme
+
+
 def test_a_cold_start_at_the_auto_budget_warms_every_team_in_both_workers_and_keeps_their_renewals(sim, t):
     """Each worker's share of auto (80 of 160) holds its 30 first tokens and 30 renewals. The old
     default (30, split per worker: 12 first tokens a minute each) took 3 minutes here."""
@@ -326,6 +339,9 @@ def test_under_gunicorn_a_breaker_opened_in_one_worker_leaves_the_other_serving(
     served = from_the_other_worker(server.url, "/", worker_of(failed), user_headers("bob@acme.example"))
     assert served.status_code == 200
     assert sim.stats()["token_requests"] == 2
+    with recording_session() as http:  # whichever worker answers: the instance shows its worst breaker
+        metrics = http.get(server.url + "/metrics", timeout=10).text
+    assert re.search(r"^gateway_breaker_state 2\.0$", metrics, flags=re.MULTILINE), metrics
 
 
 def test_under_gunicorn_each_worker_spends_only_its_share_of_the_budget(gunicorn, sim, tmp_path):
