@@ -161,10 +161,12 @@ SETTINGS: tuple[Setting, ...] = (
             "built-in allow-list (see SECURITY.md). Identity, assertion, secret and cookie headers are refused.",
             parse_header_names),
     Setting("ZIPTEAMS_MAX_RPM", "auto",
-            "Most token requests per minute sent to Zipteams: by every instance together through Redis, "
-            "else by this instance's workers together. auto: 2 per team in the rules per fetching process "
-            "(every worker without Redis, one with it) plus 60/GATEWAY_BREAKER_COOLDOWN for the breaker's "
-            "probes, at least 30; see Protecting Zipteams. A number wins over auto.",
+            "Most token requests per minute sent to Zipteams: by every worker of every instance together "
+            "through Redis; without Redis (or while it does not answer) each of the WEB_CONCURRENCY workers "
+            "may send its own share, this divided by WEB_CONCURRENCY, rounded down, at least 1. auto: 2 per "
+            "team in the rules plus 60/GATEWAY_BREAKER_COOLDOWN for the breaker's probes, per fetching process "
+            "(every worker without Redis, one with it), at least 30; see Protecting Zipteams. "
+            "A number wins over auto.",
             lambda raw: "auto" if raw.strip().lower() == "auto" else parse_positive_int(raw)),
     Setting("ZIPTEAMS_RETRIES", "2",
             "Retries, with backoff and jitter, after a connection error or a 5xx from Zipteams.",
@@ -199,8 +201,8 @@ SETTINGS: tuple[Setting, ...] = (
             parse_choice("json", "text")),
     Setting("PORT", "8000", "Port gunicorn listens on (all interfaces).", parse_positive_int),
     Setting("WEB_CONCURRENCY", "2",
-            "gunicorn worker processes. Without Redis each fetches every team's token for itself "
-            "(ZIPTEAMS_MAX_RPM=auto counts them).",
+            "gunicorn worker processes. Each has its own circuit breaker; without Redis each also fetches "
+            "every team's token for itself, within its own share of ZIPTEAMS_MAX_RPM (auto counts them).",
             parse_positive_int),
     Setting("GATEWAY_THREADS", "8",
             "Threads per gunicorn worker. At most half of them fetch or wait for a token at once; past "

@@ -1,15 +1,21 @@
-"""State shared by the workers of one instance: memory mapped before fork, a lock no dead worker holds."""
+"""Token state per worker process: what gunicorn's master makes before it forks (preload) is
+each worker's own copy afterwards, and nothing in it is held at fork time."""
 import os
 import select
 import signal
-import threading
+from pathlib import Path
 
 from gateway.tokens.breaker import CircuitBreaker
-from gateway.tokens.instance import InstanceState
+from gateway.tokens.budget import RateLimiter
+
+TOKENS = Path(__file__).resolve().parent.parent / "gateway" / "tokens"
 
 
-def in_child(job) -> int:
-    """Run ``job`` in a forked child (as gunicorn forks a worker from the preloaded master); its exit code."""
+def in_child(job, bound: float = 20.0) -> int:
+    """Run ``job`` in a forked child (as gunicorn forks a worker from the preloaded master); its
+    exit code. A child still running after ``bound`` seconds is killed and counts as hung (-1):
+    a guard against hanging the suite on a lock held at fork, not a timing assumption."""
+    done_r, done_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -17,75 +23,60 @@ def in_child(job) -> int:
             job()
             code = 0
         finally:
+            os.write(done_w, b"x")
             os._exit(code)
+    os.close(done_w)
+    finished, _, _ = select.select([done_r], [], [], bound)
+    os.close(done_r)
+    if not finished:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return -1
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
-def test_a_breaker_opened_in_a_forked_worker_is_open_in_the_other():
-    instance = InstanceState()
-    master_view = CircuitBreaker(1, 30, instance=instance)  # made before the fork, like create_app
-    assert in_child(lambda: master_view.failure()) == 0
-    assert master_view.state == CircuitBreaker.OPEN
-    assert in_child(lambda: master_view.success()) == 0
-    assert master_view.state == CircuitBreaker.CLOSED
+def test_a_breaker_opened_in_a_forked_worker_stays_that_worker_s_own():
+    master_copy = CircuitBreaker(1, 30)  # made before the fork, like create_app under preload
+
+    def open_it():
+        master_copy.failure()
+        assert master_copy.state == CircuitBreaker.OPEN
+
+    assert in_child(open_it) == 0
+    assert master_copy.state == CircuitBreaker.CLOSED  # nor in any other worker
 
 
-def test_the_rate_window_is_one_for_every_forked_worker():
-    instance = InstanceState(window_capacity=16)
+def test_each_forked_worker_counts_its_own_share_of_the_budget():
+    # 10 a minute for 2 workers: 5 each, 4 of them for first tokens.
+    master_copy = RateLimiter(10, shared=None, name="p", workers=2, clock=lambda: 1000.0)
 
-    def use_three():
-        assert [instance.admit(5, 1000.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    def use_share():
+        assert [master_copy.admit() for _ in range(5)] == [0.0] * 4 + [60.0]
 
-    assert in_child(use_three) == 0
-    assert in_child(use_three) != 0  # the second worker finds 3 of 5 used: only 2 left
-    assert instance.admit(5, 1000.0) == 60.0
-    assert instance.admit(5, 1060.0) == 0.0  # the oldest has left the minute
-
-
-def test_a_worker_killed_while_holding_the_lock_does_not_leave_the_instance_locked():
-    instance = InstanceState()
-    ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            instance.lock.__enter__()
-            os.write(ready_w, b"x")
-            signal.pause()  # holds the lock until killed
-        finally:
-            os._exit(0)
-    os.close(ready_w)
-    assert os.read(ready_r, 1) == b"x"  # the child holds it now
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    got = threading.Event()
-
-    def take():
-        with instance.lock:
-            got.set()
-
-    taker = threading.Thread(target=take, daemon=True)
-    taker.start()
-    taker.join(timeout=10)  # a guard against hanging the suite, not a timing assumption
-    assert got.is_set(), "the dead worker's lock was never released"
+    assert in_child(use_share) == 0
+    assert in_child(use_share) == 0  # the second worker's share is untouched by the first's
+    assert [master_copy.admit() for _ in range(5)] == [0.0] * 4 + [60.0]
 
 
-def test_the_lock_excludes_other_processes():
-    instance = InstanceState()
-    held_r, held_w = os.pipe()
-    done_r, done_w = os.pipe()
-    with instance.lock:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.write(held_w, b"?")
-                with instance.lock:
-                    os.write(done_w, b"!")
-            finally:
-                os._exit(0)
-        assert os.read(held_r, 1) == b"?"
-        # The child is blocked on the lock we hold: nothing arrives until we let go (a child
-        # that got in would have written long before this bound).
-        got_in, _, _ = select.select([done_r], [], [], 2.0)
-        assert not got_in, "the child got the lock while the parent held it"
-    assert os.read(done_r, 1) == b"!"
-    os.waitpid(pid, 0)
+def test_a_worker_forked_from_a_freshly_made_app_takes_every_token_lock(make_app):
+    """create_app (the master, under preload) leaves no token lock held: a worker forked from it
+    counts in its window, backs off, and opens and closes its breaker without waiting."""
+    app = make_app(GATEWAY_BREAKER_FAILURES="1")
+    limiter, breaker = app.extensions["limiter"], app.extensions["breaker"]
+
+    def use_everything():
+        assert limiter.admit() == 0.0
+        limiter.back_off(5)
+        assert limiter.backoff_left() > 0
+        breaker.failure()
+        assert breaker.state == CircuitBreaker.OPEN
+        breaker.success()
+
+    assert in_child(use_everything) == 0
+
+
+def test_the_token_state_uses_no_shared_memory_file_lock_or_fork_hook():
+    forbidden = ("mmap", "fcntl", "flock", "register_at_fork", "/proc/")
+    found = {(path.name, word) for path in TOKENS.glob("*.py") for word in forbidden
+             if word in path.read_text()}
+    assert found == set()

@@ -145,10 +145,15 @@ def test_cli_check_makes_one_token_request_and_never_prints_the_token(sim):
 def test_cli_check_prints_the_warm_up_time_the_rate_budget_implies(sim):
     result = flask_cli(sim, "check")
     assert result.returncode == 0, result.stderr
-    # 3 teams fetched by each of 2 workers; auto: 2 x 3 x 2 + 20 probes = 32, a fifth kept for refreshes.
+    # 3 teams fetched by each of 2 workers; auto: (2 x 3 + 20 probes) x 2 = 52, 26 for each worker's
+    # own window, a fifth of that kept for refreshes.
     assert ("warm-up: 3 teams need 6 first-token requests (2 workers, each fetching every team for itself); "
-            "ZIPTEAMS_MAX_RPM=32 (auto, from the rules) lets 25 a minute go to first tokens") in result.stdout
+            "ZIPTEAMS_MAX_RPM=52 (auto, from the rules) gives each worker 26 a minute of its own, "
+            "20 of them for first tokens") in result.stdout
     assert "within about 1 minute of a cold start" in result.stdout
+    split = flask_cli(sim, "check", ZIPTEAMS_MAX_RPM="5")
+    assert ("ZIPTEAMS_MAX_RPM=5 (set) gives each worker 2 a minute of its own, 1 of them for first tokens, "
+            "the rest is kept for refreshes: every team served within about 3 minutes") in split.stdout
     shared = flask_cli(sim, "check", GATEWAY_CACHE_URL="redis://127.0.0.1:1/0", ZIPTEAMS_MAX_RPM="2")
     assert ("warm-up: 3 teams need 3 first-token requests (one fetch per team for every worker and instance, "
             "through Redis); ZIPTEAMS_MAX_RPM=2 (set) lets 1 a minute go to first tokens") in shared.stdout

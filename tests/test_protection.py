@@ -6,7 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import API_KEY, API_SECRET, SECRET_KEY, FakeClock, start_sim, user_headers
-from gateway.tokens.instance import InstanceState
 from gateway.tokens.breaker import BreakerOpen, CircuitBreaker
 from gateway.tokens.budget import RateLimiter, ZipteamsThrottled
 from gateway.tokens.protection import ProtectedFetch, SharedLoader
@@ -35,14 +34,13 @@ def t():
     return FakeTime()
 
 
-def protected(sim, t, *, retries=2, per_minute=1000, shared=None, failures=3, cooldown=30, name="p",
-              instance=None, pid=None):
-    """A worker's fetch pipeline; workers of one instance pass the same ``instance`` (and own pids)."""
+def protected(sim, t, *, retries=2, per_minute=1000, shared=None, failures=3, cooldown=30, name="p", workers=1,
+              schedule=None):
+    """One worker process's fetch pipeline: its own breaker, and its own share of ``per_minute``
+    (one of ``workers``) unless ``shared`` answers. ``schedule`` captures the breaker's rounds."""
     client = ZipteamsClient(sim.api_url, API_KEY, API_SECRET, timeout=2)
-    instance = instance if instance is not None else InstanceState()
-    breaker = CircuitBreaker(failures, cooldown, instance=instance, clock=t.monotonic,
-                             **({"pid": lambda: pid} if pid else {}))
-    limiter = RateLimiter(per_minute, shared=shared, name=name, instance=instance, clock=t.wall)
+    breaker = CircuitBreaker(failures, cooldown, clock=t.monotonic, schedule=schedule)
+    limiter = RateLimiter(per_minute, shared=shared, name=name, workers=workers, clock=t.wall)
     return ProtectedFetch(client, limiter=limiter, breaker=breaker, retries=retries, deadline=20,
                           clock=t.wall, monotonic=t.monotonic, sleep=t.sleep)
 
@@ -117,8 +115,7 @@ def test_cached_tokens_are_served_while_the_breaker_is_open(make_app, sim):
 
 def test_an_open_breaker_is_closed_by_a_background_probe_without_user_traffic(sim, t):
     jobs = []
-    fetch = protected(sim, t, retries=0, failures=1, cooldown=10)
-    fetch.breaker._schedule = lambda delay, job: jobs.append((delay, job))
+    fetch = protected(sim, t, retries=0, failures=1, cooldown=10, schedule=lambda delay, job: jobs.append((delay, job)))
     fetch.breaker.probe = lambda: fetch("acme", "sales-us")
     sim.fault(status=500, count=2)
     with pytest.raises(ZipteamsServerError):
@@ -134,10 +131,9 @@ def test_an_open_breaker_is_closed_by_a_background_probe_without_user_traffic(si
 
 
 def test_the_app_closes_its_breaker_by_itself_after_an_outage(make_app, sim):
-    from gateway.tokens.breaker import _timer
-
+    # BREAKER_SCHEDULE=None: the breaker's own timer thread, not the suite's no-op.
     client = make_app(GATEWAY_BREAKER_FAILURES="1", GATEWAY_BREAKER_COOLDOWN="0.5", ZIPTEAMS_RETRIES="0",
-                      BREAKER_SCHEDULE=_timer).test_client()
+                      BREAKER_SCHEDULE=None).test_client()
     sim.fault(status=500, count=1)
     assert client.get("/", headers=user_headers("bob@acme.example")).status_code == 502
     assert client.get("/readyz").get_json()["zipteams"] == {"breaker": "open"}
@@ -218,21 +214,37 @@ def test_the_refresh_share_is_kept_in_the_shared_window_too(sim, t, redis_server
     assert fetch("acme", "a", refresh=True).subtenant == "a"
 
 
-def test_without_redis_one_busy_worker_may_use_the_whole_instance_budget(sim, t):
-    """The budget used to be split per worker: 30/minute over 4 workers left one busy worker 7."""
-    instance = InstanceState()
-    busy, idle = (protected(sim, t, per_minute=10, instance=instance, pid=p) for p in (101, 102))
-    for sub in "abcdefgh":  # 8 of 10 by one worker; the other 2 are kept for refreshes
+def test_without_redis_each_worker_keeps_its_own_share_of_the_budget(sim, t):
+    """10 a minute for 2 workers: 5 each, of which 4 may go to first tokens (a fifth kept for refreshes)."""
+    busy, idle = (protected(sim, t, per_minute=10, workers=2) for _ in range(2))
+    assert busy.limiter.share == 5
+    for sub in "abcd":
         busy("acme", sub)
     with pytest.raises(ZipteamsThrottled):
-        idle("acme", "cold")  # one window for the instance, not one per worker
-    idle("acme", "a", refresh=True)
-    busy("acme", "b", refresh=True)
+        busy("acme", "cold")  # this worker's first tokens are spent...
+    for sub in "abcd":
+        idle("acme", sub)  # ...while the other still has its own share
+    busy("acme", "a", refresh=True)
     with pytest.raises(ZipteamsThrottled):
-        idle("acme", "c", refresh=True)
-    assert sim.stats()["token_requests"] == 10
-    t.wall.advance(61)
-    assert idle("acme", "cold").subtenant == "cold"
+        busy("acme", "b", refresh=True)  # 5 of 5: nothing left in this worker's minute
+    assert sim.stats()["token_requests"] == 9  # never more than 10 in the minute, both together
+    t.wall.advance(60)
+    assert busy("acme", "cold").subtenant == "cold"  # the minute has passed
+
+
+def test_the_workers_shares_add_up_to_at_most_the_budget_and_each_gets_at_least_one():
+    assert [RateLimiter(10, shared=None, name="p", workers=w).share for w in (1, 2, 3, 4)] == [10, 5, 3, 2]
+    assert RateLimiter(3, shared=None, name="p", workers=4).share == 1  # never a worker with none
+
+
+def test_while_redis_does_not_answer_each_worker_falls_back_to_its_share(sim, t):
+    down = Shared("redis://127.0.0.1:1/0", SECRET_KEY, namespace="down", clock=t.wall)
+    fetch = protected(sim, t, per_minute=10, workers=2, shared=down)
+    for sub in "abcd":
+        fetch("acme", sub)
+    with pytest.raises(ZipteamsThrottled):
+        fetch("acme", "cold")  # 4 first tokens of this worker's 5, not 8 of the instance's 10
+    assert sim.stats()["token_requests"] == 4
 
 
 def test_a_429_stops_token_requests_for_the_wait_it_names(sim, t):
@@ -246,6 +258,16 @@ def test_a_429_stops_token_requests_for_the_wait_it_names(sim, t):
     assert sim.stats()["token_requests"] == 1
     t.wall.advance(20)
     assert fetch("acme", "b").subtenant == "b"
+
+
+def test_without_redis_a_429_stops_only_the_worker_that_got_it(sim, t):
+    got_it, other = protected(sim, t), protected(sim, t)
+    sim.fault(status=429, message="Rate limit exceeded. Try again in 20 seconds.", count=1)
+    with pytest.raises(ZipteamsRateLimited):
+        got_it("acme", "a")
+    with pytest.raises(ZipteamsThrottled):
+        got_it("acme", "b")
+    assert other("acme", "b").subtenant == "b"
 
 
 def test_a_429_back_off_is_shared_through_redis(sim, t, redis_server):

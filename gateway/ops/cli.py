@@ -151,23 +151,30 @@ def _check_every_subtenant(rules) -> None:
 
 def warm_up_line(cfg, teams: int) -> str:
     """How long the rate budget takes to give every team its first token after a cold start."""
-    from gateway.tokens.budget import budget_per_minute, first_token_limit
+    from gateway.tokens.budget import budget_per_minute, first_token_limit, process_share
 
     shared = cfg["GATEWAY_CACHE_URL"] != "memory://"
-    # Without Redis every worker fetches every team for itself, all from the instance's one budget.
-    fetching = 1 if shared else cfg["WEB_CONCURRENCY"]
+    workers = cfg["WEB_CONCURRENCY"]
+    # Without Redis every worker fetches every team for itself, each from its own share of the budget.
+    fetching = 1 if shared else workers
     per_minute = budget_per_minute(cfg["ZIPTEAMS_MAX_RPM"], teams=teams, processes=fetching,
                                    cooldown=cfg["GATEWAY_BREAKER_COOLDOWN"])
-    cold = first_token_limit(per_minute)
-    needed = teams * fetching
-    minutes = math.ceil(needed / cold) if needed else 0
-    where = "one fetch per team for every worker and instance, through Redis" if shared else \
-        f"{cfg['WEB_CONCURRENCY']} workers, each fetching every team for itself"
     sized = "auto, from the rules" if cfg["ZIPTEAMS_MAX_RPM"] == "auto" else "set"
-    return (f"warm-up: {teams} teams need {needed} first-token requests ({where}); "
-            f"ZIPTEAMS_MAX_RPM={per_minute} ({sized}) lets {cold} a minute go to first tokens, the rest is "
-            f"kept for refreshes: every team served within about {minutes} minute{'s' if minutes != 1 else ''} "
-            f"of a cold start")
+    if shared:
+        cold = first_token_limit(per_minute)
+        budget = f"ZIPTEAMS_MAX_RPM={per_minute} ({sized}) lets {cold} a minute go to first tokens"
+        where = "one fetch per team for every worker and instance, through Redis"
+    else:
+        share = process_share(per_minute, workers)
+        cold = first_token_limit(share)
+        budget = (f"ZIPTEAMS_MAX_RPM={per_minute} ({sized}) gives each worker {share} a minute of its own, "
+                  f"{cold} of them for first tokens")
+        where = f"{workers} workers, each fetching every team for itself"
+    # The workers warm in parallel, each through its own share.
+    minutes = math.ceil(teams / cold) if teams else 0
+    return (f"warm-up: {teams} teams need {teams * fetching} first-token requests ({where}); {budget}, "
+            f"the rest is kept for refreshes: every team served within about {minutes} "
+            f"minute{'s' if minutes != 1 else ''} of a cold start")
 
 
 def _check_idp(cfg) -> None:

@@ -37,9 +37,9 @@ STATE_UNAVAILABLE = Counter("gateway_state_unavailable_total",
                             "Revocation or single-use checks answered without the shared store, by use.", ["use"])
 LOG_LINES_DROPPED = Counter("gateway_log_lines_dropped_total",
                             "Log lines lost because the log queue was full or writing to stdout failed.")
-# One breaker per instance, which any worker may move: the latest change any live worker made is its state.
+# One breaker per worker process: the instance shows its worst live one (open if any worker's is).
 BREAKER_STATE = Gauge("gateway_breaker_state", "Circuit breaker toward Zipteams: 0 closed, 1 half-open, 2 open.",
-                      multiprocess_mode="livemostrecent")
+                      multiprocess_mode="livemax")
 REDIS_ERRORS = Counter("gateway_redis_errors_total", "Failed calls to the shared Redis cache.")
 CLIENTS_READING = Gauge("gateway_clients_reading", "Connections whose request is still arriving (held by the "
                         "event loop, not a thread).", multiprocess_mode="livesum")

@@ -1,13 +1,14 @@
 """How many token requests may go to Zipteams, and how many threads may wait for them.
 
 The rate budget (``ZIPTEAMS_MAX_RPM``, or ``auto`` sized from the rules) is a sliding
-one-minute window per instance (``gateway.tokens.instance``), shared by every instance
-through Redis when there is one; a share of it is kept for refreshes of tokens in use.
-The gate caps the threads of one worker that fetch or wait for a fetch, so the rest keep
-serving users whose token is cached.
+one-minute window: in Redis, shared by every process of every instance, when there is
+one; otherwise each worker process keeps its own window of an equal share. A part of
+either is kept for refreshes of tokens in use. The gate caps the threads of one worker
+that fetch or wait for a fetch, so the rest keep serving users whose token is cached.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import math
@@ -18,7 +19,6 @@ from typing import Callable
 from gateway.errors import ServiceBusy
 from gateway.ops import metrics
 from gateway.shared import Shared
-from gateway.tokens.instance import InstanceState
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ MAX_LIMITER_WAIT = 2.0    # a user waits this long at most for a rate-limit slot
 REFRESH_RESERVE = 0.2     # share of the rate window only refreshes of tokens in use may take
 AUTO_MIN_RPM = 30         # the auto budget never goes below the old fixed default
 FETCHES_PER_TEAM = 2      # auto: a first token and one renewal per team and fetching process, per minute
+WINDOW = 60.0             # seconds of the sliding window
 GATE_PATIENCE = 2.0       # as long as a user waits for a rate-limit slot; a healthy Zipteams answers well within it
 GATE_RETRY_AFTER = 5
 
@@ -45,17 +46,24 @@ class ZipteamsQueueFull(ServiceBusy):
 def budget_per_minute(setting: int | str, *, teams: int, processes: int, cooldown: float) -> int:
     """ZIPTEAMS_MAX_RPM as a number: the setting itself, or the ``auto`` size.
 
-    auto: every team's first token and one renewal in the same minute, in every process
-    that fetches for itself (each worker without Redis, one fetch for all with it), plus one
-    breaker probe per cool-down; never below AUTO_MIN_RPM. A fifth of it is kept for
-    refreshes (``REFRESH_RESERVE``), so first tokens get the rest: a cold start warms every
-    team within a minute. Zipteams publishes no limit (its 429 only says "try again in 60
-    seconds"), so this sizes for what the rules need rather than for a number we don't know.
+    auto: in every process that fetches for itself (each worker without Redis, one fetch
+    for all with it), every team's first token and one renewal in the same minute plus
+    one breaker probe per cool-down (each such process has its own breaker); never below
+    AUTO_MIN_RPM. A fifth of it is kept for refreshes (``REFRESH_RESERVE``), so first
+    tokens get the rest: a cold start warms every team within a minute. Zipteams
+    publishes no limit (its 429 only says "try again in 60 seconds"), so this sizes for
+    what the rules need rather than for a number we don't know.
     """
     if setting != "auto":
         return int(setting)
     probes = math.ceil(60 / cooldown)
-    return max(AUTO_MIN_RPM, FETCHES_PER_TEAM * teams * processes + probes)
+    return max(AUTO_MIN_RPM, (FETCHES_PER_TEAM * teams + probes) * processes)
+
+
+def process_share(per_minute: int, workers: int) -> int:
+    """Each worker's part of the budget when it keeps its own window (no Redis): an equal
+    share, rounded down so the workers together never exceed it, but at least 1."""
+    return max(1, per_minute // max(1, workers))
 
 
 def first_token_limit(limit: int) -> int:
@@ -68,58 +76,73 @@ def first_token_limit(limit: int) -> int:
 class RateLimiter:
     """A one-minute sliding window toward Zipteams, and the 429 back-off.
 
-    Shared in Redis by every instance when it is configured and answering; otherwise the
-    instance's window (every worker of this instance counts in one window, so one busy
-    worker may use the whole budget). ``per_minute`` may be a function: the auto budget
-    follows the team count when the rules are reloaded.
+    With Redis configured and answering, one window and one back-off in Redis for every
+    process of every instance (``per_minute`` in all). Otherwise this process's own: a
+    window of ``process_share(per_minute, workers)`` and its own back-off, behind a
+    thread lock. ``per_minute`` may be a function: the auto budget follows the team count
+    when the rules are reloaded.
+
+    Made in gunicorn's master (preload) and copied into every worker at fork, empty: the
+    master serves no requests, so nothing holds the lock when it forks.
     """
 
     def __init__(self, per_minute: int | Callable[[], int], *, shared: Shared | None, name: str,
-                 instance: InstanceState | None = None, clock: Callable[[], float] = time.time):
+                 workers: int = 1, clock: Callable[[], float] = time.time):
         self._per_minute = per_minute if callable(per_minute) else (lambda: per_minute)
         self._shared, self._name, self._clock = shared, name, clock
-        if instance is None:
-            instance = InstanceState(window_capacity=max(4096, 4 * self.per_minute))
-        self._instance = instance
-        self._capped = False
+        self.workers = max(1, workers)
+        self._lock = threading.Lock()
+        self._sent: collections.deque[float] = collections.deque()  # this process's sends, oldest first
+        self._backoff_until = 0.0
 
     @property
     def per_minute(self) -> int:
+        """The whole budget, every worker's together."""
         return self._per_minute()
+
+    @property
+    def share(self) -> int:
+        """What this process may send in a minute from its own window (without Redis)."""
+        return process_share(self.per_minute, self.workers)
 
     def admit(self, refresh: bool = False) -> float:
         """0 if a request may go now (and counts it), else the seconds to wait.
 
-        A share of the window (``REFRESH_RESERVE``) is kept for refreshes of tokens in use:
+        A part of the window (``REFRESH_RESERVE``) is kept for refreshes of tokens in use:
         a burst of cold requests (a restart, a new team's first visits) never starves the
         refresh that keeps every open dashboard of a team working.
         """
-        limit = self.per_minute
-        if not refresh:
-            limit = first_token_limit(limit)
         if self._shared is not None:
-            wait = self._shared.admit(self._name, limit)
+            limit = self.per_minute
+            wait = self._shared.admit(self._name, limit if refresh else first_token_limit(limit))
             if wait is not None:
                 return wait
-        if limit > self._instance.capacity and not self._capped:
-            # The window's ring was sized at start; the rules have grown far beyond that since.
-            self._capped = True
-            logger.warning("rate budget of %d/minute capped at %d until the next restart",
-                           limit, self._instance.capacity)
-        return self._instance.admit(limit, self._clock())
+        limit = self.share
+        return self._admit_here(limit if refresh else first_token_limit(limit), self._clock())
+
+    def _admit_here(self, limit: int, now: float) -> float:
+        with self._lock:
+            sent = self._sent
+            while sent and sent[0] <= now - WINDOW:
+                sent.popleft()
+            if len(sent) >= limit:
+                # A slot frees when the send ``limit`` places from the newest leaves the minute.
+                return max(0.001, sent[len(sent) - limit] + WINDOW - now)
+            sent.append(now)
+            return 0.0
 
     # ------------------------------------------------------------- 429 back-off
     def back_off(self, seconds: float) -> None:
-        """Zipteams answered 429: no token request from this instance (or any, with Redis) for ``seconds``."""
+        """Zipteams answered 429: no token request from this process (or any, with Redis) for ``seconds``."""
         until = self._clock() + seconds
-        with self._instance.lock:
-            self._instance["backoff_until"] = max(self._instance["backoff_until"], until)
+        with self._lock:
+            self._backoff_until = max(self._backoff_until, until)
         if self._shared is not None:
             self._shared.set_backoff(self._name, seconds)
 
     def backoff_left(self) -> float:
-        with self._instance.lock:
-            until = self._instance["backoff_until"]
+        with self._lock:
+            until = self._backoff_until
         if self._shared is not None:
             until = max(until, self._shared.backoff_until(self._name))
         return until - self._clock()

@@ -23,7 +23,6 @@ from flask import Flask, current_app
 
 from gateway.memo import Memo
 from gateway.ops import audit, metrics
-from gateway.tokens.instance import InstanceState
 from gateway.tokens.breaker import CircuitBreaker
 from gateway.tokens.budget import FetchGate, RateLimiter, budget_per_minute
 from gateway.tokens.protection import ProtectedFetch, SharedLoader
@@ -238,20 +237,20 @@ def init_app(app: Flask) -> None:
     rules = app.extensions["rules"]
     cooldown = cfg["GATEWAY_BREAKER_COOLDOWN"]
     # Without Redis every worker fetches each team for itself; with it, one fetch serves all.
-    fetching = 1 if shared is not None else cfg["WEB_CONCURRENCY"]
+    workers = cfg["WEB_CONCURRENCY"]
+    fetching = 1 if shared is not None else workers
 
     def per_minute() -> int:
         # Follows the rules: a reload that adds teams raises the auto budget at once.
         return budget_per_minute(cfg["ZIPTEAMS_MAX_RPM"], teams=len(rules.current()),
                                  processes=fetching, cooldown=cooldown)
 
-    # Made here, before gunicorn forks the workers: the breaker, the 429 back-off and the
-    # rate window are then one per instance (gateway.tokens.instance).
-    instance = InstanceState(window_capacity=max(4096, 4 * per_minute()))
-    breaker = CircuitBreaker(cfg["GATEWAY_BREAKER_FAILURES"], cooldown, instance=instance,
+    # Each worker's own breaker and, unless Redis answers, its own share of the budget and
+    # its own 429 back-off (gateway.tokens.breaker, gateway.tokens.budget).
+    breaker = CircuitBreaker(cfg["GATEWAY_BREAKER_FAILURES"], cooldown,
                              probe_lease=cfg["ZIPTEAMS_DEADLINE"] + LOCK_SLACK,
                              schedule=cfg.get("BREAKER_SCHEDULE"))
-    limiter = RateLimiter(per_minute, shared=shared, name=name, instance=instance, clock=clock)
+    limiter = RateLimiter(per_minute, shared=shared, name=name, workers=workers, clock=clock)
     fetch = ProtectedFetch(client, limiter=limiter, breaker=breaker, retries=cfg["ZIPTEAMS_RETRIES"],
                            deadline=cfg["ZIPTEAMS_DEADLINE"], clock=clock, sleep=cfg.get("SLEEP", time.sleep))
 

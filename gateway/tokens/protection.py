@@ -7,10 +7,10 @@ The order of checks for one token fetch: a 429 back-off in force refuses at
 once; an open breaker refuses at once; the rate limiter admits the request or
 refuses it with the wait; then the call, retried with backoff and jitter on
 connection errors and 5xx inside a total deadline. Refusals never reach
-Zipteams and are counted in ``gateway_zipteams_refused_total``. The breaker,
-the back-off and the rate window are the instance's (``gateway.tokens.instance``):
-every worker shares them, and with Redis the window and back-off are shared
-by every instance too.
+Zipteams and are counted in ``gateway_zipteams_refused_total``. The breaker
+is each worker process's own; so are the back-off and the rate window (a
+share of the budget) without Redis, while with Redis every process of every
+instance shares those two.
 """
 from __future__ import annotations
 
