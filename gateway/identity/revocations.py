@@ -3,22 +3,20 @@
 A signed cookie stays valid until it expires, so logging out must also record
 the session id as revoked where every worker looks; a hand-off JWT's ``jti``
 must be usable once across all workers. With Redis configured that is Redis
-(``gateway.shared``'s one client, shared by every instance); otherwise an SQLite file on this host
-(``GATEWAY_STATE_DB``), which every worker of this instance shares. What happens
-when the store is down or silent is stated per use in ``SecurityState``.
+(``gateway.shared``'s one client, shared by every instance); otherwise an SQLite database in a
+private directory on this host (``GATEWAY_STATE_DIR``, ``gateway.identity.hoststate``), which every
+worker of this instance shares. What happens when the store is down or silent is stated per use
+in ``SecurityState``.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import tempfile
 import threading
 import time
 from typing import Callable
 
 from gateway.errors import GatewayError
-from gateway.identity.hoststate import SqliteState
+from gateway.identity.hoststate import SqliteState, private_dir
 from gateway.ops import metrics
 # The one back-off policy for every call to the store, and the one "could not say" error.
 from gateway.shared import LOG_EVERY, RETRY_AFTER_ERROR, StoreUnavailable
@@ -110,16 +108,11 @@ class SecurityState:
             raise HandoffUnverifiable("single-use store unavailable") from None
 
 
-def default_db_path(secret_key: str) -> str:
-    """A per-deployment file in the temp directory (the same for every worker of it)."""
-    tag = hashlib.sha256(secret_key.encode()).hexdigest()[:12]
-    return os.path.join(tempfile.gettempdir(), f"zipteams-gateway-{tag}.sqlite3")
-
-
 def init_app(app) -> None:
     cfg = app.config
     backend = app.extensions["shared"]  # gateway.shared: the one Redis client, when there is one
     if backend is None:
-        backend = SqliteState(cfg["GATEWAY_STATE_DB"] or default_db_path(cfg["GATEWAY_SECRET_KEY"]),
-                              clock=cfg.get("CLOCK", time.time))
+        # Only without Redis: with it, the directory is neither made nor checked.
+        directory = private_dir(cfg["GATEWAY_STATE_DIR"] or app.instance_path)
+        backend = SqliteState(directory, clock=cfg.get("CLOCK", time.time))
     app.extensions["state"] = SecurityState(backend)
