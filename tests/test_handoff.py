@@ -207,3 +207,17 @@ def test_secret_key_rotation_keeps_sessions(make_app, tmp_path):
     forgotten.set_cookie("__Host-zg_session", cookie)
     assert forgotten.get("/").status_code == 401
 
+
+def test_a_hand_off_the_store_cannot_check_gets_503_with_retry_after(jwt_app, tmp_path):
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
+        db.execute("DROP TABLE marks")  # the store cannot answer (any SQLite error does the same)
+    client = jwt_app.test_client()
+    response = client.get("/sso/jwt", query_string={"jwt": hs(claims())})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert "cannot be checked right now" in response.get_data(as_text=True)
+    again = client.get("/sso/jwt", query_string={"jwt": hs(claims())}, headers={"Accept": "application/json"})
+    assert again.status_code == 503 and again.json["error"]["code"] == "handoff_unverifiable"
+    assert 1 <= int(again.headers["Retry-After"]) <= 5 and again.json["error"]["retry_after"] >= 1
+    assert client.get("/").status_code == 401  # no session was started

@@ -19,6 +19,7 @@ import pytest
 from conftest import FakeClock
 from gateway.identity import hoststate
 from gateway.identity.hoststate import DB_NAME, SqliteState, private_dir
+from gateway.identity.revocations import HandoffUnverifiable, SecurityState
 from gateway.shared import StoreUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,3 +160,18 @@ def test_no_hand_rolled_primitives_only_sqlites_own_locking():
     source = Path(hoststate.__file__).read_text()
     assert not re.search(r"\b(fcntl|flock|mmap|register_at_fork|pread|pwrite)\b|/proc|threading\.local", source)
 
+
+def test_an_unverifiable_hand_off_says_when_to_retry():
+    class Down:
+        def mark(self, key, ttl):
+            raise StoreUnavailable("OperationalError: database is locked")
+
+    clock = FakeClock(100.0)
+    state = SecurityState(Down(), retry_after=5, monotonic=clock)
+    with pytest.raises(HandoffUnverifiable) as first:
+        state.use_once("iss|jti", 60)
+    assert first.value.retry_after == 5
+    clock.advance(3.5)
+    with pytest.raises(HandoffUnverifiable) as backing_off:  # not asked again: the time left
+        state.use_once("iss|jti", 60)
+    assert backing_off.value.retry_after == 2

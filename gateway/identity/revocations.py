@@ -11,6 +11,7 @@ in ``SecurityState``.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Callable
@@ -41,7 +42,8 @@ class SecurityState:
       session's idle and absolute limits still hold).
     - Recording a revocation: best effort, logged when it could not be recorded.
     - Single use of a hand-off id: fails closed, with a plain 503 page (HandoffUnverifiable),
-      not a 401 that looks like an attack.
+      not a 401 that looks like an attack, whose Retry-After is the time left until the
+      store is asked again.
     After a failure the store is not asked again for ``retry_after`` seconds (a silent
     Redis costs one time-out per window, not one per request), and it is logged at most
     once a minute.
@@ -57,6 +59,10 @@ class SecurityState:
 
     def _up(self) -> bool:
         return self._monotonic() >= self._down_until
+
+    def _unverifiable(self) -> HandoffUnverifiable:
+        wait = max(1, math.ceil(self._down_until - self._monotonic()))
+        return HandoffUnverifiable("single-use store unavailable", retry_after=wait)
 
     def _unavailable(self, use: str, exc: Exception | None, consequence: str) -> None:
         metrics.STATE_UNAVAILABLE.labels(use).inc()
@@ -100,12 +106,12 @@ class SecurityState:
         consequence = "hand-offs are refused with a 503 page until it answers"
         if not self._up():
             self._unavailable("single_use", None, consequence)
-            raise HandoffUnverifiable("single-use store unavailable")
+            raise self._unverifiable()
         try:
             return self.backend.mark("jti:" + ident, ttl)
         except StoreUnavailable as exc:
             self._unavailable("single_use", exc, consequence)
-            raise HandoffUnverifiable("single-use store unavailable") from None
+            raise self._unverifiable() from None
 
 
 def init_app(app) -> None:
