@@ -144,7 +144,7 @@ def test_a_writer_holding_the_lock_makes_marks_unavailable_not_a_hang_and_checks
 def test_the_files_it_makes_are_0600_in_a_0700_directory_whatever_the_umask(tmp_path):
     old = os.umask(0)  # the most open umask: the modes must not come from it
     try:
-        directory = private_dir(str(tmp_path / "a" / "state"))
+        directory = private_dir(str(tmp_path / "state"))
         state = SqliteState(directory)
         state.mark("sid:s1", 600)
     finally:

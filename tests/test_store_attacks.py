@@ -137,6 +137,32 @@ def test_the_lock_attack_works_on_a_store_open_to_others_and_start_up_refuses_th
         private_dir(directory)
 
 
+# As nobody: every way at the marks (list, read, write, delete, move the directory away), each one's errno.
+TOUCH_STORE = """
+import errno, os, sys
+state, db, away = sys.argv[1:]
+for name, attempt in [("list", lambda: os.listdir(state)), ("read", lambda: open(db, "rb").close()),
+                      ("write", lambda: open(db, "r+b").close()), ("delete", lambda: os.unlink(db)),
+                      ("move", lambda: os.rename(state, away))]:
+    try:
+        attempt()
+        print(name, "done")
+    except OSError as exc:
+        print(name, errno.errorcode[exc.errno])
+"""
+
+
+def test_another_user_can_neither_read_change_delete_nor_move_the_marks(make_app, shared):
+    state = shared / "state"
+    app = jwt_app(make_app, state)
+    token = hand_off()
+    assert app.test_client().get("/sso/jwt", query_string={"jwt": token}).status_code == 302
+    attempts = as_nobody(TOUCH_STORE, str(state), str(state / DB_NAME), str(shared / "moved")).stdout.split("\n")
+    assert attempts[:5] == ["list EACCES", "read EACCES", "write EACCES", "delete EACCES",
+                            "move EPERM"]  # the sticky bit, as on /tmp
+    assert app.test_client().get("/sso/jwt", query_string={"jwt": token}).status_code == 401  # still used
+
+
 # ------------------------------------------------ (2) files made by another user first
 @pytest.mark.parametrize("mode", [0o700, 0o777])
 def test_a_directory_another_user_made_first_is_refused_at_start(make_app, shared, mode):
@@ -178,6 +204,24 @@ def test_a_store_file_open_to_group_or_others_is_refused_at_start(make_app, tmp_
     (state / name).touch()
     os.chmod(state / name, mode)
     refused(make_app, state, str(state / name), f"(mode {mode:04o}; it must be 0600)")
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770])
+def test_a_directory_others_could_move_away_is_refused_at_start(make_app, tmp_path, mode):
+    """In a parent others may write to without the sticky bit, nobody could rename the gateway's
+    directory and put one of its own in place, for the next worker to open."""
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    os.chmod(parent, mode)
+    refused(make_app, parent / "state", f"the parent directory {parent} of {parent / 'state'} lets other users "
+            f"replace the directory (mode {mode:04o}, not sticky)")
+    assert not (parent / "state").exists()
+
+
+def test_a_directory_in_another_users_directory_is_refused_at_start(make_app, shared):
+    parent = shared / "theirs"
+    as_nobody("import os, sys; os.mkdir(sys.argv[1], 0o755)", str(parent))
+    refused(make_app, parent / "state", f"is owned by uid {NOBODY_UID}, who could replace the directory")
 
 
 # ------------------------------------------------ (3) symlinks

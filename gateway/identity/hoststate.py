@@ -42,9 +42,12 @@ def private_dir(path: str) -> str:
     Raises ConfigError (one line naming GATEWAY_STATE_DIR) if the directory or a store file is a
     symlink, not what it should be (a directory, regular files), owned by another user, or open to
     group or others in any way: another local user could then delete or forge marks, or lock the
-    shared-memory file (a read lock needs only read access) so that no logout is recorded.
+    shared-memory file (a read lock needs only read access) so that no logout is recorded. Also if
+    another user could move the directory away and put one of theirs in its place: its parent must
+    be root's or the gateway's user's, and writable by no one else unless sticky (as /tmp is).
     """
     path = os.path.abspath(path)
+    _refuse_if_others_can_move(path)  # before anything is made in it
     try:
         os.lstat(path)
     except FileNotFoundError:
@@ -57,6 +60,7 @@ def private_dir(path: str) -> str:
     except OSError as exc:
         raise ConfigError(f"GATEWAY_STATE_DIR: cannot read {path}: {exc.strerror or exc}") from None
     _refuse_unless_private(path, directory=True)
+    _refuse_if_others_can_move(path)
     for name in STORE_FILES:
         _refuse_unless_private(os.path.join(path, name), directory=False)
     return path
@@ -87,6 +91,24 @@ def _refuse_unless_private(path: str, *, directory: bool) -> None:
     raise ConfigError(f"GATEWAY_STATE_DIR: the {what} {path} {problem}; the revocation store needs a "
                       f"directory only the gateway's user can reach (mode 700, files 600): fix it, or remove "
                       f"it and the gateway makes it")
+
+
+def _refuse_if_others_can_move(path: str) -> None:
+    parent = os.path.dirname(path)
+    try:
+        info = os.stat(parent)
+    except FileNotFoundError:
+        return  # made by makedirs, then checked again
+    except OSError as exc:
+        raise ConfigError(f"GATEWAY_STATE_DIR: cannot read {parent}: {exc.strerror or exc}") from None
+    if info.st_uid not in (0, os.geteuid()):
+        problem = f"is owned by uid {info.st_uid}, who could replace the directory"
+    elif info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        problem = f"lets other users replace the directory (mode {stat.S_IMODE(info.st_mode):04o}, not sticky)"
+    else:
+        return
+    raise ConfigError(f"GATEWAY_STATE_DIR: the parent directory {parent} of {path} {problem}; "
+                      "choose a directory whose parent only root or the gateway's user can write to")
 
 
 class SqliteState:
