@@ -224,6 +224,14 @@ def test_a_directory_in_another_users_directory_is_refused_at_start(make_app, sh
     refused(make_app, parent / "state", f"is owned by uid {NOBODY_UID}, who could replace the directory")
 
 
+def test_a_directory_that_is_a_file_or_a_store_file_that_is_a_directory_is_refused_at_start(make_app, tmp_path):
+    (tmp_path / "file").touch(mode=0o600)
+    refused(make_app, tmp_path / "file", "is not a directory")
+    state = Path(private_dir(str(tmp_path / "state")))
+    (state / (DB_NAME + "-wal")).mkdir(mode=0o700)
+    refused(make_app, state, f"the store file {state / (DB_NAME + '-wal')} is not a regular file")
+
+
 # ------------------------------------------------ (3) symlinks
 @pytest.mark.parametrize("target_exists", [True, False], ids=["to-a-directory", "to-nothing-yet"])
 def test_a_symlink_at_the_directory_is_refused_and_nothing_is_made_at_its_target(
