@@ -71,7 +71,7 @@ def main() -> int:
         "ZIPTEAMS_API_KEY": key, "ZIPTEAMS_API_SECRET": secret, "ZIPTEAMS_API_URL": sim.url + "/api/v1",
         "ZIPTEAMS_DASHBOARD_URL": sim.url + "/dashboard/", "GATEWAY_SECRET_KEY": secret_key,
         "GATEWAY_TENANTS_FILE": str(tenants), "GATEWAY_COOKIE_SECURE": "false",
-        "GATEWAY_STATE_DB": str(tmp / "state.db"), "GATEWAY_LOG_FORMAT": "json"})
+        "GATEWAY_STATE_DIR": str(tmp / "state"), "GATEWAY_LOG_FORMAT": "json"})
     from gateway import create_app
     from gateway.ops import logs
 

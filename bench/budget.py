@@ -54,7 +54,7 @@ class Stack:
         env = {"ZIPTEAMS_API_KEY": KEY, "ZIPTEAMS_API_SECRET": SECRET, "ZIPTEAMS_API_URL": self.sim_url + "/api/v1",
                "ZIPTEAMS_DASHBOARD_URL": self.sim_url + "/dashboard/", "GATEWAY_SECRET_KEY": secrets.token_urlsafe(32),
                "GATEWAY_TENANTS_FILE": str(tmp / "tenants.toml"), "GATEWAY_COOKIE_SECURE": "false",
-               "GATEWAY_STATE_DB": str(tmp / f"{name}-state.db")}
+               "GATEWAY_STATE_DIR": str(tmp / f"{name}-state")}
         # The defaults, exactly: nothing about the budget, the breaker or the cache is set here,
         # and a setting left in this shell's environment is blanked (an empty value is the default).
         env.update({s.name: "" for s in SETTINGS if s.name not in env and s.name in os.environ})

@@ -44,7 +44,7 @@ def gateway_settings(tmp: Path, sim_url: str, key: str, secret: str, secret_key:
     return {"ZIPTEAMS_API_KEY": key, "ZIPTEAMS_API_SECRET": secret, "ZIPTEAMS_API_URL": sim_url + "/api/v1",
             "ZIPTEAMS_DASHBOARD_URL": sim_url + "/dashboard/", "GATEWAY_SECRET_KEY": secret_key,
             "GATEWAY_TENANTS_FILE": str(tmp / "tenants.toml"), "GATEWAY_COOKIE_SECURE": "false",
-            "GATEWAY_STATE_DB": str(tmp / "state.db")}
+            "GATEWAY_STATE_DIR": str(tmp / "state")}
 
 
 def in_process_settings(tmp: Path, key: str, secret: str, secret_key: str) -> tuple[subprocess.Popen, dict]:

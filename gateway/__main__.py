@@ -6,7 +6,6 @@ import logging
 import secrets
 import sys
 import tempfile
-from pathlib import Path
 
 from gateway import ROOT
 from gateway import config as settings
@@ -56,13 +55,13 @@ DEFAULT_SIM_PORT = 8080
 
 
 def demo_config(environment: dict[str, str], args: argparse.Namespace, sim_url: str, key: str, secret: str,
-                state_db: str) -> dict:
+                state_dir: str) -> dict:
     """The demo's settings: the environment's (branding, modes, idle times, rate limits...),
     flags where given, the demo's own where it must decide, defaults for a console."""
     config: dict = {
         "GATEWAY_TENANTS_FILE": str(ROOT / "tenants.example.toml"),
         "GATEWAY_LOG_FORMAT": "text",  # a person reads this console
-        "GATEWAY_STATE_DB": state_db,
+        "GATEWAY_STATE_DIR": state_dir,
     }
     if "GATEWAY_SECRET_KEY_FILE" not in environment:  # both at once would be refused
         config["GATEWAY_SECRET_KEY"] = secrets.token_urlsafe(32)
@@ -102,7 +101,7 @@ def run_demo(args: argparse.Namespace) -> int:
     state_dir = tempfile.TemporaryDirectory(prefix="zipteams-demo-")
     try:
         config = demo_config(settings.environment_settings(), args, sim.url, key, secret,
-                             str(Path(state_dir.name) / "state.db"))
+                             state_dir.name)  # mkdtemp: 0700, a name nobody can guess
         try:
             app = create_app(config)
         except (settings.ConfigError, RulesError) as exc:

@@ -129,10 +129,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_COOKIE_SAMESITE", "Lax",
             "SameSite of the session cookie: Lax, Strict, or None (with Partitioned) when your site frames the gateway.",
             parse_samesite),
-    Setting("GATEWAY_STATE_DB", "",
-            "Without Redis: SQLite file shared by this host's workers for logout revocations and single-use "
-            "hand-off ids (default: a file in the system temp directory; in production name a path no temp cleaner "
-            "empties, see SECURITY.md). With Redis, Redis holds them.", str),
+    Setting("GATEWAY_STATE_DIR", "",
+            "Without Redis: private directory (made 0700; files 0600) holding the SQLite store this host's workers "
+            "share for logout revocations and single-use hand-off ids. Empty: instance/ in the gateway's own "
+            "directory (Flask's instance folder). Start-up is refused if it or a store file is a symlink, another "
+            "user's, or open to group or others, or if its parent lets another user replace it. With Redis "
+            "(GATEWAY_CACHE_URL), Redis holds them and it is unused.",
+            str),
     Setting("GATEWAY_BRAND_NAME", "Zipteams Insights", "Name shown in the page header and titles.",
             lambda raw: raw.strip()[:60] or "Zipteams Insights"),
     Setting("GATEWAY_BRAND_LOGO_URL", "",

@@ -549,6 +549,16 @@ def sim(_shared_sim):
 
 
 # -------------------------------------------------------------------- apps
+STATE_DIRS: list[Path] = []  # [the run's GATEWAY_STATE_DIR], set by _private_state_dir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_state_dir(tmp_path_factory):
+    """Without Redis, the run's apps keep their marks under pytest's private temp directory,
+    never in the repository's instance/ (the default); a test that needs its own passes one."""
+    STATE_DIRS[:] = [tmp_path_factory.mktemp("gateway-state") / "state"]
+
+
 def base_config(sim: Sim, **overrides) -> dict:
     config = {
         "ZIPTEAMS_API_KEY": API_KEY,
@@ -559,6 +569,7 @@ def base_config(sim: Sim, **overrides) -> dict:
         "GATEWAY_SECRET_KEY": SECRET_KEY,
         "GATEWAY_TENANTS_FILE": str(DATA / "tenants.toml"),
         "GATEWAY_AUTH_MODE": "header",
+        "GATEWAY_STATE_DIR": str(STATE_DIRS[0]),
         # GATEWAY_EMBED_MODE: the production default (proxy); tests about iframe mode say so.
         "TESTING": True,
         # An opened breaker's background probe would hit the shared stand-in during a later

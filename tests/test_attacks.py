@@ -221,7 +221,7 @@ def test_proxy_secret_header(make_app, sent, status):
 @pytest.fixture
 def jwt_app(make_app, tmp_path):
     return make_app(GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_SECRET=HANDOFF_SECRET, GATEWAY_HANDOFF_ISSUER=ISS,
-                    GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DB=str(tmp_path / "state.db"))
+                    GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DIR=str(tmp_path / "state"))
 
 
 def handoff_token(email="alice@acme.example"):
@@ -287,7 +287,7 @@ def test_cookie_replay_after_logout_is_refused(jwt_app):
 def test_cookie_replay_after_logout_is_refused_by_every_worker(gunicorn, tmp_path):
     server = gunicorn(workers=2, threads=4, GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_SECRET=HANDOFF_SECRET,
                       GATEWAY_HANDOFF_ISSUER=ISS, GATEWAY_HANDOFF_AUDIENCE=AUD,
-                      GATEWAY_COOKIE_SECURE="false", GATEWAY_STATE_DB=str(tmp_path / "state.db"))
+                      GATEWAY_COOKIE_SECURE="false", GATEWAY_STATE_DIR=str(tmp_path / "state"))
     with recording_session() as http:
         http.get(server.url + "/sso/jwt", params={"jwt": handoff_token()}, allow_redirects=False)
         cookie = http.cookies.get("zg_session")
@@ -402,7 +402,7 @@ def test_host_injection_does_not_change_the_oidc_redirect_uri(make_app, tmp_path
     with oidc_mock.run_server_in_thread(port=0) as idp:
         app = make_app(GATEWAY_AUTH_MODE="oidc", OIDC_ISSUER=f"http://localhost:{idp.server_port}",
                        OIDC_CLIENT_ID="c", OIDC_CLIENT_SECRET="s", GATEWAY_PUBLIC_URL="https://insights.partner.example",
-                       GATEWAY_STATE_DB=str(tmp_path / "s.db"))
+                       GATEWAY_STATE_DIR=str(tmp_path / "state"))
         response = app.test_client().get("/login", headers={"Host": "evil.example", "X-Forwarded-Host": "evil.example"})
     assert response.status_code == 302
     assert "redirect_uri=https%3A%2F%2Finsights.partner.example%2Fauth%2Fcallback" in response.headers["Location"]

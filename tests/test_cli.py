@@ -124,7 +124,7 @@ def test_the_demo_is_one_process_whatever_web_concurrency_says(tmp_path):
     environment = {"WEB_CONCURRENCY": "4", "ZIPTEAMS_MAX_RPM": "12", "GATEWAY_SESSION_IDLE": "120",
                    "ZIPTEAMS_API_SECRET_FILE": str(tmp_path / "not-used"), "GATEWAY_AUTH_MODE": "oidc"}
     config = demo_config(environment, args, "http://127.0.0.1:9", "demo-key", "demo-secret-" + "x" * 20,
-                         str(tmp_path / "state.db"))
+                         str(tmp_path / "state"))
     app = create_app(config)
     assert app.config["WEB_CONCURRENCY"] == 1 and app.config["ZIPTEAMS_MAX_RPM"] == 12
     assert app.config["GATEWAY_SESSION_IDLE"] == 120 and app.config["GATEWAY_AUTH_MODE"] == "demo"

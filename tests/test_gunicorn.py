@@ -91,7 +91,7 @@ def raw_exchange(server, request: bytes, half_close: bool = False) -> bytes:
 def test_a_handoff_token_naming_a_key_of_another_type_is_401_under_gunicorn(gunicorn, http, keys, tmp_path):
     server = gunicorn(workers=1, GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_JWKS_URL=keys.url,
                       GATEWAY_HANDOFF_ISSUER="https://app.example", GATEWAY_HANDOFF_AUDIENCE="gateway",
-                      GATEWAY_STATE_DB=str(tmp_path / "s.db"))
+                      GATEWAY_STATE_DIR=str(tmp_path / "state"))
     now = int(time.time())
     claims = {"iss": "https://app.example", "aud": "gateway", "iat": now, "exp": now + 60,
               "jti": "j-1", "email": "alice@acme.example"}

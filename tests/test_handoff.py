@@ -26,7 +26,7 @@ def hs(payload, key=SECRET, alg="HS256", **headers):
 @pytest.fixture
 def jwt_app(make_app, tmp_path):
     return make_app(GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_SECRET=SECRET, GATEWAY_HANDOFF_ISSUER=ISS,
-                    GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DB=str(tmp_path / "state.db"))
+                    GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DIR=str(tmp_path / "state"))
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_jti_is_single_use(jc, jwt_app):
 def test_jti_is_single_use_across_workers(jwt_app, make_app, tmp_path):
     # A second app on the same state store stands for another gunicorn worker.
     other = make_app(GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_SECRET=SECRET, GATEWAY_HANDOFF_ISSUER=ISS,
-                     GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DB=str(tmp_path / "state.db"))
+                     GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DIR=str(tmp_path / "state"))
     token = hs(claims())
     assert jwt_app.test_client().get("/sso/jwt", query_string={"jwt": token}).status_code == 302
     assert other.test_client().get("/sso/jwt", query_string={"jwt": token}).status_code == 401
@@ -94,7 +94,7 @@ def test_wrong_secret_none_and_rs_confusion_are_refused(jc, keys):
 
 def test_rs256_and_es256_from_a_jwks(make_app, keys, tmp_path):
     app = make_app(GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_JWKS_URL=keys.url, GATEWAY_HANDOFF_ISSUER=ISS,
-                   GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DB=str(tmp_path / "s.db"))
+                   GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DIR=str(tmp_path / "state"))
     for kid in ("rsa-1", "ec-1"):
         client = app.test_client()
         assert client.get("/sso/jwt", query_string={"jwt": keys.sign(claims(), kid=kid)}).status_code == 302
@@ -112,7 +112,7 @@ def signed_naming(keys, signer, named, **over):
                          ids=["es256-naming-an-rsa-key", "rs256-naming-an-ec-key"])
 def test_a_token_naming_a_key_of_another_type_is_401(make_app, keys, tmp_path, caplog, signer, named):
     app = make_app(GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_JWKS_URL=keys.url, GATEWAY_HANDOFF_ISSUER=ISS,
-                   GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DB=str(tmp_path / "s.db"))
+                   GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DIR=str(tmp_path / "state"))
     client = app.test_client()
     response = client.get("/sso/jwt", query_string={"jwt": signed_naming(keys, signer, named)})
     assert response.status_code == 401 and "invalid, expired or was already used" in response.get_data(as_text=True)
@@ -167,7 +167,7 @@ def test_logout_revokes_the_cookie_server_side(jwt_app):
 def clocked(make_app, tmp_path):
     clock = FakeClock()
     app = make_app(GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_SECRET=SECRET, GATEWAY_HANDOFF_ISSUER=ISS,
-                   GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DB=str(tmp_path / "s.db"),
+                   GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DIR=str(tmp_path / "state"),
                    GATEWAY_SESSION_IDLE="600", GATEWAY_SESSION_MAX="3600", CLOCK=clock)
     return app, clock
 
@@ -195,9 +195,9 @@ def test_session_has_an_absolute_lifetime(clocked):
 
 def test_secret_key_rotation_keeps_sessions(make_app, tmp_path):
     old_key = "old-secret-key-" + "o" * 32
-    state = str(tmp_path / "s.db")
+    state = str(tmp_path / "state")
     common = dict(GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_SECRET=SECRET, GATEWAY_HANDOFF_ISSUER=ISS,
-                  GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DB=state)
+                  GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DIR=state)
     old = make_app(GATEWAY_SECRET_KEY=old_key, **common)
     cookie = signed_in(old).get_cookie("__Host-zg_session").value
     rotated = make_app(GATEWAY_SECRET_KEY_FALLBACKS=old_key, **common).test_client()
@@ -206,3 +206,18 @@ def test_secret_key_rotation_keeps_sessions(make_app, tmp_path):
     forgotten = make_app(**common).test_client()
     forgotten.set_cookie("__Host-zg_session", cookie)
     assert forgotten.get("/").status_code == 401
+
+
+def test_a_hand_off_the_store_cannot_check_gets_503_with_retry_after(jwt_app, tmp_path):
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
+        db.execute("DROP TABLE marks")  # the store cannot answer (any SQLite error does the same)
+    client = jwt_app.test_client()
+    response = client.get("/sso/jwt", query_string={"jwt": hs(claims())})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert "cannot be checked right now" in response.get_data(as_text=True)
+    again = client.get("/sso/jwt", query_string={"jwt": hs(claims())}, headers={"Accept": "application/json"})
+    assert again.status_code == 503 and again.json["error"]["code"] == "handoff_unverifiable"
+    assert 1 <= int(again.headers["Retry-After"]) <= 5 and again.json["error"]["retry_after"] >= 1
+    assert client.get("/").status_code == 401  # no session was started

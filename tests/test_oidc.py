@@ -28,7 +28,7 @@ def insecure_transport_for_loopback(monkeypatch):
 def oidc_app(make_app, idp, tmp_path):
     return make_app(GATEWAY_AUTH_MODE="oidc", OIDC_ISSUER=idp, OIDC_CLIENT_ID=CLIENT_ID,
                     OIDC_CLIENT_SECRET="client-secret", GATEWAY_PUBLIC_URL=PUBLIC,
-                    GATEWAY_STATE_DB=str(tmp_path / "state.db"))
+                    GATEWAY_STATE_DIR=str(tmp_path / "state"))
 
 
 def set_user(idp, claims):
@@ -161,7 +161,7 @@ def test_an_unverified_email_is_refused_by_default(oidc_app, idp, verified):
 def test_the_verified_email_check_can_be_turned_off(make_app, idp, tmp_path):
     app = make_app(GATEWAY_AUTH_MODE="oidc", OIDC_ISSUER=idp, OIDC_CLIENT_ID=CLIENT_ID, OIDC_CLIENT_SECRET="s",
                    GATEWAY_PUBLIC_URL=PUBLIC, OIDC_REQUIRE_VERIFIED_EMAIL="false",
-                   GATEWAY_STATE_DB=str(tmp_path / "s.db"))
+                   GATEWAY_STATE_DIR=str(tmp_path / "state"))
     _, ok = login(app.test_client(), idp, {"email": "alice@acme.example", "email_verified": False})
     assert ok.status_code == 302
 
@@ -202,6 +202,6 @@ def test_idp_down_is_a_plain_page_not_a_loop(make_app, tmp_path):
 
     app = make_app(GATEWAY_AUTH_MODE="oidc", OIDC_ISSUER=f"http://localhost:{free_port()}",
                    OIDC_CLIENT_ID=CLIENT_ID, OIDC_CLIENT_SECRET="s", GATEWAY_PUBLIC_URL=PUBLIC,
-                   GATEWAY_STATE_DB=str(tmp_path / "s.db"))
+                   GATEWAY_STATE_DIR=str(tmp_path / "state"))
     response = app.test_client().get("/login")
     assert response.status_code == 502 and "not answering" in response.get_data(as_text=True)

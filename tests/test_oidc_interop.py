@@ -48,7 +48,7 @@ def idp(certified_idp_module):  # noqa: F811
 def oidc_app(make_app, idp, tmp_path, **settings):
     config = dict(GATEWAY_AUTH_MODE="oidc", OIDC_ISSUER=idp.issuer, OIDC_CLIENT_ID="gateway",
                   OIDC_CLIENT_SECRET=SECRET, GATEWAY_PUBLIC_URL=PUBLIC, OIDC_SCOPES="openid email profile groups",
-                  GATEWAY_STATE_DB=str(tmp_path / "state.db"), GATEWAY_EMBED_MODE="proxy")
+                  GATEWAY_STATE_DIR=str(tmp_path / "state"), GATEWAY_EMBED_MODE="proxy")
     config.update(settings)
     return make_app(**config)
 
@@ -239,7 +239,7 @@ def live_gateway(sim, tmp_path):
 
     def start(port, **settings):
         config = base_config(sim, GATEWAY_COOKIE_SECURE="false", GATEWAY_PUBLIC_URL=f"http://127.0.0.1:{port}",
-                             GATEWAY_STATE_DB=str(tmp_path / "state.db"), GATEWAY_EMBED_MODE="proxy", **settings)
+                             GATEWAY_STATE_DIR=str(tmp_path / "state"), GATEWAY_EMBED_MODE="proxy", **settings)
         server = ServerThread(create_app(config), port=port).start()
         started.append(server)
         return server

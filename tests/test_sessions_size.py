@@ -56,7 +56,7 @@ def test_oidc_keeps_only_the_groups_the_rules_name(make_app, tmp_path, monkeypat
         idp = f"http://localhost:{server.server_port}"
         app = make_app(GATEWAY_AUTH_MODE="oidc", GATEWAY_EMBED_MODE="proxy", OIDC_ISSUER=idp, OIDC_CLIENT_ID=CLIENT_ID,
                        OIDC_CLIENT_SECRET="client-secret", GATEWAY_PUBLIC_URL=PUBLIC,
-                       GATEWAY_STATE_DB=str(tmp_path / "state.db"))
+                       GATEWAY_STATE_DIR=str(tmp_path / "state"))
         client = app.test_client()
         _, answer = login(client, idp, {"email": "carol@partner.example", "groups": GROUPS})
         assert answer.status_code == 302 and cookie_size(answer) < 1024

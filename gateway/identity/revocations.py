@@ -3,22 +3,21 @@
 A signed cookie stays valid until it expires, so logging out must also record
 the session id as revoked where every worker looks; a hand-off JWT's ``jti``
 must be usable once across all workers. With Redis configured that is Redis
-(``gateway.shared``'s one client, shared by every instance); otherwise an SQLite file on this host
-(``GATEWAY_STATE_DB``), which every worker of this instance shares. What happens
-when the store is down or silent is stated per use in ``SecurityState``.
+(``gateway.shared``'s one client, shared by every instance); otherwise an SQLite database in a
+private directory on this host (``GATEWAY_STATE_DIR``, ``gateway.identity.hoststate``), which every
+worker of this instance shares. What happens when the store is down or silent is stated per use
+in ``SecurityState``.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import tempfile
+import math
 import threading
 import time
 from typing import Callable
 
 from gateway.errors import GatewayError
-from gateway.identity.hoststate import SqliteState
+from gateway.identity.hoststate import SqliteState, private_dir
 from gateway.ops import metrics
 # The one back-off policy for every call to the store, and the one "could not say" error.
 from gateway.shared import LOG_EVERY, RETRY_AFTER_ERROR, StoreUnavailable
@@ -43,7 +42,8 @@ class SecurityState:
       session's idle and absolute limits still hold).
     - Recording a revocation: best effort, logged when it could not be recorded.
     - Single use of a hand-off id: fails closed, with a plain 503 page (HandoffUnverifiable),
-      not a 401 that looks like an attack.
+      not a 401 that looks like an attack, whose Retry-After is the time left until the
+      store is asked again.
     After a failure the store is not asked again for ``retry_after`` seconds (a silent
     Redis costs one time-out per window, not one per request), and it is logged at most
     once a minute.
@@ -59,6 +59,10 @@ class SecurityState:
 
     def _up(self) -> bool:
         return self._monotonic() >= self._down_until
+
+    def _unverifiable(self) -> HandoffUnverifiable:
+        wait = max(1, math.ceil(self._down_until - self._monotonic()))
+        return HandoffUnverifiable("single-use store unavailable", retry_after=wait)
 
     def _unavailable(self, use: str, exc: Exception | None, consequence: str) -> None:
         metrics.STATE_UNAVAILABLE.labels(use).inc()
@@ -102,24 +106,19 @@ class SecurityState:
         consequence = "hand-offs are refused with a 503 page until it answers"
         if not self._up():
             self._unavailable("single_use", None, consequence)
-            raise HandoffUnverifiable("single-use store unavailable")
+            raise self._unverifiable()
         try:
             return self.backend.mark("jti:" + ident, ttl)
         except StoreUnavailable as exc:
             self._unavailable("single_use", exc, consequence)
-            raise HandoffUnverifiable("single-use store unavailable") from None
-
-
-def default_db_path(secret_key: str) -> str:
-    """A per-deployment file in the temp directory (the same for every worker of it)."""
-    tag = hashlib.sha256(secret_key.encode()).hexdigest()[:12]
-    return os.path.join(tempfile.gettempdir(), f"zipteams-gateway-{tag}.sqlite3")
+            raise self._unverifiable() from None
 
 
 def init_app(app) -> None:
     cfg = app.config
     backend = app.extensions["shared"]  # gateway.shared: the one Redis client, when there is one
     if backend is None:
-        backend = SqliteState(cfg["GATEWAY_STATE_DB"] or default_db_path(cfg["GATEWAY_SECRET_KEY"]),
-                              clock=cfg.get("CLOCK", time.time))
+        # Only without Redis: with it, the directory is neither made nor checked.
+        directory = private_dir(cfg["GATEWAY_STATE_DIR"] or app.instance_path)
+        backend = SqliteState(directory, clock=cfg.get("CLOCK", time.time))
     app.extensions["state"] = SecurityState(backend)
