@@ -158,9 +158,27 @@ def test_one_redis_client():
 
 
 def test_one_jwt_library():
-    assert grep(r"joserfc|^\s*(from|import) jose\b|python_jose|jwcrypto") == []
+    """PyJWT for everything the gateway itself signs, verifies or reads; joserfc only inside Authlib.
+
+    The one exception is a key, not a JWT: from Authlib 1.7 its PrivateKeyJWT takes the client's
+    private key as a joserfc key object, which idp.py imports from ``joserfc.jwk`` and hands over.
+    """
+    assert grep(r"^\s*(from|import) (jose|python_jose|jwcrypto|authlib\.jose)\b") == []
+    assert grep(r"^\s*(from|import) joserfc") == ["gateway/identity/idp.py:" + str(line) for line in
+                                                     joserfc_import_lines()]
+    assert joserfc_import_lines(), "idp.py no longer imports joserfc.jwk: update this test and the README"
+    assert in_files(grep(r"^\s*(from|import) jwt\b")) >= {"gateway/identity/assertions.py"}
     requirements = (ROOT / "requirements.txt").read_text().lower()
     assert "pyjwt" in requirements and "joserfc" not in requirements
+
+
+def joserfc_import_lines() -> list[int]:
+    """Lines of idp.py that import from joserfc, all of them ``from joserfc.jwk import`` key classes."""
+    lines = (PACKAGE / "identity" / "idp.py").read_text().splitlines()
+    found = [n for n, line in enumerate(lines, 1) if re.match(r"\s*(from|import) joserfc", line)]
+    assert all(re.match(r"\s*from joserfc\.jwk import (ECKey|RSAKey)(, (ECKey|RSAKey))*$", lines[n - 1])
+               for n in found), "joserfc may give us key objects for Authlib, nothing else"
+    return found
 
 
 # --- Other code's insides are not ours (STYLE.md): no private names of anything but self/cls. ---
