@@ -353,7 +353,10 @@ PRIVATE_SNIPPETS = {
                  "    def _monitor(self):\n        pass\n", "L._monitor overrides non-public logging.handlers"),
     "override dotted": ("import logging.handlers\nclass L(logging.handlers.QueueListener):\n"
                         "    def _monitor(self):\n        pass\n", "L._monitor overrides"),
-    "override through ours": ("from gateway.identity.session import RememberingSessionInterface as R\n"
+    "foreign base through ours": ("from gateway.sim.server import QuietHandler\nclass H(QuietHandler):\n"
+                                  "    def x(self):\n        return self._headers_buffer\n",
+                                  "self._headers_buffer is non-public http.server.BaseHTTPRequestHandler"),
+    "own names through ours": ("from gateway.identity.session import RememberingSessionInterface as R\n"
                               "class S(R):\n    def _x(self): pass\n    def _get_signing(self): pass\n"
                               "    _monitor = 1\n", None),
     "base instance attribute": ("from logging.handlers import QueueListener\nclass L(QueueListener):\n"
