@@ -348,7 +348,7 @@ PRIVATE_SNIPPETS = {
     "private module import": ("import prometheus_client._x\n", "private module prometheus_client._x"),
     "private subpackage": ("from urllib3._collections import HTTPHeaderDict\n", "private module urllib3._coll"),
     "private name": ("from urllib3.util.url import _encode_target\n", "non-public _encode_target"),
-    "own private name": ("from gateway.identity.idp import _client_auth\n", "non-public _client_auth"),
+    "own private name": ("from gateway.identity.oidc import _refuse\n", "non-public _refuse"),
     "override": ("from logging.handlers import QueueListener\nclass L(QueueListener):\n"
                  "    def _monitor(self):\n        pass\n", "L._monitor overrides non-public logging.handlers"),
     "override dotted": ("import logging.handlers\nclass L(logging.handlers.QueueListener):\n"
