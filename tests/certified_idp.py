@@ -523,11 +523,14 @@ def authorization_code_flow(idp: CertifiedIdP, client_id: str = "gateway", login
     meta = idp.client(client_id)
     method = meta.get("token_endpoint_auth_method", "client_secret_basic")
     token_endpoint = idp.discovery()["token_endpoint"]
+    if private_key is not None:  # in the form the installed Authlib signs with (a PEM on Authlib 1.6)
+        from gateway.identity.idp import assertion_key
+
+        private_key, alg = assertion_key(private_key.as_pem(private=True).decode())
     session = OAuth2Session(client_id, private_key if method == "private_key_jwt" else meta.get("client_secret"),
                             token_endpoint_auth_method=method, scope=scope,
                             redirect_uri=meta["redirect_uris"][0], code_challenge_method="S256")
     if method == "private_key_jwt":
-        alg = private_key.as_dict(private=False).get("alg", "RS256")
         session.register_client_auth_method(PrivateKeyJWT(token_endpoint, alg=alg))
     verifier = secrets.token_urlsafe(48)
     nonce = secrets.token_urlsafe(16)

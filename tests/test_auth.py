@@ -75,6 +75,48 @@ def test_session_cookie_flags(client):
     assert "Domain" not in cookie and "Path=/" in cookie
 
 
+def cookie_value(response, name: str) -> str:
+    [header] = [h for h in response.headers.getlist("Set-Cookie") if h.startswith(name + "=")]
+    return header.split(";", 1)[0].split("=", 1)[1]
+
+
+def test_the_session_cookie_is_flasks_own_format_both_ways(make_app):
+    """A cookie the gateway wrote opens in stock Flask with the same key, and one stock Flask
+    wrote opens here: the session interface changes how fast, never what is signed."""
+    from flask import request
+    from flask.sessions import SecureCookieSessionInterface
+
+    app = make_app()
+    name, stock, ours = app.config["SESSION_COOKIE_NAME"], SecureCookieSessionInterface(), app.session_interface
+    written = cookie_value(app.test_client().get("/", headers=user_headers("alice@acme.example")), name)
+    assert not written.startswith(".")  # small: not worth zlib
+    with app.test_request_context("/", headers={"Cookie": f"{name}={written}"}):
+        assert stock.open_session(app, request)["email"] == "alice@acme.example"
+    for groups in ([], [f"group-{n:03d}" for n in range(60)]):
+        session = stock.session_class({"sid": "s", "email": "bob@acme.example", "groups": groups})
+        session.modified = True
+        response = app.response_class()
+        with app.test_request_context("/"):
+            ours.save_session(app, session, response)
+            stock.save_session(app, session, stock_response := app.response_class())
+        assert cookie_value(response, name).startswith(".") == bool(groups)  # large: compressed
+        for value in (cookie_value(response, name), cookie_value(stock_response, name)):
+            with app.test_request_context("/", headers={"Cookie": f"{name}={value}"}):
+                assert dict(ours.open_session(app, request)) == dict(session)
+                assert dict(stock.open_session(app, request)) == dict(session)
+    with app.test_request_context("/", headers={"Cookie": f"{name}={written[:-2]}xx"}):
+        assert dict(ours.open_session(app, request)) == {}  # a bad signature opens nothing
+
+
+def test_logout_deletes_the_cookie_with_its_attributes(client):
+    page = client.get("/", headers=user_headers("alice@acme.example"))
+    response = client.post("/logout", data={"csrf_token": csrf_from(page)},
+                           headers=user_headers("alice@acme.example", **{"Sec-Fetch-Site": "same-origin"}))
+    [cookie] = [h for h in response.headers.getlist("Set-Cookie") if "zg_session=" in h]
+    assert "Expires=Thu, 01 Jan 1970" in cookie and "Secure" in cookie and "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie and "Cookie" in response.headers["Vary"]
+
+
 def test_logout_needs_a_csrf_token(client):
     client.get("/", headers=user_headers("alice@acme.example"))
     assert client.post("/logout", headers=user_headers("alice@acme.example")).status_code == 403

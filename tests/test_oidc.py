@@ -125,8 +125,19 @@ def test_replayed_code_is_refused(oidc_app, idp):
     assert attacker.get("/").status_code == 302
 
 
+def refused_id_token_errors() -> tuple:
+    """What Authlib raises for an ID token it refuses: authlib.jose's errors on Authlib 1.6,
+    joserfc's from 1.7 (the library that verifies ID tokens, as the README's table says)."""
+    from authlib.common.errors import AuthlibBaseError
+
+    try:
+        from joserfc.errors import JoseError
+    except ImportError:
+        return (AuthlibBaseError,)
+    return (AuthlibBaseError, JoseError)
+
+
 def test_id_token_for_another_audience_is_refused(oidc_app, idp):
-    from joserfc.errors import JoseError
 
     # A genuine ID token from the same provider, issued to a different client.
     sub = set_user(idp, {"email": "alice@acme.example"})
@@ -144,7 +155,7 @@ def test_id_token_for_another_audience_is_refused(oidc_app, idp):
         client = oidc_app.extensions["oidc_client"]
         # The check our callback runs on the ID token after the code exchange
         # (signature, iss and nonce are all fine here: only the audience is wrong).
-        with pytest.raises(JoseError):
+        with pytest.raises(refused_id_token_errors()):
             client.parse_id_token(token, nonce="n-1")
 
 
@@ -205,3 +216,48 @@ def test_idp_down_is_a_plain_page_not_a_loop(make_app, tmp_path):
                    GATEWAY_STATE_DIR=str(tmp_path / "state"))
     response = app.test_client().get("/login")
     assert response.status_code == 502 and "not answering" in response.get_data(as_text=True)
+
+
+# ------------------------------------------------------- private_key_jwt
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_private_key_jwt_is_authlibs_own_with_our_kid_and_the_key_never_shows(make_app, idp, tmp_path, alg):
+    from types import SimpleNamespace
+
+    import jwt
+    from authlib.oauth2.rfc7523 import PrivateKeyJWT
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from gateway.identity.idp import client_auth
+
+    key = ec.generate_private_key(ec.SECP256R1()) if alg == "ES256" else \
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    path = tmp_path / "client-key.pem"
+    path.write_text(pem)
+    settings = {"OIDC_CLIENT_AUTH_METHOD": "private_key_jwt", "OIDC_CLIENT_KEY_FILE": str(path),
+                "OIDC_CLIENT_KEY_ID": "gateway-key-1", "OIDC_CLIENT_SECRET": ""}
+    secret, kwargs, methods = client_auth(settings)
+    [method] = methods
+    assert type(method) is PrivateKeyJWT and kwargs == {"token_endpoint_auth_method": "private_key_jwt"}
+    endpoint = "https://idp.example/token"
+    auth = SimpleNamespace(client_id=CLIENT_ID, client_secret=secret)
+    sent = [parse_qs(method(auth, "POST", endpoint, {}, "grant_type=authorization_code")[2]) for _ in range(2)]
+    for body in sent:
+        assert body["client_assertion_type"] == ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
+        assertion = body["client_assertion"][0]
+        header = jwt.get_unverified_header(assertion)
+        assert header["alg"] == alg and header["kid"] == "gateway-key-1"
+        claims = jwt.decode(assertion, key.public_key(), algorithms=[alg], audience=endpoint)
+        assert claims["iss"] == claims["sub"] == CLIENT_ID and 0 < claims["exp"] - claims["iat"] <= 3600
+    assert sent[0]["client_assertion"] != sent[1]["client_assertion"]
+    jtis = {jwt.decode(b["client_assertion"][0], options={"verify_signature": False})["jti"] for b in sent}
+    assert len(jtis) == 2  # a fresh jti each time: an IdP may refuse a replayed one
+    # The key material never shows in a repr: not the secret's, the method's, nor the registered client's.
+    app = make_app(GATEWAY_AUTH_MODE="oidc", OIDC_ISSUER=idp, OIDC_CLIENT_ID=CLIENT_ID, GATEWAY_PUBLIC_URL=PUBLIC,
+                   GATEWAY_STATE_DB=str(tmp_path / "state.db"), **settings)
+    registered = app.extensions["oidc_client"]
+    body = "".join(pem.strip().splitlines()[1:-1])
+    for shown in (repr(secret), repr(methods), repr((secret, kwargs)), repr(registered), repr(vars(registered))):
+        assert "PRIVATE KEY" not in shown and body[:40] not in shown and body[-40:] not in shown

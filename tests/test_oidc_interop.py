@@ -400,6 +400,21 @@ def test_twenty_unfinished_sign_ins_do_not_lock_the_user_out(make_app, idp, tmp_
     assert "Sales EMEA" in signed_in_page(client, login(client))
 
 
+def test_the_last_two_unfinished_sign_ins_still_complete_an_older_one_has_expired(make_app, idp, tmp_path):
+    client = oidc_app(make_app, idp, tmp_path).test_client()
+
+    def start():  # a tab opened while signed out: its way to the IdP
+        return client.get(client.get("/").headers["Location"]).headers["Location"]
+
+    def finish(to_idp):
+        parts = urlsplit(sign_in_with_requests(to_idp, "alice"))
+        return client.get(parts.path + "?" + parts.query)
+
+    oldest, older, _newest = start(), start(), start()
+    assert finish(oldest).status_code == 400  # forgotten: "This sign-in attempt has expired"
+    assert "Sales EMEA" in signed_in_page(client, finish(older))  # the other tab's attempt still counts
+
+
 def test_a_refused_client_is_a_misconfiguration_page_not_an_expired_sign_in(make_app, idp, tmp_path):
     client = oidc_app(make_app, idp, tmp_path, OIDC_CLIENT_SECRET="not-the-registered-secret-123").test_client()
     answer = login(client)

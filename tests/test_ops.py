@@ -48,6 +48,37 @@ def test_metrics_count_cache_hits_and_zipteams_calls(client):
     assert "gateway_request_seconds_bucket" in client.get("/metrics").get_data(as_text=True)
 
 
+def test_an_exited_workers_counters_still_count_and_its_live_gauges_go(tmp_path):
+    """What gunicorn.conf.py's child_exit does with a dead worker's samples (multiprocess mode)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from gateway.ops.metrics import retire_process
+
+    worker = ("from gateway.ops import metrics\n"
+              "for _ in range(3): metrics.count_request('proxy.dashboard', 200, 0.01)\n"
+              "metrics.CLIENTS_READING.inc()\nimport os; print(os.getpid())\n")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    pids = [subprocess.run([sys.executable, "-c", worker], env=env, cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.strip() for _ in range(2)]
+
+    def scrape():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(tmp_path))
+        return registry
+
+    assert scrape().get_sample_value("gateway_clients_reading") == 2
+    for pid in pids:
+        retire_process(int(pid), str(tmp_path))
+    registry = scrape()
+    assert registry.get_sample_value("gateway_requests_total", {"route": "proxy.dashboard", "status": "200"}) == 6
+    assert registry.get_sample_value("gateway_request_seconds_count", {"route": "proxy.dashboard"}) == 6
+    assert not registry.get_sample_value("gateway_clients_reading")
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {f"counter_{pid}.db" for pid in pids} <= files  # kept: totals never go backwards
+    assert not any(name.startswith("gauge_live") for name in files)
+
+
 # ------------------------------------------------------------- rules reload
 @pytest.fixture
 def rules_file(tmp_path):

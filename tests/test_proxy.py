@@ -357,6 +357,48 @@ def test_normal_paths_pass_unchanged():
     assert upstream_path("/dashboard/reports/caf%C3%A9.csv") == "reports/caf%C3%A9.csv"
 
 
+ACCEPTED = ["/dashboard/a-b_c.d~e/f!$&'()*+,=:@/x", "/dashboard/caf%C3%A9/%2B%20%41", "/dashboard/caf%c3%a9"]
+RE_ENCODED = ['/dashboard/a"b', "/dashboard/a<b>", "/dashboard/a^b", "/dashboard/a`b", "/dashboard/a{b}",
+              "/dashboard/a|b", "/dashboard/a[b]", "/dashboard/a#b"]
+
+
+def request_line_urllib3_sends(path: str) -> str:
+    """The request target urllib3's connection pool (the proxy's client) writes for ``path``."""
+    import threading
+    import urllib3
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        seen = []
+
+        def answer():
+            conn, _ = server.accept()
+            with conn:
+                seen.append(conn.recv(65536).split(b"\r\n", 1)[0].decode("latin-1"))
+                conn.sendall(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        with urllib3.HTTPConnectionPool("127.0.0.1", server.getsockname()[1], retries=False) as pool:
+            pool.urlopen("GET", path, redirect=False)
+        thread.join(10)
+    return seen[0].split(" ")[1]
+
+
+@pytest.mark.parametrize("raw", ACCEPTED)
+def test_an_accepted_path_is_forwarded_byte_for_byte(raw):
+    rest = upstream_path(raw)
+    assert rest == raw[len("/dashboard/"):].replace("%c3%a9", "%C3%A9")
+    assert request_line_urllib3_sends("/dashboard/" + rest) == "/dashboard/" + rest
+
+
+@pytest.mark.parametrize("raw", RE_ENCODED)
+def test_a_path_the_client_would_re_encode_is_refused(raw):
+    # Forwarded, it would reach the dashboard as other bytes than the ones judged here.
+    assert request_line_urllib3_sends(raw) != raw
+    with pytest.raises(NotFound):
+        upstream_path(raw)
+
+
 def raw_http(url: str, request_line: str, headers: dict) -> int:
     host, port = url.rsplit("//", 1)[1].split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:

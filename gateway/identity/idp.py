@@ -2,10 +2,9 @@
 plain-language errors a sign-in can end in. The flow itself is ``gateway.identity.oidc``."""
 from __future__ import annotations
 
+import importlib.metadata
 import logging
-import secrets
 import threading
-import time
 from pathlib import Path
 
 import jwt
@@ -64,53 +63,58 @@ class IdpUnavailable(LoginFailed):
     message = "We could not reach your company's sign-in provider."
 
 
-def _client_auth(cfg) -> tuple[str, dict, list]:
-    """(what Authlib calls the client secret, extra client kwargs, auth methods) for the setting."""
+def client_auth(cfg) -> tuple[object, dict, list]:
+    """(what Authlib calls the client secret, extra client kwargs, auth methods) for the setting.
+
+    With private_key_jwt the "secret" is the private key and Authlib's own ``PrivateKeyJWT``
+    signs the assertion (iss = sub = client_id, aud = the token endpoint, a fresh jti, one hour).
+    """
     method = cfg["OIDC_CLIENT_AUTH_METHOD"]
     if method != "private_key_jwt":
         return cfg["OIDC_CLIENT_SECRET"], {"token_endpoint_auth_method": method}, []
-    pem = Path(cfg["OIDC_CLIENT_KEY_FILE"]).read_text()
-    return "", {"token_endpoint_auth_method": method}, [_PrivateKeyJwt(pem, cfg["OIDC_CLIENT_KEY_ID"])]
+    from authlib.oauth2.rfc7523 import PrivateKeyJWT
+
+    key, alg = assertion_key(Path(cfg["OIDC_CLIENT_KEY_FILE"]).read_text())
+    kid = cfg["OIDC_CLIENT_KEY_ID"]
+    return key, {"token_endpoint_auth_method": method}, [PrivateKeyJWT(headers={"kid": kid} if kid else None, alg=alg)]
 
 
-class _PrivateKeyJwt:
-    """private_key_jwt (RFC 7523) client authentication, signed with PyJWT (the gateway's one JWT library).
-
-    Authlib calls it with the token request; it adds a short-lived assertion naming us
-    (iss = sub = client_id) for the token endpoint (aud), signed RS256 or ES256 by key type.
-    """
-
-    name = "private_key_jwt"
-
-    def __init__(self, pem: str, kid: str = ""):
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-        self._key = load_pem_private_key(pem.encode(), password=None)
-        self.alg = "ES256" if isinstance(self._key, ec.EllipticCurvePrivateKey) else "RS256"
-        self._headers = {"kid": kid} if kid else None
+class PemKey(str):
+    """A PEM private key that never shows itself in a repr (a logged config, a traceback's locals)."""
 
     def __repr__(self) -> str:
-        return f"_PrivateKeyJwt(alg={self.alg!r})"
+        return "PemKey('<private key>')"
 
-    def __call__(self, auth, method, uri, headers, body):
-        from authlib.common.urls import add_params_to_qs
 
-        now = int(time.time())
-        assertion = jwt.encode({"iss": auth.client_id, "sub": auth.client_id, "aud": uri, "iat": now,
-                                "exp": now + 60, "jti": secrets.token_urlsafe(16)},
-                               self._key, algorithm=self.alg, headers=self._headers)
-        body = add_params_to_qs(body or "", [
-            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-            ("client_assertion", assertion)])
-        return uri, headers, body
+def authlib_version() -> tuple[int, int]:
+    major, minor = (importlib.metadata.version("authlib").split(".") + ["0"])[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def assertion_key(pem: str) -> tuple[object, str]:
+    """The private key in the form the installed Authlib's ``PrivateKeyJWT`` signs with, and its alg.
+
+    Authlib 1.6 signs with its own JOSE layer (``authlib.jose``), which reads an RSA or EC key
+    from the PEM. From 1.7 Authlib signs with joserfc and reads a bare PEM as RSA only, so it is
+    given a joserfc key object (only ``joserfc.jwk``'s import: the signing stays Authlib's).
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    ec_key = isinstance(load_pem_private_key(pem.encode(), password=None), ec.EllipticCurvePrivateKey)
+    alg = "ES256" if ec_key else "RS256"  # config.py allows RSA and EC P-256 only
+    if authlib_version() < (1, 7):
+        return PemKey(pem), alg
+    from joserfc.jwk import ECKey, RSAKey
+
+    return (ECKey if ec_key else RSAKey).import_key(pem), alg
 
 
 def register(app: Flask) -> None:
     from authlib.integrations.flask_client import OAuth
 
     cfg = app.config
-    secret, auth_kwargs, auth_methods = _client_auth(cfg)
+    secret, auth_kwargs, auth_methods = client_auth(cfg)
     oauth = OAuth(app)
     oauth.register(
         "idp", client_id=cfg["OIDC_CLIENT_ID"], client_secret=secret,

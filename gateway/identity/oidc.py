@@ -50,28 +50,32 @@ def begin_login(next_url: str):
     # What survives the trip to the IdP is only what Authlib keeps (state, nonce,
     # PKCE verifier) and where to go back to; the session itself is renewed at the end.
     session["oidc_next"] = next_url
-    _forget_old_attempts()
     meta = metadata()
     problem = auth_method_problem(meta, current_app.config["OIDC_CLIENT_AUTH_METHOD"])
     if problem:
         logger.warning("%s: sign-ins will fail at the token endpoint", problem)
-    try:
-        return client().authorize_redirect(public("/auth/callback"), nonce=secrets.token_urlsafe(24))
+    idp_client, back = client(), public("/auth/callback")
+    try:  # authorize_redirect's two steps, so that we learn the attempt's state
+        attempt = idp_client.create_authorization_url(back, nonce=secrets.token_urlsafe(24))
     except (requests.RequestException, AuthlibBaseError, ValueError) as exc:
         raise IdpUnavailable(f"discovery failed ({type(exc).__name__})") from None
+    idp_client.save_authorize_data(redirect_uri=back, **attempt)
+    _forget_old_attempts(idp_client, attempt["state"])
+    return redirect(attempt["url"])
 
 
 KEEP_ATTEMPTS = 2  # sign-ins started and not finished that may still come back (other tabs)
 
 
-def _forget_old_attempts() -> None:
+def _forget_old_attempts(idp_client, state: str) -> None:
     """Authlib keeps each attempt's state, nonce and PKCE verifier in the session for an hour;
     twenty unfinished ones (tabs opened while signed out, back and forth at the IdP) made the
-    cookie too large for browsers, and every later sign-in failed as "expired"."""
-    attempts = sorted((k for k in session if k.startswith("_state_idp_")),
-                      key=lambda k: (session[k] or {}).get("exp", 0) if isinstance(session[k], dict) else 0)
-    for key in attempts[:-(KEEP_ATTEMPTS - 1) or None]:
-        session.pop(key, None)
+    cookie too large for browsers, and every later sign-in failed as "expired". We note the
+    states we started and have Authlib clear all but the last few (its session layout is its own)."""
+    states = [s for s in session.get("oidc_states", ()) if s != state] + [state]
+    for old in states[:-KEEP_ATTEMPTS]:
+        idp_client.framework.clear_state_data(session, old)
+    session["oidc_states"] = states[-KEEP_ATTEMPTS:]
 
 
 def _refuse(error: type[LoginFailed], reason: str, **fields):

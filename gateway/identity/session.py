@@ -17,7 +17,7 @@ import time
 
 from flask import Flask, current_app, g, request, session
 from flask.sessions import SecureCookieSessionInterface, session_json_serializer
-from itsdangerous import URLSafeTimedSerializer
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode
 
 from gateway.errors import Unauthenticated
@@ -69,13 +69,19 @@ class _Serializer(URLSafeTimedSerializer):
 
 
 class RememberingSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie, written and read through the documented ``open_session`` and
+    ``save_session`` (Flask's own versions build a new serializer for each call through a hook
+    its API reference does not list), with the cookie's salt, key derivation, digest and
+    cookie attributes all Flask's."""
+
     serializer = _PlainJson
 
     def __init__(self, maxsize: int = REMEMBER_COOKIES, ttl: float = REMEMBER_SECONDS):
         self._verified = Memo(maxsize, ttl)
         self._signer: tuple | None = None  # (keys, serializer): the keys do not change while running
 
-    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+    def signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        """One serializer for as long as the keys stay the same; None without a secret key."""
         if not app.secret_key:
             return None
         keys = (*app.config["SECRET_KEY_FALLBACKS"], app.secret_key)  # current key last
@@ -87,16 +93,40 @@ class RememberingSessionInterface(SecureCookieSessionInterface):
         return signer[1]
 
     def open_session(self, app: Flask, request):
+        signer = self.signing_serializer(app)
+        if signer is None:
+            return None  # Flask then serves a null session that refuses writes
         value = request.cookies.get(self.get_cookie_name(app))
         if not value:
             return self.session_class()
         data = self._verified.get(value)
         if data is not None:
             return self.session_class(_copy(data))
-        session = super().open_session(app, request)
-        if session:
-            self._verified.put(value, _copy(session))
-        return session
+        try:
+            data = signer.loads(value, max_age=int(app.permanent_session_lifetime.total_seconds()))
+        except BadSignature:
+            return self.session_class()
+        if data:
+            self._verified.put(value, _copy(data))
+        return self.session_class(data)
+
+    def save_session(self, app: Flask, session, response) -> None:
+        name, domain, path = self.get_cookie_name(app), self.get_cookie_domain(app), self.get_cookie_path(app)
+        attributes = {"domain": domain, "path": path, "secure": self.get_cookie_secure(app),
+                      "partitioned": self.get_cookie_partitioned(app), "samesite": self.get_cookie_samesite(app),
+                      "httponly": self.get_cookie_httponly(app)}
+        if session.accessed:
+            response.vary.add("Cookie")
+        if not session:
+            if session.modified:  # emptied (logout): the cookie goes
+                response.delete_cookie(name, **attributes)
+                response.vary.add("Cookie")
+            return
+        if not self.should_set_cookie(app, session):
+            return
+        value = self.signing_serializer(app).dumps(dict(session))
+        response.set_cookie(name, value, expires=self.get_expiration_time(app, session), **attributes)
+        response.vary.add("Cookie")
 
 
 def init_app(app: Flask) -> None:

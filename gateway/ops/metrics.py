@@ -2,8 +2,8 @@
 
 gunicorn.conf.py points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory
 before the app is loaded; each worker then writes its samples there and a
-scrape of ``/metrics`` adds them up. Outside gunicorn (tests, the demo) the
-process's own registry is served.
+scrape of ``/metrics`` adds them up, exited workers' counters included. Outside
+gunicorn (tests, the demo) the process's own registry is served.
 """
 from __future__ import annotations
 
@@ -75,27 +75,16 @@ def render() -> tuple[bytes, str]:
         try:
             return generate_latest(registry), CONTENT_TYPE_LATEST
         except FileNotFoundError:
-            # A dead worker's file was folded into the archive between listing and reading.
+            # A dead worker's live gauge file was removed between listing and reading.
             return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
 def retire_process(pid: int, path: str) -> None:
-    """In gunicorn's master when a worker has exited: its live gauges go, and its counters and
-    histograms are added into one archive file per type, so totals never go backwards and the
-    directory does not grow with every restart or reload."""
+    """In gunicorn's master when a worker has exited: its live gauges go (prometheus_client's
+    ``multiprocess.mark_process_dead``). Its counter and histogram files stay where they are and
+    are still added up, so totals never go backwards; the directory grows by those two files
+    per exited worker until the master exits (gunicorn.conf.py)."""
     from prometheus_client import multiprocess
-    from prometheus_client.mmap_dict import MmapedDict
 
     multiprocess.mark_process_dead(pid, path)
-    for kind in ("counter", "histogram"):
-        dead = os.path.join(path, f"{kind}_{pid}.db")
-        if not os.path.exists(dead):
-            continue
-        archive = MmapedDict(os.path.join(path, f"{kind}_archive.db"))
-        try:
-            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
-                archive.write_value(key, archive.read_value(key)[0] + value, timestamp)
-        finally:
-            archive.close()
-        os.remove(dead)

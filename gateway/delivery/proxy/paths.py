@@ -16,8 +16,6 @@ import re
 import unicodedata
 from urllib.parse import unquote_to_bytes
 
-from urllib3.util.url import _encode_target
-
 from gateway.errors import NotFound
 from gateway.delivery.proxy.policy import BASE
 
@@ -25,6 +23,9 @@ from gateway.delivery.proxy.policy import BASE
 _BAD_RAW = re.compile(r"%(?:2[fF]|5[cC]|25|3[bB]|0[0-9a-fA-F]|1[0-9a-fA-F]|7[fF])|[\\;\x00-\x20\x7f-\uffff]")
 _LONE_PERCENT = re.compile(r"%(?![0-9a-fA-F]{2})")
 _ESCAPE = re.compile(r"%[0-9a-f]{2}|%[0-9A-F][a-f]|%[a-f][0-9A-F]")
+# RFC 3986's path characters (pchar and "/") and upper-case escapes: what an HTTP client
+# (urllib3 among them) sends as it is. Anything else it would percent-encode on the way.
+_AS_SENT = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=:@/-]|%[0-9A-F]{2})*")
 
 
 def upstream_path(raw_uri: str) -> str:
@@ -34,7 +35,7 @@ def upstream_path(raw_uri: str) -> str:
         raise NotFound("dashboard path refused")
     # Upper-case escapes, as an HTTP client would write them: then forwarded == checked.
     path = _ESCAPE.sub(lambda m: m.group(0).upper(), path)
-    if _encode_target(path) != path:
+    if not _AS_SENT.fullmatch(path):
         raise NotFound("dashboard path has characters a client would re-encode")
     rest = path[len(BASE):]
     try:
