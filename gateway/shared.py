@@ -85,7 +85,7 @@ class Shared:
         self._last_log = -LOG_EVERY
         self._was_down = False
         self._lock = threading.Lock()
-        self._lock_errors = (redis.exceptions.LockError,)
+        self.lock_errors = (redis.exceptions.LockError,)
         self._window = self._redis.register_script(_WINDOW)
 
     def __repr__(self) -> str:
@@ -115,12 +115,12 @@ class Shared:
                     self._was_down = False
                     logger.warning("redis is back: the token cache is shared again")
 
-    def _call(self, what: str, fn, default=None):
+    def call(self, what: str, fn, default=None):
         if not self.available:
             return default
         try:
             result = fn()
-        except self._lock_errors:
+        except self.lock_errors:
             raise  # about that lock (not ours any more), not about Redis' health
         except self._errors as exc:
             self._failed(what, exc)
@@ -129,7 +129,7 @@ class Shared:
         return result
 
     def ping(self) -> bool:
-        return bool(self._call("ping", self._redis.ping, False))
+        return bool(self.call("ping", self._redis.ping, False))
 
     # ------------------------------------------------------------ tokens
     def _token_key(self, tenant: str, subtenant: str) -> str:
@@ -137,7 +137,7 @@ class Shared:
 
     def get_token(self, tenant: str, subtenant: str) -> str | None:
         key = self._token_key(tenant, subtenant)
-        blob = self._call("get", lambda: self._redis.get(key))
+        blob = self.call("get", lambda: self._redis.get(key))
         if not blob or len(blob) < 13:
             return None
         try:
@@ -155,11 +155,11 @@ class Shared:
             return
         nonce = os.urandom(12)
         blob = nonce + self._aead.encrypt(nonce, json.dumps({"t": token}).encode(), key.encode())
-        self._call("set", lambda: self._redis.set(key, blob, px=ttl_ms))
+        self.call("set", lambda: self._redis.set(key, blob, px=ttl_ms))
 
     def delete_token(self, tenant: str, subtenant: str, token: str) -> None:
         if self.get_token(tenant, subtenant) == token:
-            self._call("delete", lambda: self._redis.delete(self._token_key(tenant, subtenant)))
+            self.call("delete", lambda: self._redis.delete(self._token_key(tenant, subtenant)))
 
     # ------------------------------------------------------------- locks
     def acquire(self, tenant: str, subtenant: str) -> "FetchLock | None":
@@ -173,7 +173,7 @@ class Shared:
         """
         lock = self._redis.lock(f"{self._ns}lock:{tenant}/{subtenant}", timeout=LOCK_LEASE,
                                 blocking=False, thread_local=False)  # renewed from another thread
-        if not self._call("lock", lambda: lock.acquire(blocking=False), False):
+        if not self.call("lock", lambda: lock.acquire(blocking=False), False):
             return None
         return FetchLock(self, lock)
 
@@ -197,16 +197,16 @@ class Shared:
         key = f"{self._ns}rate:{name}"
         now_ms = int(self._clock() * 1000)
         member = f"{now_ms}-{secrets.token_hex(4)}"
-        result = self._call("rate", lambda: self._window(keys=[key], args=[now_ms, limit, member]))
+        result = self.call("rate", lambda: self._window(keys=[key], args=[now_ms, limit, member]))
         return None if result is None else int(result) / 1000.0
 
     def set_backoff(self, name: str, seconds: float) -> None:
         key = f"{self._ns}backoff:{name}"
         until = self._clock() + seconds
-        self._call("backoff", lambda: self._redis.set(key, str(until), px=int(seconds * 1000)))
+        self.call("backoff", lambda: self._redis.set(key, str(until), px=int(seconds * 1000)))
 
     def backoff_until(self, name: str) -> float:
-        raw = self._call("backoff", lambda: self._redis.get(f"{self._ns}backoff:{name}"))
+        raw = self.call("backoff", lambda: self._redis.get(f"{self._ns}backoff:{name}"))
         try:
             return float(raw) if raw else 0.0
         except ValueError:
@@ -224,15 +224,15 @@ class FetchLock:
     def _renew(self) -> None:
         while not self._done.wait(LOCK_RENEW):
             try:
-                self._shared._call("lock renewal", lambda: self._lock.extend(LOCK_LEASE, replace_ttl=True))
-            except self._shared._lock_errors:
+                self._shared.call("lock renewal", lambda: self._lock.extend(LOCK_LEASE, replace_ttl=True))
+            except self._shared.lock_errors:
                 return  # it expired under us (Redis lost it): nothing left to renew
 
     def release(self) -> None:
         self._done.set()
         try:
-            self._shared._call("unlock", self._lock.release)
-        except self._shared._lock_errors:
+            self._shared.call("unlock", self._lock.release)
+        except self._shared.lock_errors:
             pass  # expired already: someone else may hold it now, and it is theirs
 
 
