@@ -1,18 +1,17 @@
 """Logging: one line per event to stdout, a request id on every line and response.
 
-``GATEWAY_LOG_FORMAT=text`` for people, ``json`` for log pipelines (shapes in
-``gateway.ops.logformat``); in both, one event is exactly one line, so no request can
-forge a line. The request id comes from ``X-Request-Id`` when a trusted proxy sent a
-sane one, otherwise it is generated; it is echoed in the response and on every error
-page. Access lines name the path, never the query string.
+``GATEWAY_LOG_FORMAT=text`` for people, ``json`` for log pipelines (shapes in ``gateway.ops.logformat``);
+in both, one event is exactly one line, so no request can forge a line. The request id comes from
+``X-Request-Id`` when a trusted proxy sent a sane one, otherwise it is generated; it is echoed in the
+response and on every error page. Access lines name the path, never the query string.
 
-One log path, public API only: the standard library's ``QueueHandler`` on the root logger
-formats each record and puts the line on a bounded ``queue.Queue``, and a ``QueueListener``
-thread per process writes what has gathered in one write per batch. Request threads never
-wait for stdout; when stdout stalls and the queue is full, a line is dropped, counted in
-``gateway_log_lines_dropped_total`` and announced by a warning line once writing works
-again. A stop waits ``STOP_SECONDS`` at most for the writer. A forked gunicorn worker
-starts its own writer from gunicorn's ``post_fork`` hook (``after_fork``).
+One log path, public API only: the standard library's ``QueueHandler`` on the root logger formats
+each record and puts the line on a bounded ``queue.Queue``, and a ``QueueListener`` thread per
+process writes what has gathered in one write per batch. Request threads never wait for stdout;
+when stdout stalls and the queue is full, a line is dropped, counted in
+``gateway_log_lines_dropped_total`` and announced by a warning line once writing works again. A
+stop waits ``STOP_SECONDS`` at most for the writer. A forked gunicorn worker starts its own writer
+from gunicorn's ``post_fork`` hook (``after_fork``).
 """
 from __future__ import annotations
 
@@ -21,23 +20,20 @@ import logging
 import logging.handlers
 import os
 import queue
-import re
 import sys
 import threading
 import time
-from urllib.parse import quote
 
 from flask import Blueprint, Flask, current_app, g, request
 
 from gateway.identity.peers import peer_is_trusted
 from gateway.ops import metrics
-from gateway.ops.logformat import JsonFormatter, TextFormatter
+from gateway.ops.logformat import JsonFormatter, TextFormatter, path_for_line
 from gateway.ops.requestid import SANE_REQUEST_ID, RequestIdFilter, new_request_id
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("logs", __name__)
 
-_UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;._~-]")
 QUEUE_LINES = 50000  # at most this many lines wait for stdout; more are dropped and counted
 BATCH_SECONDS = 0.05
 STOP_SECONDS = 2.0  # at exit, queued lines are written within this, or counted as dropped
@@ -55,6 +51,7 @@ class StdoutWriter:
         self.dropped = 0    # lines lost since start: a full queue, a failed write, a stalled stop
         self._reported = 0  # of those, already announced in a warning line
         self._pending: list[str] = []
+        self.writing = 0    # lines in the write under way
 
     def lost(self, count: int) -> None:
         self.dropped += count
@@ -72,11 +69,19 @@ class StdoutWriter:
             self._reported = self.dropped
         if not lines:
             return
+        self.writing = len(lines)
         try:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
         except (OSError, ValueError):
-            self.lost(len(lines))  # stdout closed or broken: counted, announced when it works again
+            self.lost(self.writing)  # stdout closed or broken: counted, announced when it works again
+        finally:
+            self.writing = 0
+
+    def abandon(self) -> None:
+        """A stop gave up on the write under way: its lines count as lost now, and not again if it fails."""
+        count, self.writing = self.writing, 0
+        self.lost(count)
 
     def forget(self) -> None:
         """In a forked child: the lines the parent's writer had taken, and its drops, are the
@@ -177,14 +182,14 @@ class StdoutListener(logging.handlers.QueueListener):
         return lines
 
     def stop_within(self, seconds: float) -> bool:
-        """Write out what is queued, waiting ``seconds`` at most; whether the writer finished.
-        (``stop`` waits for ever: a stalled stdout would hold a stopping worker until gunicorn
-        kills it. No helper thread either: Python 3.12.1 starts none from an atexit handler.)"""
+        """Write out what is queued, waiting ``seconds`` at most (``stop`` waits for ever; and 3.12.1
+        starts no helper thread from atexit to bound it); whether the writer finished."""
         self.enqueue_sentinel()
         if self.finished.wait(seconds):
             return True
-        # Stuck in a write: what is queued is counted as lost, the stop put back so the thread can end.
+        # Stuck in a write: what is queued or being written counts as lost; the stop goes back for the thread.
         self.writer.lost(self._drain())
+        self.writer.abandon()
         self.enqueue_sentinel()
         return False
 
@@ -215,12 +220,9 @@ def stop_writer(seconds: float = STOP_SECONDS) -> None:
 
 
 def after_fork() -> None:
-    """In a forked gunicorn worker (gunicorn.conf.py's ``post_fork``): a writer thread of its own.
-
-    The parent's writer thread was not forked, and a lock inside the parent's queue may have
-    been held at the fork, so the child's lines go on a new queue; what the parent had queued
-    is the parent's to write.
-    """
+    """In a forked gunicorn worker (gunicorn.conf.py's ``post_fork``): a writer thread of its own,
+    on a new queue (a lock inside the parent's may have been held at the fork). What the parent
+    had queued is the parent's to write."""
     global _listener
     if _installed is not None:
         _installed.queue = new_queue()
@@ -292,10 +294,6 @@ def log_request(response):
         route = route or "unmatched"
         status = response.status_code
         metrics.count_request(route, status, elapsed)
-        # Spaces, '=' and quotes percent-encoded: a path cannot add fields to a text line.
-        path = request.path[:200]
-        if _UNSAFE_IN_PATH.search(path):
-            path = quote(path, safe="/:@!$&'()*+,;-._~")
         logger.info("request method=%s path=%s endpoint=%s status=%s ms=%.1f",
-                    request.method, path, route, status, elapsed * 1000)
+                    request.method, path_for_line(request.path), route, status, elapsed * 1000)
     return response
