@@ -174,9 +174,10 @@ def test_gunicorns_own_lines_are_one_line_each(monkeypatch, fmt):
     monkeypatch.setenv("GATEWAY_LOG_FORMAT", fmt)
     cfg = Config()
     cfg.set("errorlog", "-")
+    others = list(logging.getLogger("gunicorn.error").handlers)  # pytest's, say: not gunicorn's
     glog = logformat.GunicornLogger(cfg)
     stream = io.StringIO()
-    [handler] = [h for h in glog.error_log.handlers if getattr(h, "_gunicorn", False)]
+    [handler] = [h for h in glog.error_log.handlers if h not in others]
     handler.setStream(stream)
     glog.error("Invalid request from ip=%s: %s", "192.0.2.1", "GET /\nFORGED line")
     try:

@@ -139,17 +139,21 @@ class GunicornLogger(glogging.Logger):
         return bool(self.cfg.accesslog)
 
     def setup(self, cfg):
+        # Only the handlers this setup makes are gunicorn's own: not those already there (someone
+        # else's), nor a logconfig's, which name their formats. (gunicorn marks its own with a
+        # private attribute, not read here.)
+        others = set(self.error_log.handlers) | set(self.access_log.handlers)
         super().setup(cfg)
-        # Only gunicorn's own handlers: those from a logconfig keep the format they were given.
+        self.error_log.addFilter(_without_queries)  # whatever the handlers, a logconfig's too
+        if cfg.logconfig or cfg.logconfig_dict or cfg.logconfig_json:
+            return
         if settings.value("GATEWAY_LOG_FORMAT") == "json":
             error_format = JsonFormatter()
         else:  # gunicorn's layout, one line per event like ours (its messages may quote a request)
             error_format = TextFormatter(self.error_fmt, self.datefmt)
         for log, formatter in ((self.error_log, error_format), (self.access_log, TextFormatter(self.access_fmt))):
-            for handler in log.handlers:
-                if getattr(handler, "_gunicorn", False):
-                    handler.setFormatter(formatter)
-        self.error_log.addFilter(_without_queries)
+            for handler in set(log.handlers) - others:
+                handler.setFormatter(formatter)
 
 
 _QUERY = re.compile(r"\?\S+")  # a query, not a question ("Perhaps out of memory?"); quotes too
