@@ -86,7 +86,7 @@ class StdoutWriter:
     def forget(self) -> None:
         """In a forked child: the lines the parent's writer had taken, and its drops, are the
         parent's to write and announce."""
-        self._pending = []
+        self._pending, self.writing = [], 0
         self._reported = self.dropped
 
 
