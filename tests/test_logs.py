@@ -5,6 +5,7 @@ import logging
 import logging.handlers
 import os
 import queue
+import re
 import subprocess
 import sys
 import textwrap
@@ -342,8 +343,8 @@ def test_a_json_line_is_exactly_what_json_dumps_makes_of_it(message):
                  "message": record.getMessage(), **getattr(record, "audit", {})}
         if exception:
             entry["exception"] = exception
-        return logformat._JSON_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}",
-                                          json.dumps(entry, ensure_ascii=False))
+        return re.sub("[\x85\u2028\u2029]", lambda m: f"\\u{ord(m.group()):04x}",  # some readers end lines there
+                      json.dumps(entry, ensure_ascii=False))
 
     formatter = logformat.JsonFormatter()
     plain = logging.LogRecord("gateway.x" + message[:3], logging.WARNING, "", 0, "said %s", (message,), None)
