@@ -64,6 +64,7 @@ def in_a_loop(n: int) -> dict[str, float]:
     access = logging.getLogger("gateway.ops.logs")
     record = access.makeRecord(access.name, logging.INFO, "", 0, ACCESS[0], ACCESS[1:], None)
     record.request_id = "-"
+    # The gateway's handler, found the same way in this tree's logs.py and in another (--logs).
     formatter = [h for h in logging.root.handlers if hasattr(h, "writer")][0].writer.formatter
     out = {}
     for name, step in (("request line", lambda: access.info(*ACCESS)),

@@ -198,11 +198,6 @@ _installed: BoundedQueueHandler | None = None
 _listener: StdoutListener | None = None
 
 
-def installed() -> BoundedQueueHandler | None:
-    """The gateway's handler on the root logger, if ``configure`` installed one."""
-    return _installed
-
-
 def start_writer() -> None:
     """The writer thread of this process."""
     global _listener
