@@ -47,6 +47,13 @@ def on_starting(server):
             os.remove(os.path.join(path, name))
 
 
+def post_fork(server, worker):
+    # The app was loaded in the master: this worker needs a log writer thread of its own.
+    from gateway.ops import logs
+
+    logs.after_fork()
+
+
 def post_worker_init(worker):
     # The app's settings, already checked at start-up (preload_app): one parser for all of them.
     from gateway.serving.worker import GatewayWorker

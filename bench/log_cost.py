@@ -1,142 +1,185 @@
-"""What a log line costs the gateway: in a loop, inside the app, and on a first visit as a whole.
+"""What a log line costs the gateway: in a loop, from many threads at once, and on a first visit.
 
-Three measurements, in one process, through the gateway's real log path (JSON lines,
-the queue handler and its writer thread, written to a file):
+Three measurements, in one process, through the gateway's real log path (JSON lines, the queue
+handler and its writer thread, written to a file). All are CPU time of the whole process (every
+thread, the writer's included), not wall time: on a shared machine other processes' load then
+does not count, and the writer's work does.
 
-1. in a loop: a request line and an audit event, logged N times back to back, and the
-   JSON formatting of one line alone (microseconds per call);
-2. inside the app: the same calls timed one by one while the gateway's WSGI app serves
-   first visits (``bench/run.py``'s workload (a), no server): the logging code then runs
-   between the rest of a request's work, as it does in production;
+1. in a loop: a request line and an audit event, logged N times back to back, and the JSON
+   formatting of one line alone (microseconds per call);
+2. from 8 threads at once (gunicorn's threads per worker): request lines logged concurrently,
+   per line; the handler's lock and the queue's are taken here by every thread;
 3. a first visit with the gateway's info lines on and off (``gateway`` logger at INFO or
-   WARNING), in interleaved rounds: what the three lines of a first visit cost together.
+   WARNING), in interleaved rounds, through the gateway's WSGI app (``bench/run.py``'s
+   workload (a), no server): what the three lines of a first visit cost together.
 
-The README's "Where the rest goes" quotes these. Usage: python bench/log_cost.py [--requests 3000] [--rounds 5]
+``--logs FILE`` runs another version of ``gateway/ops/logs.py`` in its place (say
+``git show main:gateway/ops/logs.py > /some/dir/logs_main.py``); ``--compare FILE`` runs this
+tree's and FILE's alternately in fresh processes, ``--runs`` times each, and prints the
+medians side by side with their ratios.
+
+Usage: python bench/log_cost.py [--requests 3000] [--rounds 5] [--logs FILE | --compare FILE --runs 3]
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
+import json
 import logging
 import os
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import workloads  # noqa: E402
-from bench.profile_workloads import environ, per_request_us  # noqa: E402
+from bench.profile_workloads import call, environ  # noqa: E402
 
 ACCESS = ("request method=%s path=%s endpoint=%s status=%s ms=%.1f", "GET", "/", "embed.index", 200, 1.234)
 AUDIT = dict(email="user0001@team01.acme.example", tenant="acme", subtenant="team01",
              rule="email_domain team01.acme.example", mode="proxy")
+THREADS = 8
+ROWS = ("request line", "audit event", "JSON formatting alone", f"request line, {THREADS} threads",
+        "first visit, info lines on", "first visit, info lines off", "first visit, the lines' share")
+
+
+def use_logs_module(path: str) -> None:
+    """Load ``path`` as ``gateway.ops.logs`` before anything imports the real one."""
+    spec = importlib.util.spec_from_file_location("gateway.ops.logs", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gateway.ops.logs"] = module
+    spec.loader.exec_module(module)
 
 
 def in_a_loop(n: int) -> dict[str, float]:
-    from gateway.ops import audit, logs
+    from gateway.ops import audit
 
     access = logging.getLogger("gateway.ops.logs")
     record = access.makeRecord(access.name, logging.INFO, "", 0, ACCESS[0], ACCESS[1:], None)
     record.request_id = "-"
-    formatter = logs._installed.writer.formatter
+    # The gateway's handler, found the same way in this tree's logs.py and in another (--logs).
+    formatter = [h for h in logging.root.handlers if hasattr(h, "writer")][0].writer.formatter
     out = {}
     for name, step in (("request line", lambda: access.info(*ACCESS)),
                        ("audit event", lambda: audit.event("embed_viewed", **AUDIT)),
                        ("JSON formatting alone", lambda: formatter.format(record))):
-        started = time.perf_counter()
+        started = time.process_time()
         for _ in range(n):
             step()
-        out[name] = (time.perf_counter() - started) / n * 1e6
+        out[name] = (time.process_time() - started) / n * 1e6
     return out
 
 
-class CallTimer:
-    """Times every Logger.info call (by logger) and every line's formatting, while installed."""
+def from_threads(n: int) -> float:
+    """Per request line while THREADS threads each log ``n`` of them."""
+    access = logging.getLogger("gateway.ops.logs")
+    go = threading.Barrier(THREADS + 1)
 
-    def __init__(self, handler):
-        self.times: dict[str, list[float]] = {}
-        self._handler = handler
-        self._info = logging.Logger.info
-        self._prepare = handler.prepare
+    def work():
+        go.wait()
+        for _ in range(n):
+            access.info(*ACCESS)
 
-    def __enter__(self):
-        times, info, prepare = self.times, self._info, self._prepare
+    threads = [threading.Thread(target=work) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    go.wait()
+    started = time.process_time()
+    for thread in threads:
+        thread.join()
+    return (time.process_time() - started) / (n * THREADS) * 1e6
 
-        def timed_info(logger, *args, **kwargs):
-            started = time.perf_counter()
-            info(logger, *args, **kwargs)
-            times.setdefault(f"{logger.name} call", []).append(time.perf_counter() - started)
 
-        def timed_prepare(record):
-            started = time.perf_counter()
-            line = prepare(record)
-            times.setdefault("JSON formatting alone", []).append(time.perf_counter() - started)
-            return line
+def per_visit_us(app, visits, n: int) -> float:
+    batch = list(itertools.islice(visits, n))
+    started = time.process_time()
+    for env in batch:
+        status, _ = call(app, env)
+    elapsed = time.process_time() - started
+    assert status.startswith("200"), status
+    return elapsed / n * 1e6
 
-        logging.Logger.info = timed_info
-        self._handler.prepare = timed_prepare
-        return self
 
-    def __exit__(self, *exc):
-        logging.Logger.info = self._info
-        self._handler.prepare = self._prepare
+def measure(args) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="gateway-logcost-"))
+    sim, settings = workloads.in_process_settings(tmp, "bench-key", secrets.token_urlsafe(24),
+                                                  secrets.token_urlsafe(40))
+    try:
+        os.environ.update(settings)
+        log = os.open(tmp / "gateway.log", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.dup2(log, 1)  # the lines go to a file, as in production they go to a pipe
+        os.dup2(log, 2)
+        if args.logs:
+            use_logs_module(args.logs)
+        import wsgi
+
+        app = wsgi.app.wsgi_app
+        visits = (environ("/", {"X-Forwarded-Email": f"n{n}@team{n % workloads.TEAMS:02d}.acme.example"})
+                  for n in itertools.count())
+        per_visit_us(app, visits, 500)  # tokens fetched, code paths warm
+
+        out = in_a_loop(args.requests)
+        out[ROWS[3]] = from_threads(args.requests // THREADS * 4)
+        gateway = logging.getLogger("gateway")
+        on, off = [], []
+        for _ in range(args.rounds):
+            gateway.setLevel(logging.INFO)
+            on.append(per_visit_us(app, visits, args.requests))
+            gateway.setLevel(logging.WARNING)
+            off.append(per_visit_us(app, visits, args.requests))
+        gateway.setLevel(logging.INFO)
+    finally:
+        sim.terminate()
+        sim.wait(timeout=30)
+    out[ROWS[4]], out[ROWS[5]] = statistics.median(on), statistics.median(off)
+    out[ROWS[6]] = out[ROWS[4]] - out[ROWS[5]]
+    return out
+
+
+def compare(args, report) -> None:
+    """This tree's logs.py and ``args.compare``, alternately in fresh processes."""
+    runs: dict[str, list[dict[str, float]]] = {"this tree": [], "--compare": []}
+    for _ in range(args.runs):
+        for name, extra in (("this tree", []), ("--compare", ["--logs", args.compare])):
+            done = subprocess.run([sys.executable, __file__, "--json", "--requests", str(args.requests),
+                                   "--rounds", str(args.rounds), *extra],
+                                  capture_output=True, text=True, timeout=1800, check=True)
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"\nCPU microseconds (medians of {args.runs} runs each, alternating)   this tree   --compare   ratio",
+          file=report)
+    for row in ROWS:
+        new = statistics.median(run[row] for run in runs["this tree"])
+        old = statistics.median(run[row] for run in runs["--compare"])
+        print(f"  {row:46s} {new:9.1f}   {old:9.1f}   {new / old:5.2f}", file=report)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--logs", metavar="FILE", help="run this logs.py in place of gateway/ops/logs.py")
+    parser.add_argument("--compare", metavar="FILE", help="this tree's logs.py against FILE, side by side")
+    parser.add_argument("--runs", type=int, default=3, help="with --compare: runs of each")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     report = os.fdopen(os.dup(1), "w", buffering=1)
-    tmp = Path(tempfile.mkdtemp(prefix="gateway-logcost-"))
-    sim, settings = workloads.in_process_settings(tmp, "bench-key", secrets.token_urlsafe(24),
-                                                  secrets.token_urlsafe(40))
-    try:
-        os.environ.update(settings)
-        log = os.open(tmp / "gateway.log", os.O_WRONLY | os.O_CREAT)
-        os.dup2(log, 1)  # the lines go to a file, as in production they go to a pipe
-        os.dup2(log, 2)
-        import wsgi
-        from gateway.ops import logs
-
-        logs.start_writer()
-        app = wsgi.app.wsgi_app
-        counter = itertools.count()
-        visits = (environ("/", {"X-Forwarded-Email": f"n{n}@team{n % workloads.TEAMS:02d}.acme.example"})
-                  for n in counter)
-        per_request_us(app, visits, 500)  # tokens fetched, code paths warm
-
-        loop = in_a_loop(args.requests)
-        with CallTimer(logs._installed) as timer:
-            per_request_us(app, visits, args.requests)
-        gateway = logging.getLogger("gateway")
-        on, off = [], []
-        for _ in range(args.rounds):
-            gateway.setLevel(logging.INFO)
-            on.append(per_request_us(app, visits, args.requests))
-            gateway.setLevel(logging.WARNING)
-            off.append(per_request_us(app, visits, args.requests))
-        gateway.setLevel(logging.INFO)
-    finally:
-        sim.terminate()
-        sim.wait(timeout=30)
-
-    print("\nmicroseconds per call            in a loop   inside the app (median of calls on first visits)",
-          file=report)
-    names = {"request line": "gateway.ops.logs call", "audit event": "gateway.audit call",
-             "JSON formatting alone": "JSON formatting alone"}
-    for name, timed in names.items():
-        inside = timer.times.get(timed, [])
-        median = f"{statistics.median(inside) * 1e6:8.1f}" if inside else "       -"
-        print(f"  {name:28s} {loop[name]:9.1f}   {median}", file=report)
-    print(f"\na first visit, in process (medians of {args.rounds} interleaved rounds of {args.requests}):\n"
-          f"  info lines on  {statistics.median(on):7.0f} us\n  info lines off {statistics.median(off):7.0f} us\n"
-          f"  the lines' share: {statistics.median(on) - statistics.median(off):.0f} us "
-          f"({1 - statistics.median(off) / statistics.median(on):.0%})", file=report)
+    if args.compare:
+        compare(args, report)
+        return 0
+    out = measure(args)
+    if args.json:
+        print(json.dumps(out), file=report)
+        return 0
+    print("\nCPU microseconds", file=report)
+    for row in ROWS:
+        print(f"  {row:46s} {out[row]:9.1f}", file=report)
     return 0
 
 

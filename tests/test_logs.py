@@ -4,11 +4,20 @@ import json
 import logging
 import logging.handlers
 import os
+import queue
+import re
+import subprocess
 import sys
+import textwrap
+import threading
+import time
+import warnings
 
 import pytest
 from flask import Flask, g
+from prometheus_client import REGISTRY
 
+from conftest import ROOT
 from gateway.ops import audit, logformat, logs
 
 
@@ -17,11 +26,9 @@ def writer(monkeypatch):
     """The gateway's log path (queue handler and writer thread) as the root logger's only
     handler, writing into a buffer instead of stdout."""
     monkeypatch.setattr(logging.root, "handlers", [])
-    monkeypatch.setattr(logs, "_installed", None)
-    monkeypatch.setattr(logs, "_listener", None)
 
-    def install(fmt: str):
-        stream = io.StringIO()
+    def install(fmt: str, stream=None):
+        stream = stream or io.StringIO()
         return logs.configure("INFO", fmt, stream=stream), stream
     yield install
     logs.stop_writer()
@@ -31,6 +38,10 @@ def writer(monkeypatch):
 def written(handler, stream) -> list[str]:
     logs.stop_writer()  # writes out everything queued, in order
     return stream.getvalue().splitlines()
+
+
+def dropped_total() -> float:
+    return REGISTRY.get_sample_value("gateway_log_lines_dropped_total") or 0.0
 
 
 def request_context():
@@ -63,6 +74,7 @@ def test_a_line_keeps_the_time_it_was_logged_not_the_time_it_was_written(writer,
     handler, stream = writer("json")
     with monkeypatch.context() as clock:
         clock.setattr(logs.time, "time", lambda: 1_700_000_000.25)
+        clock.setattr(logs.time, "time_ns", lambda: 1_700_000_000_250_000_000)  # what 3.13's LogRecord reads
         logging.getLogger("gateway.ops.logs").info("request status=%s", 200)
     [line] = written(handler, stream)
     assert json.loads(line)["ts"] == "2023-11-14T22:13:20.250Z"
@@ -95,7 +107,21 @@ def test_the_one_log_path_is_the_standard_queue_handler(writer):
     handler, _ = writer("json")
     ours = [h for h in logging.root.handlers if not type(h).__module__.startswith("_pytest")]
     assert ours == [handler] and isinstance(handler, logging.handlers.QueueHandler)
-    assert handler.lock is None  # the queue is thread-safe; no lock handed between request threads
+
+
+def test_a_line_goes_through_the_handler_lock_as_python_3_13_takes_it(writer):
+    """Python 3.13's ``Handler.handle`` does ``with self.lock:``; a handler without a real lock
+    answered every request 500 there. The stock ``handle`` is ours, lock and all."""
+    handler, stream = writer("text")
+    assert type(handler).handle is logging.Handler.handle
+    with handler.lock:  # a real (re-entrant) lock: the same thread may log while holding it
+        logging.getLogger("gateway.test").warning("under the lock")
+    record = logging.LogRecord("gateway.test", logging.WARNING, "", 0, "as 3.13 handles it", None, None)
+    if handler.filter(record):  # Handler.handle of Python 3.13, step by step
+        with handler.lock:
+            handler.emit(record)
+    lines = written(handler, stream)
+    assert lines[0].endswith("under the lock") and lines[1].endswith("as 3.13 handles it")
 
 
 FORGED_PATH = "/x%0aFORGED%20line%0d%1b[2J"
@@ -149,9 +175,10 @@ def test_gunicorns_own_lines_are_one_line_each(monkeypatch, fmt):
     monkeypatch.setenv("GATEWAY_LOG_FORMAT", fmt)
     cfg = Config()
     cfg.set("errorlog", "-")
+    others = list(logging.getLogger("gunicorn.error").handlers)  # pytest's, say: not gunicorn's
     glog = logformat.GunicornLogger(cfg)
     stream = io.StringIO()
-    [handler] = [h for h in glog.error_log.handlers if getattr(h, "_gunicorn", False)]
+    [handler] = [h for h in glog.error_log.handlers if h not in others]
     handler.setStream(stream)
     glog.error("Invalid request from ip=%s: %s", "192.0.2.1", "GET /\nFORGED line")
     try:
@@ -168,22 +195,33 @@ def test_gunicorns_own_lines_are_one_line_each(monkeypatch, fmt):
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_a_full_log_queue_drops_lines_counts_them_and_says_so(writer, monkeypatch, fmt):
-    from gateway.ops import metrics
-
     monkeypatch.setattr(logs, "QUEUE_LINES", 10)
     handler, stream = writer(fmt)
+    # The bound is the standard queue's own, with one place more kept for the stop.
+    assert isinstance(handler.queue, queue.Queue) and handler.queue.maxsize == 11
     logs.stop_writer()  # stdout stalled: nothing is written meanwhile
-    before = metrics.LOG_LINES_DROPPED._value.get()
+    before = dropped_total()
     log = logging.getLogger("gateway.test")
     log.setLevel(logging.INFO)
     for i in range(25):
         log.info("line %d", i)
     assert handler.queue.qsize() == 10 and handler.writer.dropped == 15
-    assert metrics.LOG_LINES_DROPPED._value.get() - before == 15
+    assert dropped_total() - before == 15
     logs.start_writer()  # stdout works again
-    lines = written(handler, stream)
+    lines = written(handler, stream)  # the stop gets onto the full queue, behind its ten lines
     assert len([line for line in lines if "line " in line]) == 10
     assert any("15 log lines were dropped" in line for line in lines)
+
+
+def test_a_line_that_finds_the_queue_full_is_counted_not_an_error(writer, capsys):
+    handler, stream = writer("text")
+    logs.stop_writer()
+    handler.queue = queue.Queue(maxsize=2)  # as when request threads race past the size check together
+    before = dropped_total()
+    for i in range(5):
+        logging.getLogger("gateway.test").warning("line %d", i)
+    assert handler.writer.dropped == 3 and dropped_total() - before == 3
+    assert "Traceback" not in capsys.readouterr().err  # not logging's handleError
 
 
 def test_a_failed_write_is_counted_and_announced_when_writing_works_again(writer):
@@ -207,24 +245,89 @@ def test_a_failed_write_is_counted_and_announced_when_writing_works_again(writer
     assert "1 log lines were dropped" in lines[0] and lines[1].endswith("kept")
 
 
+class StalledStdout:
+    """A stdout whose reader has stopped: a write blocks until ``release`` is set."""
+
+    def __init__(self):
+        self.entered, self.release, self.text = threading.Event(), threading.Event(), []
+
+    def write(self, text):
+        self.entered.set()
+        self.release.wait()
+        self.text.append(text)
+
+    def flush(self):
+        pass
+
+
 def test_a_stalled_stdout_cannot_hold_a_stopping_worker(writer):
     """At exit the writer gets a few seconds, not for ever: gunicorn would otherwise wait its
     whole graceful timeout and kill the worker (found by a black-box review)."""
-    import time
+    before = set(threading.enumerate())
+    stalled = StalledStdout()
+    handler, _ = writer("json", stream=stalled)
+    log = logging.getLogger("gateway.test")
+    log.warning("first")
+    assert stalled.entered.wait(10)  # the writer thread is now blocked in its write
+    for _ in range(5):
+        log.warning("queued")
+    started = time.monotonic()
+    logs.stop_writer(0.2)
+    assert time.monotonic() - started < 2
+    assert handler.writer.dropped == 6  # the five queued and the one being written when the stop gave up
+    stalled.release.set()  # the write returns: the stuck thread finds its stop and ends
+    for thread in set(threading.enumerate()) - before:
+        thread.join(10)
+        assert not thread.is_alive()
+    assert "first" in "".join(stalled.text) and "queued" not in "".join(stalled.text)
 
-    read_end, write_end = os.pipe()
-    try:
-        handler = logs.configure("INFO", "json", stream=logs._Descriptor(write_end))
-        for _ in range(3000):  # far more than a pipe holds: nobody reads it
+
+def test_a_process_exits_within_the_stop_time_when_nobody_reads_its_stdout():
+    """The real exit path: the atexit stop, with the writer blocked in a pipe nobody reads.
+    (No helper thread: Python 3.12.1 starts none from an atexit handler.)"""
+    script = textwrap.dedent("""
+        import atexit, logging, os, time
+        atexit.register(lambda: os.write(2, (f"stopped after {time.monotonic() - started:.2f} "  # after logs' own
+                                             f"dropped {handler.writer.dropped}\\n").encode()))
+        from gateway.ops import logs
+        read_end, write_end = os.pipe()  # nobody reads it
+        handler = logs.configure("INFO", "json", stream=logs.Descriptor(write_end))
+        for _ in range(3000):  # far more than a pipe holds
             logging.getLogger("gateway.test").warning("x" * 200)
-        time.sleep(0.3)  # the writer is now blocked in a write
         started = time.monotonic()
-        logs.stop_writer(0.5)
-        assert time.monotonic() - started < 2
-        assert handler.queue.qsize() == 0 or handler.writer.dropped > 0
-    finally:
-        os.close(read_end)  # the blocked write fails (EPIPE), and the writer thread ends
-        os.close(write_end)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    stopped, _, dropped = done.stderr.split("stopped after ")[1].split()[:3]
+    assert float(stopped) < logs.STOP_SECONDS + 1 and int(dropped) > 0
+
+
+def test_a_forked_worker_writes_its_lines_through_a_writer_of_its_own(writer, tmp_path):
+    """gunicorn forks its workers from the master that loaded the app; its post_fork hook
+    (gunicorn.conf.py) calls ``after_fork``, which gives the worker a writer and a new queue."""
+    out = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    handler, _ = writer("text", stream=logs.Descriptor(out))
+    parent_queue = handler.queue
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+: a fork with threads running
+        pid = os.fork()
+    if pid == 0:  # the worker
+        code = 1
+        try:
+            logs.after_fork()
+            logging.getLogger("gateway.test").warning("from the worker")
+            logs.stop_writer()
+            code = 0 if handler.queue is not parent_queue else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    logging.getLogger("gateway.test").warning("from the master")
+    logs.stop_writer()
+    os.close(out)
+    text = (tmp_path / "log").read_text()
+    assert "from the worker" in text and "from the master" in text
 
 
 ODD = ["plain", "", "quote \" backslash \\ slash /", "newline\nreturn\r tab\t nul\x00 esc\x1b del\x7f",
@@ -235,13 +338,13 @@ ODD = ["plain", "", "quote \" backslash \\ slash /", "newline\nreturn\r tab\t nu
 def test_a_json_line_is_exactly_what_json_dumps_makes_of_it(message):
     """The formatter writes its lines out key by key; json.dumps of the same dict is the oracle."""
     def reference(record, exception=None):
-        entry = {"ts": logformat._timestamp(record.created), "level": record.levelname.lower(),
+        entry = {"ts": logformat.timestamp(record), "level": record.levelname.lower(),
                  "logger": record.name, "request_id": getattr(record, "request_id", "-"),
                  "message": record.getMessage(), **getattr(record, "audit", {})}
         if exception:
             entry["exception"] = exception
-        return logformat._JSON_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}",
-                                          json.dumps(entry, ensure_ascii=False))
+        return re.sub("[\x85\u2028\u2029]", lambda m: f"\\u{ord(m.group()):04x}",  # some readers end lines there
+                      json.dumps(entry, ensure_ascii=False))
 
     formatter = logformat.JsonFormatter()
     plain = logging.LogRecord("gateway.x" + message[:3], logging.WARNING, "", 0, "said %s", (message,), None)

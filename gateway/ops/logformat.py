@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import time
+from urllib.parse import quote
 
 from gunicorn import glogging
 
@@ -18,12 +19,14 @@ from gateway import config as settings
 _last_second: list = [None, ""]
 
 
-def _timestamp(created: float) -> str:
-    """ISO 8601 in UTC with milliseconds; the strftime part is reused within a second."""
-    second = int(created)
+def timestamp(record: logging.LogRecord) -> str:
+    """A record's time, ISO 8601 in UTC with milliseconds; the strftime part is reused within a
+    second. The milliseconds are logging's own ``msecs``: from 3.13 it takes them from the integer
+    clock, where the float ``created`` may read one less."""
+    second = int(record.created)
     if _last_second[0] != second:
         _last_second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_last_second[1]}.{int((created - second) * 1000):03d}Z"
+    return f"{_last_second[1]}.{int(record.msecs):03d}Z"
 
 
 # One encoder for every line: json.dumps builds a new one per call unless all its options are defaults.
@@ -44,6 +47,16 @@ def _escaped(match: re.Match) -> str:
 def one_line(text: str) -> str:
     """``text`` with its control characters escaped (``\\n``, ``\\x1b``), so it stays one line."""
     return _CONTROL.sub(_escaped, text)
+
+
+_UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;._~-]")
+
+
+def path_for_line(path: str) -> str:
+    """A request path for a log line: its first 200 characters, spaces, '=', quotes and controls
+    percent-encoded, so that a path cannot add fields to a text line."""
+    path = path[:200]
+    return quote(path, safe="/:@!$&'()*+,;-._~") if _UNSAFE_IN_PATH.search(path) else path
 
 
 def _json_line(entry: dict) -> str:
@@ -79,7 +92,7 @@ class JsonFormatter(logging.Formatter):
         exception = self.formatException(record.exc_info) if record.exc_info else record.exc_text
         if fields and not _BASE_KEYS.isdisjoint(fields):  # a field would replace a base key: as a dict does
             return _json_line(self._entry(record, fields, exception))
-        parts = ['{"ts": "', _timestamp(record.created), '", "level": ', _quoted(record.levelname.lower()),
+        parts = ['{"ts": "', timestamp(record), '", "level": ', _quoted(record.levelname.lower()),
                  ', "logger": ', _quoted(record.name), ', "request_id": ', _json_value(getattr(record, "request_id", "-")),
                  ', "message": ', _quoted(record.getMessage())]
         if fields:
@@ -92,7 +105,7 @@ class JsonFormatter(logging.Formatter):
 
     @staticmethod
     def _entry(record: logging.LogRecord, fields: dict, exception: str | None) -> dict:
-        entry = {"ts": _timestamp(record.created), "level": record.levelname.lower(), "logger": record.name,
+        entry = {"ts": timestamp(record), "level": record.levelname.lower(), "logger": record.name,
                  "request_id": getattr(record, "request_id", "-"), "message": record.getMessage()}
         entry.update(fields)
         if exception:  # formatted here, or already, on the way through the queue (exc_text)
@@ -126,17 +139,21 @@ class GunicornLogger(glogging.Logger):
         return bool(self.cfg.accesslog)
 
     def setup(self, cfg):
+        # Only the handlers this setup makes are gunicorn's own: not those already there (someone
+        # else's), nor a logconfig's, which name their formats. (gunicorn marks its own with a
+        # private attribute, not read here.)
+        others = set(self.error_log.handlers) | set(self.access_log.handlers)
         super().setup(cfg)
-        # Only gunicorn's own handlers: those from a logconfig keep the format they were given.
+        self.error_log.addFilter(_without_queries)  # whatever the handlers, a logconfig's too
+        if cfg.logconfig or cfg.logconfig_dict or cfg.logconfig_json:
+            return
         if settings.value("GATEWAY_LOG_FORMAT") == "json":
             error_format = JsonFormatter()
         else:  # gunicorn's layout, one line per event like ours (its messages may quote a request)
             error_format = TextFormatter(self.error_fmt, self.datefmt)
         for log, formatter in ((self.error_log, error_format), (self.access_log, TextFormatter(self.access_fmt))):
-            for handler in log.handlers:
-                if getattr(handler, "_gunicorn", False):
-                    handler.setFormatter(formatter)
-        self.error_log.addFilter(_without_queries)
+            for handler in set(log.handlers) - others:
+                handler.setFormatter(formatter)
 
 
 _QUERY = re.compile(r"\?\S+")  # a query, not a question ("Perhaps out of memory?"); quotes too

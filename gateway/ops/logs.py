@@ -1,17 +1,17 @@
 """Logging: one line per event to stdout, a request id on every line and response.
 
-``GATEWAY_LOG_FORMAT=text`` for people, ``json`` for log pipelines (shapes in
-``gateway.ops.logformat``); in both, one event is exactly one line, so no request can
-forge a line. The request id comes from ``X-Request-Id`` when a trusted proxy sent a
-sane one, otherwise it is generated; it is echoed in the response and on every error
-page. Access lines name the path, never the query string.
+``GATEWAY_LOG_FORMAT=text`` for people, ``json`` for log pipelines (shapes in ``gateway.ops.logformat``);
+in both, one event is exactly one line, so no request can forge a line. The request id comes from
+``X-Request-Id`` when a trusted proxy sent a sane one, otherwise it is generated; it is echoed in the
+response and on every error page. Access lines name the path, never the query string.
 
-One log path: the standard library's ``QueueHandler`` on the root logger formats each
-record and puts the line on a bounded queue, and a ``QueueListener`` thread per process
-writes what has gathered in one write per batch. Request threads never wait for stdout;
+One log path, public API only: the standard library's ``QueueHandler`` on the root logger formats
+each record and puts the line on a bounded ``queue.Queue``, and a ``QueueListener`` thread per
+process writes what has gathered in one write per batch. Request threads never wait for stdout;
 when stdout stalls and the queue is full, a line is dropped, counted in
-``gateway_log_lines_dropped_total`` and announced by a warning line once writing works
-again. A stop waits ``STOP_SECONDS`` at most for the writer.
+``gateway_log_lines_dropped_total`` and announced by a warning line once writing works again. A
+stop waits ``STOP_SECONDS`` at most for the writer. A forked gunicorn worker starts its own writer
+from gunicorn's ``post_fork`` hook (``after_fork``).
 """
 from __future__ import annotations
 
@@ -20,25 +20,27 @@ import logging
 import logging.handlers
 import os
 import queue
-import re
 import sys
+import threading
 import time
-from urllib.parse import quote
 
 from flask import Blueprint, Flask, current_app, g, request
 
 from gateway.identity.peers import peer_is_trusted
 from gateway.ops import metrics
-from gateway.ops.logformat import JsonFormatter, TextFormatter
+from gateway.ops.logformat import JsonFormatter, TextFormatter, path_for_line
 from gateway.ops.requestid import SANE_REQUEST_ID, RequestIdFilter, new_request_id
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("logs", __name__)
 
-_UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;._~-]")
 QUEUE_LINES = 50000  # at most this many lines wait for stdout; more are dropped and counted
 BATCH_SECONDS = 0.05
 STOP_SECONDS = 2.0  # at exit, queued lines are written within this, or counted as dropped
+
+
+def new_queue() -> queue.Queue:
+    return queue.Queue(maxsize=QUEUE_LINES + 1)  # the last place is kept for the stop
 
 
 class StdoutWriter:
@@ -49,6 +51,7 @@ class StdoutWriter:
         self.dropped = 0    # lines lost since start: a full queue, a failed write, a stalled stop
         self._reported = 0  # of those, already announced in a warning line
         self._pending: list[str] = []
+        self.writing = 0    # lines in the write under way
 
     def lost(self, count: int) -> None:
         self.dropped += count
@@ -66,14 +69,28 @@ class StdoutWriter:
             self._reported = self.dropped
         if not lines:
             return
+        self.writing = len(lines)
         try:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
         except (OSError, ValueError):
-            self.lost(len(lines))  # stdout closed or broken: counted, announced when it works again
+            self.lost(self.writing)  # stdout closed or broken: counted, announced when it works again
+        finally:
+            self.writing = 0
+
+    def abandon(self) -> None:
+        """A stop gave up on the write under way: its lines count as lost now, and not again if it fails."""
+        count, self.writing = self.writing, 0
+        self.lost(count)
+
+    def forget(self) -> None:
+        """In a forked child: the lines the parent's writer had taken, and its drops, are the
+        parent's to write and announce."""
+        self._pending, self.writing = [], 0
+        self._reported = self.dropped
 
 
-class _Descriptor:
+class Descriptor:
     """Standard output as its file descriptor. The writer thread never holds ``sys.stdout``'s
     buffer lock, so a stalled reader cannot block the interpreter's own flush at exit."""
 
@@ -97,70 +114,84 @@ def _warning(message: str) -> logging.LogRecord:
 
 class BoundedQueueHandler(logging.handlers.QueueHandler):
     """Formats each record in the thread that logs it and puts the line on a bounded queue
-    without waiting; a full queue loses the line, counted.
-
-    The queue is a ``SimpleQueue`` (C, no Python-level lock or condition per put: a
-    ``queue.Queue`` put cost a request thread more than formatting the line), bounded by
-    its size before each put; under contention the bound is loose by a few lines. Lines,
-    not records, cross to the writer: it then holds the interpreter lock only to join and
-    write them, not to format.
-    """
+    without waiting; a full queue loses the line, counted. Lines, not records, cross to the
+    writer: it then holds the interpreter lock only to join and write them, not to format."""
 
     def __init__(self, writer: StdoutWriter):
-        super().__init__(queue.SimpleQueue())
+        super().__init__(new_queue())
         self.writer = writer
-
-    def createLock(self) -> None:
-        # No handler lock: the queue is thread-safe, and a lock taken and handed over between
-        # request threads for every line was the larger part of logging's cost under load.
-        self.lock = None
 
     def prepare(self, record: logging.LogRecord) -> str:
         return self.writer.formatter.format(record)
 
     def enqueue(self, line: str) -> None:
-        if self.queue.qsize() >= QUEUE_LINES:
-            self.writer.lost(1)
-        else:
-            self.queue.put_nowait(line)
+        if self.queue.qsize() < QUEUE_LINES:
+            try:
+                self.queue.put_nowait(line)
+                return
+            except queue.Full:  # threads raced past the size check for the stop's place
+                pass
+        self.writer.lost(1)
 
 
 class StdoutListener(logging.handlers.QueueListener):
     """The writer thread. It wakes for a batch, not for every line: once the queue ran empty
     it waits ``BATCH_SECONDS`` after the next line arrives, so that it takes the interpreter
-    lock from the request threads a few times a second rather than once per line."""
+    lock from the request threads a few times a second rather than once per line. Only lines
+    (``str``) go on the queue besides ``enqueue_sentinel``'s marker: anything else is the stop.
+    """
+
+    def __init__(self, lines: queue.Queue, writer: StdoutWriter):
+        super().__init__(lines)
+        self.writer = writer
+        self.finished = threading.Event()  # set once everything before the stop was written
 
     def dequeue(self, block: bool):
         try:
-            line = self.queue.get_nowait()
+            item = self.queue.get_nowait()
         except queue.Empty:
-            self._write()  # one write per batch of lines, not per line
-            line = self.queue.get(block)
-            if line is not self._sentinel:
-                time.sleep(BATCH_SECONDS)
-        if line is self._sentinel:
-            self._write()
-        return line
-
-    def _write(self) -> None:
-        for writer in self.handlers:
-            writer.flush()
+            self.writer.flush()  # one write per batch of lines, not per line
+            item = self.queue.get(block)
+            if isinstance(item, str):
+                time.sleep(BATCH_SECONDS)  # let the batch gather (this thread only)
+        if not isinstance(item, str):
+            self.writer.flush()
+            self.finished.set()
+        return item
 
     def handle(self, line: str) -> None:
-        for writer in self.handlers:
-            writer.add(line)
+        self.writer.add(line)
 
-    def stop_within(self, seconds: float) -> None:
-        """Write out what is queued, waiting ``seconds`` at most (``stop`` waits for ever: a
-        stalled stdout would hold a stopping worker until gunicorn kills it)."""
-        self.queue.put(self._sentinel)  # past the bound on purpose: the queue is being drained
-        thread = self._thread  # QueueListener keeps its thread here; stop() would join it unbounded
-        if thread is not None:
-            thread.join(seconds)
-            if thread.is_alive():
-                for writer in self.handlers:
-                    writer.lost(self.queue.qsize())
-        self._thread = None
+    def enqueue_sentinel(self) -> None:
+        # The stop has a place kept on the queue; should racing lines have taken it, the oldest makes room.
+        while True:
+            try:
+                super().enqueue_sentinel()
+                return
+            except queue.Full:
+                self.writer.lost(self._drain(limit=1))
+
+    def _drain(self, limit: int = QUEUE_LINES + 1) -> int:
+        """Take up to ``limit`` items off the queue unwritten; how many were lines."""
+        lines = 0
+        for _ in range(limit):
+            try:
+                lines += isinstance(self.queue.get_nowait(), str)
+            except queue.Empty:
+                break
+        return lines
+
+    def stop_within(self, seconds: float) -> bool:
+        """Write out what is queued, waiting ``seconds`` at most (``stop`` waits for ever; and 3.12.1
+        starts no helper thread from atexit to bound it); whether the writer finished."""
+        self.enqueue_sentinel()
+        if self.finished.wait(seconds):
+            return True
+        # Stuck in a write: what is queued or being written counts as lost; the stop goes back for the thread.
+        self.writer.lost(self._drain())
+        self.writer.abandon()
+        self.enqueue_sentinel()
+        return False
 
 
 _installed: BoundedQueueHandler | None = None
@@ -175,31 +206,32 @@ def start_writer() -> None:
         _listener.start()
 
 
-def _after_fork_in_child() -> None:
-    # A forked gunicorn worker has no writer thread, and the parent's queue may have been
-    # locked mid-put at fork; what the parent queued is the parent's to write.
+def stop_writer(seconds: float = STOP_SECONDS) -> None:
+    """Write out what is queued, within ``seconds``; what is not written by then is counted."""
+    global _listener
+    listener, _listener = _listener, None
+    if listener is not None and not listener.stop_within(seconds) and _installed is not None:
+        _installed.queue = new_queue()  # the stuck thread keeps the old queue; a new writer gets this one
+
+
+def after_fork() -> None:
+    """In a forked gunicorn worker (gunicorn.conf.py's ``post_fork``): a writer thread of its own,
+    on a new queue (a lock inside the parent's may have been held at the fork). What the parent
+    had queued is the parent's to write."""
     global _listener
     if _installed is not None:
-        _installed.queue = queue.SimpleQueue()
-        _installed.writer._pending = []  # lines the parent's writer had taken: the parent writes them
+        _installed.queue = new_queue()
+        _installed.writer.forget()
         _listener = None
         start_writer()
 
 
-def stop_writer(seconds: float = STOP_SECONDS) -> None:
-    global _listener
-    listener, _listener = _listener, None
-    if listener is not None:
-        listener.stop_within(seconds)
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(stop_writer)
 
 
 def _stdout():
     try:
-        return _Descriptor(sys.stdout.fileno())
+        return Descriptor(sys.stdout.fileno())
     except (AttributeError, OSError, ValueError):  # replaced by something without a descriptor
         return sys.stdout
 
@@ -216,11 +248,9 @@ def configure(level: str = "INFO", fmt: str = "text", stream=None) -> BoundedQue
     _installed.addFilter(RequestIdFilter())
     root.addHandler(_installed)
     start_writer()
-    # What no format of ours prints is not collected for every record: the caller's
-    # file and line (a stack walk per call), thread and multiprocessing names. The
-    # "Optimization" section of the logging HOWTO names these switches; the
-    # process id stays, gunicorn's text lines print it.
-    logging._srcfile = None
+    # What no format of ours prints is not collected for every record: thread and
+    # multiprocessing names (the "Optimization" section of the logging HOWTO names these
+    # switches). The process id stays, gunicorn's text lines print it.
     logging.logThreads = False
     logging.logMultiprocessing = False
     logging.getLogger("gateway").setLevel(level)
@@ -241,31 +271,24 @@ def init_app(app: Flask) -> None:
 
 @bp.before_app_request
 def assign_request_id() -> None:
-    ctx = g._get_current_object()  # bound once: this runs on every request
-    ctx.started = time.perf_counter()
+    g.started = time.perf_counter()
     incoming = request.headers.get("X-Request-Id")
     if incoming and SANE_REQUEST_ID.fullmatch(incoming) and peer_is_trusted(
             request.remote_addr, current_app.config["GATEWAY_TRUSTED_PROXIES"]):
-        ctx.request_id = incoming
+        g.request_id = incoming
     else:
-        ctx.request_id = new_request_id()
+        g.request_id = new_request_id()
 
 
 @bp.after_app_request
 def log_request(response):
-    ctx = g._get_current_object()
-    response.headers["X-Request-Id"] = ctx.get("request_id", "-")  # replaces any upstream one
-    req = request._get_current_object()
-    route = req.endpoint
+    response.headers["X-Request-Id"] = g.get("request_id", "-")  # replaces any upstream one
+    route = request.endpoint
     if route != "static":
-        elapsed = time.perf_counter() - ctx.get("started", time.perf_counter())
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         route = route or "unmatched"
         status = response.status_code
         metrics.count_request(route, status, elapsed)
-        # Spaces, '=' and quotes percent-encoded: a path cannot add fields to a text line.
-        path = req.path[:200]
-        if _UNSAFE_IN_PATH.search(path):
-            path = quote(path, safe="/:@!$&'()*+,;-._~")
         logger.info("request method=%s path=%s endpoint=%s status=%s ms=%.1f",
-                    req.method, path, route, status, elapsed * 1000)
+                    request.method, path_for_line(request.path), route, status, elapsed * 1000)
     return response
