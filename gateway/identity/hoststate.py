@@ -13,6 +13,7 @@ import sqlite3
 import stat
 import threading
 import time
+import weakref
 from typing import Callable
 
 from gateway.config import ConfigError
@@ -127,6 +128,9 @@ class SqliteState:
         self._clock, self._timeout = clock, timeout
         self._lock = threading.Lock()
         self._connections: dict[int, sqlite3.Connection] = {}
+        # Closed with the store (an app made and dropped, as the tests do) or at exit: Python
+        # 3.13 warns about a connection collected unclosed.
+        weakref.finalize(self, _close_own, self._connections)
         # Made here, 0600 before SQLite sees it: SQLite gives the -wal and -shm files the database
         # file's mode. O_NOFOLLOW: a symlink put here after the check is refused, not followed.
         try:
@@ -176,3 +180,10 @@ class SqliteState:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
         return row is not None and row[0] > self._clock()
+
+
+def _close_own(connections: dict[int, sqlite3.Connection]) -> None:
+    # Only this process's: one inherited across a fork belongs to the parent, which closes it.
+    db = connections.pop(os.getpid(), None)
+    if db is not None:
+        db.close()
