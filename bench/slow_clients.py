@@ -20,14 +20,20 @@ commit --today names, run from a copy of it), gevent (this tree's default), gthr
 gthread, GATEWAY_WORKER=gthread), nginx+gthread and nginx+gevent (deploy/nginx.conf in front),
 uvicorn (gunicorn with uvicorn-worker and a2wsgi, if installed).
 
-Usage: python bench/slow_clients.py [--servers today,gevent,gthread] [--seconds 40]
+Then normal load, without attack: wrk (32 connections, as bench/run.py) on the embed page and on
+the proxied JSON call of a user signed in by header, every candidate in turn, in --load-rounds
+rounds, rotating the order; the median req/s and p99 of the rounds.
+
+Usage: python bench/slow_clients.py [--servers today,gevent,gthread] [--seconds 40] [--load-rounds 3]
 """
 from __future__ import annotations
 
 import argparse
 import io
+import re
 import secrets
 import socket
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -47,6 +53,7 @@ KEY, SECRET = "slow-key", "slow-" + secrets.token_urlsafe(24)
 SLOWLORIS, STALLED, PER_SHAPE = 40, 24, 24
 GIVE_UP = 3.0
 TRICKLE_EVERY = 4.0
+LOAD = {"embed page": "/", "proxied JSON": "/dashboard/api/summary"}
 FORM = b"Host: bench\r\nContent-Type: application/x-www-form-urlencoded\r\n"
 CHUNKED = FORM + b"Transfer-Encoding: chunked\r\n\r\n"
 # What each connection sends before its body trickles in a byte at a time.
@@ -146,6 +153,28 @@ def normal_user(url: str, seconds: float, out: dict) -> None:
                max=timings[-1], failed=failed, n=len(timings))
 
 
+def wrk(url: str, seconds: float) -> tuple[float, float]:
+    """Requests/s and p99 (ms) of wrk on ``url``, 32 connections, signed in by header."""
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds:g}s", "--latency", "-H",
+                          "X-Forwarded-Email: loaded@team.example", url],
+                         capture_output=True, text=True, timeout=seconds + 30, check=False).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()
+    return rps, float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+
+def normal_load(urls: dict, rounds: int, seconds: float) -> dict:
+    """Median req/s and p99 per candidate and workload, candidates rotated between rounds."""
+    names, runs = list(urls), {}
+    for n in range(rounds):
+        order = names[n % len(names):] + names[:n % len(names)]
+        for name in order:
+            for workload, path in LOAD.items():
+                runs.setdefault((name, workload), []).append(wrk(urls[name] + path, seconds))
+    return {key: (statistics.median(r for r, _ in got), statistics.median(p for _, p in got))
+            for key, got in runs.items()}
+
+
 def today_tree(rev: str, tmp: Path) -> Path:
     """A copy of the gateway at ``rev`` (git archive), to run today's worker beside the candidates."""
     tree = tmp / "today"
@@ -178,7 +207,7 @@ def start(name: str, env: dict, tmp: Path, today: Path | None) -> tuple[list[sub
 
 def last_commit_with_todays_worker() -> str:
     deleted = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--diff-filter=D", "--",
-                              "gateway/serving/incoming.py"], capture_output=True, text=True).stdout.strip()
+                              "gateway/serving/incoming.py"], capture_output=True, text=True, check=False).stdout.strip()
     return f"{deleted}^" if deleted else "HEAD"
 
 
@@ -186,6 +215,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--servers", default="today,gevent,gthread,nginx+gthread,nginx+gevent")
     parser.add_argument("--seconds", type=float, default=40, help="seconds of each phase (calm, attack)")
+    parser.add_argument("--load-rounds", type=int, default=3, help="rounds of wrk under normal load (0: none)")
+    parser.add_argument("--load-seconds", type=float, default=5)
     parser.add_argument("--today", default=None, help="commit with today's worker (default: before its deletion)")
     args = parser.parse_args()
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
@@ -222,6 +253,7 @@ def main() -> int:
                 results[name]["held"] = attack.held()
                 results[name]["exports"] = attack.export_heads
                 attack.close()
+        load = normal_load(urls, args.load_rounds, args.load_seconds) if args.load_rounds else {}
     finally:
         for proc in procs + [sim]:
             proc.terminate()
@@ -240,6 +272,13 @@ def main() -> int:
         e = results[name]["exports"]
         rows.append(f"| {name} | exports: started {e['started']}, told to retry (503) {e['refused']}, "
                     f"other {e['other']} | | | | | |")
+    if load:
+        rows += ["", f"normal load: wrk, 32 connections, median of {args.load_rounds} rounds of "
+                     f"{args.load_seconds:g} s", "", "| server | embed page req/s | p99 | proxied JSON req/s | p99 |",
+                 "|---|---|---|---|---|"]
+        for name in names:
+            (page, page99), (json_, json99) = load[(name, "embed page")], load[(name, "proxied JSON")]
+            rows.append(f"| {name} | {page:.0f} | {page99:.0f} ms | {json_:.0f} | {json99:.0f} ms |")
     print("\n".join(rows))
     return 0
 
