@@ -70,30 +70,46 @@ SHAPES = {
 class Attack:
     """The whole attack on one server, held open (and trickling) until closed."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, slowloris: int = SLOWLORIS, stalled: int = STALLED, per_shape: int = PER_SHAPE,
+                 reader=lambda n: f"reader{n}@team.example", export_mb: int = 512):
         parts = urlsplit(url)
         self.addr, self.stop = (parts.hostname, parts.port), threading.Event()
         self.slowloris, self.bodies, self.exports = [], [], []
         self.export_heads = {"started": 0, "refused": 0, "other": 0}
-        for _ in range(SLOWLORIS):
+        for _ in range(slowloris):
             self.slowloris.append(self._open(b"GET / HTTP/1.1\r\nHost: bench\r\n"))
         for head in SHAPES.values():
-            for _ in range(PER_SHAPE):
+            for _ in range(per_shape):
                 self.bodies.append(self._open(head))
-        for n in range(STALLED):
-            sock = self._open(f"GET /dashboard/export.csv?mb=512 HTTP/1.1\r\nHost: bench\r\n"
-                              f"X-Forwarded-Email: reader{n}@team.example\r\n\r\n".encode(), rcvbuf=4096)
+        for n in range(stalled):
+            sock = self._open(f"GET /dashboard/export.csv?mb={export_mb} HTTP/1.1\r\nHost: bench\r\n"
+                              f"X-Forwarded-Email: {reader(n)}\r\n\r\n".encode(), rcvbuf=4096)
             self.exports.append(sock)
-        for sock in self.exports:  # the first bytes of each answer, then nothing more is read
-            try:
-                sock.settimeout(GIVE_UP)
-                head = sock.recv(64) if sock.fileno() >= 0 else b""
-            except OSError:
-                head = b""
+        self._read_export_heads()
+        threading.Thread(target=self._trickle, daemon=True).start()
+
+    def _read_export_heads(self) -> None:
+        """The first bytes of each export's answer (all waited for at once, GIVE_UP at most), then
+        nothing more is read."""
+        import select
+
+        poll, pending = select.poll(), {s.fileno(): s for s in self.exports if s.fileno() >= 0}
+        for fd in pending:
+            poll.register(fd, select.POLLIN)
+        heads, deadline = {}, time.monotonic() + GIVE_UP
+        while pending and time.monotonic() < deadline:
+            for fd, _ in poll.poll(max(0, deadline - time.monotonic()) * 1000):
+                sock = pending.pop(fd)
+                poll.unregister(fd)
+                try:
+                    heads[fd] = sock.recv(64)
+                except OSError:
+                    heads[fd] = b""
+        for head in heads.values():
             key = "started" if head.startswith(b"HTTP/1.1 200") else \
                 "refused" if head.startswith(b"HTTP/1.1 503") else "other"
             self.export_heads[key] += 1
-        threading.Thread(target=self._trickle, daemon=True).start()
+        self.export_heads["other"] += len(pending)
 
     def _open(self, first: bytes, rcvbuf: int | None = None) -> socket.socket:
         sock = socket.socket()
@@ -242,7 +258,14 @@ def main() -> int:
             requests.get(urls[name] + "/", headers={"X-Forwarded-Email": "normal@team.example"}, timeout=10)
         results = {name: {} for name in names}
         for phase in ("no attack", "under attack"):
-            attacks = {name: Attack(url) for name, url in urls.items()} if phase == "under attack" else {}
+            attacks = {}
+            if phase == "under attack":  # every candidate's at once, so each is measured under its whole attack
+                setups = [threading.Thread(target=lambda n=n: attacks.__setitem__(n, Attack(urls[n]))) for n in names]
+                for setup in setups:
+                    setup.start()
+                for setup in setups:
+                    setup.join()
+                time.sleep(TRICKLE_EVERY + 1)  # the exports fill their buffers; every trickle has begun
             users = [threading.Thread(target=normal_user, args=(urls[n], args.seconds, out))
                      for n, out in ((n, results[n].setdefault(phase, {})) for n in names)]
             for user in users:

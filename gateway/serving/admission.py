@@ -20,6 +20,7 @@ the client stopped reading ends the connection instead of holding it forever.
 """
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import threading
@@ -67,14 +68,41 @@ def _deadline(seconds: float):
     return gevent.Timeout(seconds)
 
 
+class Places:
+    """At most ``count`` holders at once; the rest wait strictly in arrival order.
+
+    A freed place is handed to the longest waiter directly, never left for whoever asks next:
+    with a plain semaphore a request just arrived takes it ahead of the one woken for it, which
+    goes back to the end of the line, and the unlucky wait for seconds under load.
+    """
+
+    def __init__(self, count: int):
+        self._free, self._lock, self._waiting = count, threading.Lock(), collections.deque()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return
+            turn = threading.Event()
+            self._waiting.append(turn)
+        turn.wait()  # set by __exit__, which handed this waiter its place
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()
+            else:
+                self._free += 1
+
+
 class Admission:
     """WSGI middleware: read the body ahead under a deadline, then run the app in one of ``places``."""
 
     def __init__(self, app, *, places: int, body_timeout: float, client_timeout: float, max_body: int):
         self.app, self.body_timeout, self.client_timeout = app, body_timeout, client_timeout
         self.max_body = max_body
-        # Under gevent's monkey-patching this is a cooperative semaphore; waiters are served in order.
-        self.places = threading.BoundedSemaphore(places)
+        self.places = Places(places)  # cooperative under gevent's patching of threading
 
     def __call__(self, environ, start_response):
         sock = environ.get("gunicorn.socket")
