@@ -11,8 +11,8 @@ if worker_choice == "gevent":
 
     monkey.patch_all()
 
-import shutil  # noqa: E402 - after gevent's patching
-import tempfile  # noqa: E402
+import shutil  # after gevent's patching
+import tempfile
 
 # Prometheus multiprocess mode: every worker writes its samples to one directory,
 # and a scrape of /metrics adds them up. This must come before anything imports

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import statistics
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ import pytest
 import requests
 
 from bench.common import start_nginx
+from gateway.serving.admission import Places
 from bench.slow_clients import Attack
 from conftest import recording_session, user_headers
 
@@ -299,3 +301,29 @@ def test_a_head_past_gunicorns_limit_is_refused_not_held(gunicorn):
     finally:
         sock.close()
     assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:100]
+
+
+def test_places_are_handed_to_waiters_in_arrival_order_never_to_a_newcomer():
+    places, order, threads = Places(1), [], []
+
+    def enter(name: str) -> None:
+        with places:
+            order.append(name)
+
+    def queue(name: str) -> None:
+        before = places.waiting
+        threads.append(threading.Thread(target=enter, args=(name,)))
+        threads[-1].start()
+        arrived = threading.Event()
+        while places.waiting == before and not arrived.wait(0.001):
+            pass  # until it is in line: the order of arrival is the test's to set
+
+    places.__enter__()
+    for name in ("a", "b", "c"):
+        queue(name)
+    places.__exit__(None, None, None)  # handed to "a", never left free for the newcomer below
+    threads.append(threading.Thread(target=enter, args=("newcomer",)))
+    threads[-1].start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert order == ["a", "b", "c", "newcomer"]

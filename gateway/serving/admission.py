@@ -79,6 +79,11 @@ class Places:
     def __init__(self, count: int):
         self._free, self._lock, self._waiting = count, threading.Lock(), collections.deque()
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a place now."""
+        return len(self._waiting)
+
     def __enter__(self) -> None:
         with self._lock:
             if self._free and not self._waiting:
