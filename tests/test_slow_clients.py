@@ -14,6 +14,8 @@ import os
 import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from urllib.parse import urlsplit
@@ -24,7 +26,7 @@ import requests
 from bench.common import start_nginx
 from gateway.serving.admission import Places
 from bench.slow_clients import Attack
-from conftest import recording_session, user_headers
+from conftest import ROOT, base_config, free_port, recording_session, user_headers
 
 NORMAL_USER = user_headers("alice@acme.example", "emea")
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
@@ -327,3 +329,31 @@ def test_places_are_handed_to_waiters_in_arrival_order_never_to_a_newcomer():
     for thread in threads:
         thread.join(timeout=10)
     assert order == ["a", "b", "c", "newcomer"]
+
+
+def test_a_stalled_log_reader_costs_log_lines_not_the_worker(sim):
+    """Under gevent one thread runs every request and the log writer: a pipe nobody reads must not stop it."""
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "GATEWAY_DRAIN_DELAY": "0",
+           **{k: v for k, v in base_config(sim).items() if isinstance(v, str)}, "WEB_CONCURRENCY": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+                             "--bind", f"127.0.0.1:{port}", "--workers", "1", "wsgi:app"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # never read
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(url + "/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
+                threading.Event().wait(0.1)
+        with requests.Session() as http:
+            for _ in range(2000):  # a log line each: far more than the pipe's 64 KB
+                assert http.get(url + "/healthz", timeout=5).status_code == 200
+        _served_at_once(url)
+    finally:
+        proc.terminate()
+        proc.stdout.close()
+        proc.wait(timeout=30)
