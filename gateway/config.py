@@ -223,7 +223,8 @@ SETTINGS: tuple[Setting, ...] = (
             parse_positive_float),
     Setting("GATEWAY_BODY_TIMEOUT", "30",
             "Seconds in all a request body gets to arrive (gevent), however steadily it trickles; a "
-            "slower one gets 408 and is closed. The body is read before the request takes a place.",
+            "slower one gets 408 (its connection then ends within GATEWAY_HEADER_TIMEOUT). The body is "
+            "read before the request takes a place.",
             parse_positive_float),
     Setting("GATEWAY_CLIENT_TIMEOUT", "30",
             "Seconds one read or write on a client's connection may make no progress (an answer the "

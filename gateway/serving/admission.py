@@ -8,7 +8,7 @@ of threads. Two things still need bounding, and this middleware does both:
 - A body read: gunicorn reads it lazily, whenever the app asks, with no deadline at all. Here
   it is read before the app runs, and a body not complete within ``GATEWAY_BODY_TIMEOUT`` seconds
   in all (not per read: a byte every few seconds would reset a per-read timeout forever) gets a
-  408 and the connection is closed. An error gunicorn's parser raises while reading (a bad chunk
+  408; gunicorn then ends the connection within its keepalive (GATEWAY_HEADER_TIMEOUT). An error gunicorn's parser raises while reading (a bad chunk
   size...) is handed to the app at the same point of the body, so the app answers it as before.
 - CPU: a greenlet runs until it waits on I/O, so hundreds of requests running at once share one
   core with no order. At most ``GATEWAY_THREADS`` requests run the app at once per worker, the
@@ -50,11 +50,13 @@ class _Replay(io.RawIOBase):
         return n
 
 
-def _has_body(environ) -> bool:
+def _body_to_read(environ, max_body: int) -> bool:
+    """Whether to read a body ahead: chunked, or a declared length the app will accept. A longer
+    declared length is refused by the app (413) without reading it, so it is not held here."""
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         return True
     length = environ.get("CONTENT_LENGTH", "")
-    return length.isdigit() and int(length) > 0
+    return length.isdigit() and 0 < int(length) <= max_body
 
 
 def _deadline(seconds: float):
@@ -113,9 +115,9 @@ class Admission:
         sock = environ.get("gunicorn.socket")
         if sock is not None and self.client_timeout:
             sock.settimeout(self.client_timeout)  # per operation: a stalled reader of our answer
-        if _has_body(environ) and not self._read_ahead(environ):
+        if _body_to_read(environ, self.max_body) and not self._read_ahead(environ):
             metrics.CLIENTS_TIMED_OUT.inc()
-            logger.info("request body not complete within %gs; connection closed", self.body_timeout)
+            logger.info("request body not complete within %gs; answered 408", self.body_timeout)
             start_response("408 Request Timeout", [("Content-Type", "text/plain"), ("Connection", "close"),
                                                     ("Content-Length", str(len(TIMED_OUT_BODY)))])
             return [TIMED_OUT_BODY]
