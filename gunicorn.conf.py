@@ -1,6 +1,17 @@
 """gunicorn settings for production: ``gunicorn wsgi:app`` picks this file up."""
 import os
-import shutil
+
+# gevent's workers (GATEWAY_WORKER, default gevent): every connection is a greenlet, so a slow
+# client holds a greenlet, not a thread. gevent's documentation requires its patching before
+# anything else is imported, and the app is preloaded in the master (preload_app), so it comes
+# first, here. (gevent.monkey.patch_all is gevent's documented API, not ours.)
+worker_choice = os.environ.get("GATEWAY_WORKER", "gevent").strip().lower() or "gevent"
+if worker_choice == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import shutil  # after gevent's patching
 import tempfile
 
 # Prometheus multiprocess mode: every worker writes its samples to one directory,
@@ -14,18 +25,23 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from gateway.config import env_int, env_seconds  # noqa: E402 - after the metrics directory is set
 
 bind = f"0.0.0.0:{env_int('PORT', 8000)}"
-# Threaded workers (a request mostly waits on Zipteams or the dashboard), with a graceful stop:
-# not ready at once, serving for GATEWAY_DRAIN_DELAY, then the listener closed (gateway/serving/worker.py).
-worker_class = "gateway.serving.worker.GatewayWorker"
+# gevent: slow clients hold greenlets (up to worker_connections each); gthread is for a
+# deployment behind a buffering front (deploy/nginx.conf). See the README, "Production start".
+worker_class = worker_choice if worker_choice in ("gevent", "gthread") else "gevent"
 workers = env_int("WEB_CONCURRENCY", 2)
+# gthread: the threads; gevent: the app runs at most this many requests at once per worker
+# (gateway/serving/admission.py), so CPU-bound requests do not all interleave.
 threads = env_int("GATEWAY_THREADS", 8)
+worker_connections = 1000
 # Load the app once in the master: a bad setting stops start-up with one line,
 # and workers share the loaded code's memory.
 preload_app = True
 timeout = 60
 # Requests in flight (a large export included) get this long to finish after a stop.
 graceful_timeout = int(env_seconds("GATEWAY_GRACEFUL_TIMEOUT", 120))
-keepalive = 5
+# gevent: a request's line and headers (and the idle time before them on a kept-alive
+# connection) must arrive within this many seconds in all, or the connection is closed.
+keepalive = int(env_seconds("GATEWAY_HEADER_TIMEOUT", 5)) or 1
 # Identity headers spelled with "_" could stand in for the real ones: drop them.
 header_map = "drop"
 # No access log: ours (gateway.ops.logs) names the path without the query string.
@@ -55,22 +71,23 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    # The app's settings, already checked at start-up (preload_app): one parser for all of them.
-    from gateway.serving.worker import GatewayWorker
+    """SIGTERM drains first, a reload does not (gateway/serving/stopping.py); under gevent a stalled
+    stdout costs log lines, not the worker (gateway/serving/output.py)."""
+    from gateway.serving.output import make_own_nonblocking
+    from gateway.serving.stopping import install
 
-    if not isinstance(worker, GatewayWorker):
-        return  # a test or benchmark comparing against stock gthread
-    # (The benchmarks' bare baselines run under this file too, with the worker's defaults.)
+    if "gevent" in worker.cfg.worker_class_str:
+        make_own_nonblocking(1)
+
+    # The app's settings, already checked at start-up (preload_app); a bare benchmark app has none.
     cfg = getattr(worker.wsgi, "config", {})
-    worker.drain_delay = cfg.get("GATEWAY_DRAIN_DELAY", worker.drain_delay)
-    worker.header_timeout = cfg.get("GATEWAY_HEADER_TIMEOUT", worker.header_timeout)
-    worker.client_timeout = cfg.get("GATEWAY_CLIENT_TIMEOUT", worker.client_timeout)
+    install(worker, cfg.get("GATEWAY_DRAIN_DELAY", env_seconds("GATEWAY_DRAIN_DELAY", 5)))
 
 
 def on_reload(server):
-    from gateway.serving.reload import note_reload
+    from gateway.serving.stopping import mark_replaced
 
-    note_reload(server.WORKERS)  # the workers running now are the ones being replaced
+    mark_replaced(server.WORKERS)  # the workers running now are the ones being replaced
 
 
 def child_exit(server, worker):

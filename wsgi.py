@@ -3,6 +3,7 @@ import sys
 
 from gateway import create_app
 from gateway.config import ConfigError
+from gateway.serving.admission import Admission
 from gateway.tenancy.rules import RulesError
 
 try:
@@ -11,3 +12,9 @@ except (ConfigError, RulesError) as exc:
     # One line the operator can act on, not a traceback.
     print(f"gateway: cannot start: {exc}", file=sys.stderr, flush=True)
     raise SystemExit(3) from None
+
+# Flask's documented place for WSGI middleware: bodies read under a deadline, places per worker.
+app.wsgi_app = Admission(app.wsgi_app, places=app.config["GATEWAY_THREADS"],
+                         body_timeout=app.config["GATEWAY_BODY_TIMEOUT"],
+                         client_timeout=app.config["GATEWAY_CLIENT_TIMEOUT"],
+                         max_body=app.config["GATEWAY_PROXY_MAX_BODY"])

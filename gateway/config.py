@@ -207,8 +207,13 @@ SETTINGS: tuple[Setting, ...] = (
             "gunicorn worker processes. Each has its own circuit breaker; without Redis each also fetches "
             "every team's token for itself, within its own share of ZIPTEAMS_MAX_RPM (auto counts them).",
             parse_positive_int),
+    Setting("GATEWAY_WORKER", "gevent",
+            "gunicorn worker class: gevent (each connection a greenlet, so slow clients hold no thread; "
+            "the default, safe to reach directly) or gthread (threads; only behind a front that buffers "
+            "requests, such as deploy/nginx.conf).", parse_choice("gevent", "gthread")),
     Setting("GATEWAY_THREADS", "8",
-            "Threads per gunicorn worker. At most half of them fetch or wait for a token at once; past "
+            "Requests one worker runs at once (gevent: the rest wait in order, after their body has "
+            "arrived; gthread: its threads). At most half of them fetch or wait for a token at once; past "
             "that a first visit gets a quick 503 to retry, so users whose token is cached keep the rest.",
             parse_positive_int),
     Setting("GATEWAY_DRAIN_DELAY", "5",
@@ -217,13 +222,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_GRACEFUL_TIMEOUT", "120",
             "Seconds requests in flight (large exports included) get to finish after the listener closes.",
             parse_positive_float),
-    Setting("GATEWAY_HEADER_TIMEOUT", "10",
-            "Seconds a client gets to send a request's line and headers; a slower one gets 408 and is "
-            "closed. Requests are read by the worker's event loop, not a thread, until complete.",
+    Setting("GATEWAY_HEADER_TIMEOUT", "5",
+            "Seconds in all a connection gets to send a request's line and headers, the idle time before "
+            "them on a kept-alive connection included (gunicorn's keepalive); a slower one is closed.",
+            parse_positive_float),
+    Setting("GATEWAY_BODY_TIMEOUT", "30",
+            "Seconds in all a request body gets to arrive (gevent), however steadily it trickles; a "
+            "slower one gets 408 (its connection then ends within GATEWAY_HEADER_TIMEOUT). The body is "
+            "read before the request takes a place.",
             parse_positive_float),
     Setting("GATEWAY_CLIENT_TIMEOUT", "30",
-            "Seconds a connection may make no progress (a request body read in place, an answer the "
-            "client stopped reading) before it is closed and its thread freed.", parse_positive_float),
+            "Seconds one read or write on a client's connection may make no progress (an answer the "
+            "client stopped reading) before the connection is closed.", parse_positive_float),
     Setting("GATEWAY_DOWNLOADS_PER_WORKER", "auto",
             "Long dashboard answers (downloads, event streams, bodies over 1 MB) one worker streams at "
             "once; more get a 503 to retry. auto: half of GATEWAY_THREADS, so short answers keep the rest.",

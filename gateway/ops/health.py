@@ -10,7 +10,7 @@ from gateway.identity.peers import peer_is_trusted
 from gateway.tokens.breaker import CircuitBreaker
 
 bp = Blueprint("ops", __name__)
-# Set in a worker that is stopping (gateway.serving.worker): not ready from that moment on.
+# Set in a worker that is stopping (gateway.serving.stopping): not ready from that moment on.
 DRAINING = threading.Event()
 
 

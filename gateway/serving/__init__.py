@@ -1,2 +1,2 @@
-"""Serving HTTP: the gunicorn worker that reads requests in its event loop, so slow
-clients cannot hold threads, and stops gracefully."""
+"""Serving HTTP under gunicorn: admission to the app (bounded body reads, places per worker) and the
+graceful stop and reload through gunicorn's public hooks."""

@@ -1,12 +1,13 @@
-"""Threads for long dashboard answers: capped per worker and per user.
+"""Long dashboard answers: capped per worker and per user.
 
-A thread writes a proxied answer until the client has read it. An export read slowly,
-or not at all, keeps its thread for as long as the kernel's send timeout lets it
-(GATEWAY_CLIENT_TIMEOUT without progress): a handful of them could take every thread
-of a worker. So long answers (a download, an event stream, anything over a megabyte)
-take one of ``GATEWAY_DOWNLOADS_PER_WORKER`` slots, at most
-``GATEWAY_DOWNLOADS_PER_USER`` of them per user; beyond that the answer is a 503 the
-user can retry, and short answers (pages, JSON) always have the other threads.
+A proxied answer is written until the client has read it. An export read slowly, or not
+at all, keeps its greenlet (or thread, under GATEWAY_WORKER=gthread), its upstream
+connection and its buffers for as long as each write makes progress within
+GATEWAY_CLIENT_TIMEOUT: a handful of them could pin a worker's memory and upstream pool.
+So long answers (a download, an event stream, anything over a megabyte) take one of
+``GATEWAY_DOWNLOADS_PER_WORKER`` slots, at most ``GATEWAY_DOWNLOADS_PER_USER`` of them per
+user; beyond that the answer is a 503 the user can retry. Short answers (pages, JSON) are
+never refused for it.
 """
 from __future__ import annotations
 

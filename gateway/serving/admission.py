@@ -1,0 +1,155 @@
+"""Admission to the app: a request's body is read in full, within a total deadline, before the
+request takes one of the worker's places (``GATEWAY_THREADS``).
+
+Under gunicorn's gevent worker (gunicorn.conf.py) every connection has its own greenlet, so a
+client that trickles its head or its body holds a greenlet and a socket, not one of a handful
+of threads. Two things still need bounding, and this middleware does both:
+
+- A body read: gunicorn reads it lazily, whenever the app asks, with no deadline at all. Here
+  it is read before the app runs, and a body not complete within ``GATEWAY_BODY_TIMEOUT`` seconds
+  in all (not per read: a byte every few seconds would reset a per-read timeout forever) gets a
+  408; gunicorn then ends the connection within its keepalive (GATEWAY_HEADER_TIMEOUT). An error gunicorn's parser raises while reading (a bad chunk
+  size...) is handed to the app at the same point of the body, so the app answers it as before.
+- CPU: a greenlet runs until it waits on I/O, so hundreds of requests running at once share one
+  core with no order. At most ``GATEWAY_THREADS`` requests run the app at once per worker, the
+  rest wait in arrival order; a streamed answer gives its place back as soon as the app returns
+  (long answers are capped on their own, gateway/delivery/proxy/streams.py).
+
+The client's socket gets a per-operation timeout of ``GATEWAY_CLIENT_TIMEOUT`` too, so an answer
+the client stopped reading ends the connection instead of holding it forever.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import logging
+import threading
+
+from gateway.ops import metrics
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+TIMED_OUT_BODY = b"request body not received in time\n"
+
+
+class _Replay(io.RawIOBase):
+    """The body read ahead, then the error gunicorn's parser raised reading it, if any."""
+
+    def __init__(self, data: bytes, error: Exception | None):
+        self._data, self._error = io.BytesIO(data), error
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._data.readinto(buffer)
+        if not n and len(buffer) and self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return n
+
+
+def _body_to_read(environ, max_body: int) -> bool:
+    """Whether to read a body ahead: chunked, or a declared length the app will accept. A longer
+    declared length is refused by the app (413) without reading it, so it is not held here."""
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return True
+    length = environ.get("CONTENT_LENGTH", "")
+    return length.isdigit() and 0 < int(length) <= max_body
+
+
+def _deadline(seconds: float):
+    """A total deadline for a block, where the server is gevent's; None under real threads."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        return None  # a blocking read in a real thread cannot be interrupted: the front's timeouts hold
+    import gevent
+
+    return gevent.Timeout(seconds)
+
+
+class Places:
+    """At most ``count`` holders at once; the rest wait strictly in arrival order.
+
+    A freed place is handed to the longest waiter directly, never left for whoever asks next:
+    with a plain semaphore a request just arrived takes it ahead of the one woken for it, which
+    goes back to the end of the line, and the unlucky wait for seconds under load.
+    """
+
+    def __init__(self, count: int):
+        self._free, self._lock, self._waiting = count, threading.Lock(), collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a place now."""
+        return len(self._waiting)
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return
+            turn = threading.Event()
+            self._waiting.append(turn)
+        turn.wait()  # set by __exit__, which handed this waiter its place
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()
+            else:
+                self._free += 1
+
+
+class Admission:
+    """WSGI middleware: read the body ahead under a deadline, then run the app in one of ``places``."""
+
+    def __init__(self, app, *, places: int, body_timeout: float, client_timeout: float, max_body: int):
+        self.app, self.body_timeout, self.client_timeout = app, body_timeout, client_timeout
+        self.max_body = max_body
+        self.places = Places(places)  # cooperative under gevent's patching of threading
+
+    def __call__(self, environ, start_response):
+        sock = environ.get("gunicorn.socket")
+        if sock is not None and self.client_timeout:
+            sock.settimeout(self.client_timeout)  # per operation: a stalled reader of our answer
+        if _body_to_read(environ, self.max_body) and not self._read_ahead(environ):
+            metrics.CLIENTS_TIMED_OUT.inc()
+            logger.info("request body not complete within %gs; answered 408", self.body_timeout)
+            start_response("408 Request Timeout", [("Content-Type", "text/plain"), ("Connection", "close"),
+                                                    ("Content-Length", str(len(TIMED_OUT_BODY)))])
+            return [TIMED_OUT_BODY]
+        with self.places:
+            return self.app(environ, start_response)
+
+    def _read_ahead(self, environ) -> bool:
+        """Replace wsgi.input by the body read ahead; False if it did not arrive in time."""
+        stream, parts, size, error = environ["wsgi.input"], [], 0, None
+        deadline = _deadline(self.body_timeout)
+        metrics.CLIENTS_READING.inc()
+        try:
+            if deadline is not None:
+                deadline.start()
+            # One byte past the limit is enough for the app to refuse the body as too large.
+            while size <= self.max_body:
+                chunk = stream.read(min(CHUNK, self.max_body + 1 - size))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+        except Exception as exc:  # noqa: BLE001 - gunicorn's parse errors, a disconnect: the app answers them
+            if deadline is not None and exc is deadline:
+                return False
+            error = exc
+        except BaseException as exc:
+            if deadline is not None and exc is deadline:
+                return False
+            raise
+        finally:
+            if deadline is not None:
+                deadline.close()
+            metrics.CLIENTS_READING.dec()
+        environ["wsgi.input"] = io.BufferedReader(_Replay(b"".join(parts), error))
+        return True
