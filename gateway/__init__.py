@@ -65,7 +65,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     # Order matters: request ids first, so every later line and page carries one.
     from gateway.identity import auth, revocations, session
-    from gateway.ops import cli, health, logs
+    from gateway.admin import cli, health
+    from gateway.ops import logs
     from gateway.delivery import embed, proxy, sdk
     from gateway import errors, security, shared
     from gateway.tokens import cache as token_cache

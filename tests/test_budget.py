@@ -203,7 +203,7 @@ def test_without_redis_each_worker_s_share_is_the_budget_divided_by_the_workers_
 
 
 def test_the_readme_s_warm_up_example_is_what_check_prints_for_30_teams_at_the_defaults():
-    from gateway.ops.cli import warm_up_line
+    from gateway.admin.cli import warm_up_line
 
     cfg = {name: config.BY_NAME[name].parse(DEFAULT[name]) for name in
            ("GATEWAY_CACHE_URL", "WEB_CONCURRENCY", "ZIPTEAMS_MAX_RPM", "GATEWAY_BREAKER_COOLDOWN")}

@@ -95,6 +95,53 @@ def test_the_cycle_check_finds_a_cycle():
     assert cycles(graph) != []
 
 
+# Lowest first. A module may import from its own layer or a lower one, never from a higher one
+# (the README's "How a request flows" shows the same table).
+LAYERS = (
+    ("gateway.memo", "gateway.parsers", "gateway.redirects", "gateway.peers", "gateway.sim"),
+    ("gateway.config", "gateway.errors", "gateway.security"),
+    ("gateway.ops", "gateway.shared"),
+    ("gateway.identity", "gateway.tenancy"),
+    ("gateway.tokens",),
+    ("gateway.delivery",),
+    ("gateway", "gateway.admin", "gateway.serving", "gateway.__main__"),
+)
+
+
+def layer_of(module: str) -> int:
+    """The layer of the longest prefix in LAYERS that names ``module`` or a package above it."""
+    best, found = -1, None
+    for rank, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > best:
+                best, found = len(name), rank
+    assert found is not None, f"{module} is in no layer: add it to LAYERS"
+    return found
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{name} (layer {layer_of(name)}) imports {target} (layer {layer_of(target)})"
+                  for name, targets in graph.items() for target in targets if layer_of(target) > layer_of(name))
+
+
+def test_no_import_runs_back_up_the_layers():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    graph = import_graph()
+    graph["gateway.ops.metrics"].add("gateway.tokens.breaker")  # a leaf reaching up into a stage
+    graph["gateway.peers"].add("gateway.admin.health")
+    assert upward_imports(graph) == [
+        "gateway.ops.metrics (layer 2) imports gateway.tokens.breaker (layer 4)",
+        "gateway.peers (layer 0) imports gateway.admin.health (layer 6)"]
+
+
+def test_every_module_has_a_layer():
+    for name in modules():
+        layer_of(name)
+
+
 def test_requests_flow_one_way_through_the_packages():
     """identity and tenancy know nothing of tokens or delivery; tokens nothing of delivery."""
     never = {"gateway.identity": ("gateway.delivery", "gateway.tokens"),

@@ -13,7 +13,7 @@ import logging
 from flask import current_app
 
 from gateway.identity.assertions import AssertionRejected, JwtVerifier
-from gateway.identity.peers import peer_is_trusted
+from gateway.peers import peer_is_trusted
 from gateway.identity.users import ClaimsRejected, User, user_from_claims, user_from_headers
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import time
 
 from flask import Blueprint, Flask, current_app, g, request
 
-from gateway.identity.peers import peer_is_trusted
+from gateway.peers import peer_is_trusted
 from gateway.ops import metrics
 from gateway.ops.logformat import JsonFormatter, TextFormatter, path_for_line
 from gateway.ops.requestid import SANE_REQUEST_ID, RequestIdFilter, new_request_id

@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 
-from gateway.ops import health
+from gateway.admin import health
 
 logger = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ class Slots:
         metrics.DOWNLOADS_REFUSED.labels(limit).inc()
         raise TooManyDownloads(f"{limit} download limit reached", retry_after=5)
 
-    def _give_back(self, user: str) -> None:
+    def give_back(self, user: str) -> None:
         with self._lock:
             self._running -= 1
             self._by_user[user] -= 1
@@ -79,4 +79,4 @@ class _Release:
     def __call__(self) -> None:
         slots, self._slots = self._slots, None
         if slots is not None:
-            slots._give_back(self._user)
+            slots.give_back(self._user)

@@ -18,7 +18,7 @@ from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from gateway.errors import BadRequestBody, GatewayError, PayloadTooLarge, UpstreamFailure, UpstreamTimeout
-from gateway.identity.peers import peer_is_trusted
+from gateway.peers import peer_is_trusted
 from gateway.tokens.client import DashboardToken
 from gateway.delivery.proxy import policy, streams
 

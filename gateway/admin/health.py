@@ -6,7 +6,7 @@ import threading
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
 from gateway.ops import metrics
-from gateway.identity.peers import peer_is_trusted
+from gateway.peers import peer_is_trusted
 from gateway.tokens.breaker import CircuitBreaker
 
 bp = Blueprint("ops", __name__)
