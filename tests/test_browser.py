@@ -83,6 +83,7 @@ def dashboard_frame(page):
     return frame
 
 
+@pytest.mark.smoke
 def test_proxy_mode_journey_shows_data_and_no_token_reaches_the_browser(browser, gateway_server):
     server = gateway_server("proxy")
     context = browser.new_context(viewport={"width": 1280, "height": 800})

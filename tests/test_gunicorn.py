@@ -16,6 +16,7 @@ USERS = [(f"user{i}@us.acme.example", "Sales US") if i % 2 else (f"user{i}@emea.
          for i in range(20)]
 
 
+@pytest.mark.smoke
 def test_two_workers_many_users_each_sees_only_their_subtenant(gunicorn, sim):
     server = gunicorn(workers=2, threads=8)
 
@@ -159,6 +160,7 @@ def test_a_request_line_gunicorn_refuses_is_logged_without_its_query(gunicorn):
     assert "Invalid request" in text and secret not in text and "[query removed]" in text
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("worker", ["gevent", "gthread"])  # the default, and the one behind deploy/nginx.conf
 def test_sigterm_turns_readyz_503_at_once_serves_through_the_drain_delay_then_refuses_new_connections(
         gunicorn, sim, worker):

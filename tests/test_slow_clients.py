@@ -95,6 +95,7 @@ def _assert_fast(timings: list[float]) -> None:
     assert max(timings) < 1.0, f"slowest {max(timings):.2f}s, median {statistics.median(timings):.3f}s"
 
 
+@pytest.mark.smoke
 def test_the_whole_attack_leaves_a_normal_user_served_at_once_under_the_default_start(gunicorn):
     server = gunicorn(workers=2, threads=8)
     requests.get(server.url + "/", headers=NORMAL_USER, timeout=10)  # the team's token, fetched once

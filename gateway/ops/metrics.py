@@ -41,11 +41,10 @@ LOG_LINES_DROPPED = Counter("gateway_log_lines_dropped_total",
 BREAKER_STATE = Gauge("gateway_breaker_state", "Circuit breaker toward Zipteams: 0 closed, 1 half-open, 2 open.",
                       multiprocess_mode="livemax")
 REDIS_ERRORS = Counter("gateway_redis_errors_total", "Failed calls to the shared Redis cache.")
-CLIENTS_READING = Gauge("gateway_clients_reading", "Connections whose request is still arriving (held by the "
-                        "event loop, not a thread).", multiprocess_mode="livesum")
+CLIENTS_READING = Gauge("gateway_clients_reading", "Requests whose body is still arriving, read before the request "
+                        "takes one of the worker's places (gateway/serving/admission.py).", multiprocess_mode="livesum")
 CLIENTS_TIMED_OUT = Counter("gateway_clients_timed_out_total",
-                            "Connections closed because the client was too slow: a request head not complete "
-                            "within GATEWAY_HEADER_TIMEOUT, or no progress for GATEWAY_CLIENT_TIMEOUT.")
+                            "Requests answered 408 because their body was not complete within GATEWAY_BODY_TIMEOUT.")
 DOWNLOADS_REFUSED = Counter("gateway_downloads_refused_total",
                             "Long dashboard answers refused with 503 because the worker's or the user's share "
                             "of download threads was in use, by limit.", ["limit"])
