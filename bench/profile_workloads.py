@@ -60,12 +60,13 @@ def cookie_of(headers: list, old: str = "") -> str:
     return "; ".join(f"{k}={v}" for k, v in jar.items())
 
 
-def per_request_us(app, envs, n: int) -> float:
+def per_request_us(app, envs, n: int, clock=time.perf_counter) -> float:
+    """Microseconds per request of the next ``n`` of ``envs``, by ``clock`` (wall time, or CPU time)."""
     batch = list(itertools.islice(envs, n))
-    started = time.perf_counter()
+    started = clock()
     for env in batch:
         status, _ = call(app, env)
-    elapsed = time.perf_counter() - started
+    elapsed = clock() - started
     assert status.startswith("200"), status
     return elapsed / n * 1e6
 
