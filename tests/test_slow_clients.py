@@ -10,6 +10,7 @@ The same attack against stock gthread reached directly shows the test can fail.
 """
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -24,7 +25,7 @@ import pytest
 import requests
 
 from bench.common import start_nginx
-from gateway.serving.admission import Places
+from gateway.serving.admission import Admission, Places
 from bench.slow_clients import Attack
 from conftest import ROOT, base_config, free_port, recording_session, user_headers
 
@@ -330,6 +331,24 @@ def test_places_are_handed_to_waiters_in_arrival_order_never_to_a_newcomer():
     for thread in threads:
         thread.join(timeout=10)
     assert order == ["a", "b", "c", "newcomer"]
+
+
+def test_each_request_gives_way_to_the_workers_other_connections_before_it_runs():
+    # gunicorn's gevent worker reads a kept-alive connection's next request without yielding:
+    # without this turn one connection kept the worker while the others waited.
+    events = []
+
+    def app(environ, start_response):
+        events.append("app")
+        return [b""]
+
+    admission = Admission(app, places=1, body_timeout=1, client_timeout=0, max_body=10,
+                          give_way=lambda: lambda: events.append("gave way"))
+    for _ in range(2):
+        admission({"wsgi.input": io.BytesIO()}, lambda *args: None)
+    assert events == ["gave way", "app", "gave way", "app"]
+    # Real threads (this process is not gevent-patched) take turns without it.
+    assert Admission(app, places=1, body_timeout=1, client_timeout=0, max_body=10).give_way is None
 
 
 def test_a_stalled_log_reader_costs_log_lines_not_the_worker(sim):

@@ -3,7 +3,7 @@ request takes one of the worker's places (``GATEWAY_THREADS``).
 
 Under gunicorn's gevent worker (gunicorn.conf.py) every connection has its own greenlet, so a
 client that trickles its head or its body holds a greenlet and a socket, not one of a handful
-of threads. Two things still need bounding, and this middleware does both:
+of threads. Three things still need seeing to, and this middleware does them:
 
 - A body read: gunicorn reads it lazily, whenever the app asks, with no deadline at all. Here
   it is read before the app runs, and a body not complete within ``GATEWAY_BODY_TIMEOUT`` seconds
@@ -14,6 +14,11 @@ of threads. Two things still need bounding, and this middleware does both:
   core with no order. At most ``GATEWAY_THREADS`` requests run the app at once per worker, the
   rest wait in arrival order; a streamed answer gives its place back as soon as the app returns
   (long answers are capped on their own, gateway/delivery/proxy/streams.py).
+- Turns: gunicorn's gevent worker reads the next request of a kept-alive connection without
+  yielding when it has already arrived (it has, under load), so without a yield one connection's
+  greenlet kept the worker for request after request while the others' waited (a p99 several
+  times gthread's under wrk; README, "Production start"). So each request first gives way to the
+  worker's other ready greenlets (``gevent.sleep(0)``, gevent's documented yield).
 
 The client's socket gets a per-operation timeout of ``GATEWAY_CLIENT_TIMEOUT`` too, so an answer
 the client stopped reading ends the connection instead of holding it forever.
@@ -70,6 +75,18 @@ def _deadline(seconds: float):
     return gevent.Timeout(seconds)
 
 
+def _give_way_for_server():
+    """gevent's yield to the other ready greenlets, where the server is gevent's; None under real
+    threads (the OS takes turns among them)."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        return None
+    import gevent
+
+    return gevent.sleep
+
+
 class Places:
     """At most ``count`` holders at once; the rest wait strictly in arrival order.
 
@@ -106,9 +123,11 @@ class Places:
 class Admission:
     """WSGI middleware: read the body ahead under a deadline, then run the app in one of ``places``."""
 
-    def __init__(self, app, *, places: int, body_timeout: float, client_timeout: float, max_body: int):
+    def __init__(self, app, *, places: int, body_timeout: float, client_timeout: float, max_body: int,
+                 give_way=_give_way_for_server):
         self.app, self.body_timeout, self.client_timeout = app, body_timeout, client_timeout
         self.max_body = max_body
+        self.give_way = give_way()  # called before each request runs the app; None: nothing to do
         self.places = Places(places)  # cooperative under gevent's patching of threading
 
     def __call__(self, environ, start_response):
@@ -121,6 +140,8 @@ class Admission:
             start_response("408 Request Timeout", [("Content-Type", "text/plain"), ("Connection", "close"),
                                                     ("Content-Length", str(len(TIMED_OUT_BODY)))])
             return [TIMED_OUT_BODY]
+        if self.give_way is not None:
+            self.give_way()  # the worker's other connections take their turn first
         with self.places:
             return self.app(environ, start_response)
 
