@@ -13,7 +13,7 @@ import logging
 from urllib.parse import urlencode, urlsplit
 
 from flask import Flask, current_app, g, jsonify, make_response, redirect, render_template, request
-from gunicorn.http.errors import ChunkMissingTerminator, InvalidChunkSize, NoMoreData, ParseException
+from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.routing import RequestRedirect
 
@@ -283,8 +283,7 @@ def handle_unexpected(exc: Exception):
 
 def init_app(app: Flask) -> None:
     app.register_error_handler(GatewayError, handle_gateway_error)
-    # The chunk errors are named as well: before gunicorn 24 they are OSErrors, not ParseExceptions.
-    for unreadable in (ParseException, InvalidChunkSize, ChunkMissingTerminator, NoMoreData, ClientDisconnected):
+    for unreadable in (ParseException, NoMoreData, ClientDisconnected):
         app.register_error_handler(unreadable, handle_unreadable_body)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)

@@ -248,6 +248,9 @@ def test_missing_node_modules_skips_with_a_reason(monkeypatch, tmp_path):
     import certified_idp as harness
 
     monkeypatch.setattr(harness, "OIDC_PROVIDER_PACKAGE", tmp_path / "nowhere")
+    # No real `npm ci` here: it empties tests/node_modules while the other xdist worker's
+    # browser and OIDC tests are using it.
+    monkeypatch.setattr(harness, "_install_tried", [True])
     with pytest.raises(pytest.skip.Exception, match="npm ci --prefix tests"):
         harness.require_certified_idp()
 

@@ -59,10 +59,17 @@ def _encode(data: bytes, encoding: str) -> bytes:
 
         return brotli.compress(data)
     if encoding == "zstd":
+        # Whichever zstd urllib3's extra brought: the standard library's (3.14), backports.zstd
+        # (urllib3 2.5 and later), or zstandard (earlier urllib3 2.x).
         try:
             from compression import zstd
         except ImportError:
-            from backports import zstd
+            try:
+                from backports import zstd
+            except ImportError:
+                import zstandard
+
+                return zstandard.ZstdCompressor().compress(data)
         return zstd.compress(data)
     return data
 
