@@ -270,9 +270,19 @@ def _raw_value(setting: Setting, source: Mapping[str, str]) -> str | None:
 def load(source: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Parse every setting from ``source`` (default: the process environment)."""
     source = os.environ if source is None else source
+    for old_name, instead in REPLACED.items():
+        if source.get(old_name):  # set for a reason: silently ignoring it would move state elsewhere
+            raise ConfigError(f"{old_name} is no longer read: {instead}")
     config = {setting.name: _parsed(setting, source) for setting in SETTINGS}
     _check_together(config)
     return config
+
+
+# Settings an earlier release read, and what replaced them.
+REPLACED = {
+    "GATEWAY_STATE_DB": "set GATEWAY_STATE_DIR to a directory only the gateway's user can reach "
+                        "(the revocation store is created in it; see SECURITY.md)",
+}
 
 
 def value(name: str, source: Mapping[str, str] | None = None) -> Any:

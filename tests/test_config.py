@@ -201,3 +201,9 @@ def test_help_url_takes_a_path_an_http_url_or_a_mailto_address():
                 "data:text/html,hi"):
         with pytest.raises(ConfigError, match="GATEWAY_HELP_URL"):
             config.load({**REQUIRED, "GATEWAY_HELP_URL": bad})
+
+
+def test_a_setting_an_earlier_release_read_is_refused_with_what_replaced_it():
+    with pytest.raises(ConfigError, match=r"^GATEWAY_STATE_DB is no longer read: set GATEWAY_STATE_DIR"):
+        config.load({**REQUIRED, "GATEWAY_STATE_DB": "/var/lib/gateway/state.sqlite3"})
+    assert config.load({**REQUIRED, "GATEWAY_STATE_DB": ""})  # empty: as if unset

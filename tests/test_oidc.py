@@ -256,7 +256,7 @@ def test_private_key_jwt_is_authlibs_own_with_our_kid_and_the_key_never_shows(ma
     assert len(jtis) == 2  # a fresh jti each time: an IdP may refuse a replayed one
     # The key material never shows in a repr: not the secret's, the method's, nor the registered client's.
     app = make_app(GATEWAY_AUTH_MODE="oidc", OIDC_ISSUER=idp, OIDC_CLIENT_ID=CLIENT_ID, GATEWAY_PUBLIC_URL=PUBLIC,
-                   GATEWAY_STATE_DB=str(tmp_path / "state.db"), **settings)
+                   **settings)
     registered = app.extensions["oidc_client"]
     body = "".join(pem.strip().splitlines()[1:-1])
     for shown in (repr(secret), repr(methods), repr((secret, kwargs)), repr(registered), repr(vars(registered))):
