@@ -213,7 +213,7 @@ def test_a_directory_others_could_move_away_is_refused_at_start(make_app, tmp_pa
     parent = tmp_path / "parent"
     parent.mkdir()
     os.chmod(parent, mode)
-    refused(make_app, parent / "state", f"the parent directory {parent} of {parent / 'state'} lets other users "
+    refused(make_app, parent / "state", f"the directory {parent} above {parent / 'state'} lets other users "
             f"replace the directory (mode {mode:04o}, not sticky)")
     assert not (parent / "state").exists()
 
@@ -222,6 +222,20 @@ def test_a_directory_in_another_users_directory_is_refused_at_start(make_app, sh
     parent = shared / "theirs"
     as_nobody("import os, sys; os.mkdir(sys.argv[1], 0o755)", str(parent))
     refused(make_app, parent / "state", f"is owned by uid {NOBODY_UID}, who could replace the directory")
+
+
+def test_a_directory_below_another_users_directory_is_refused_at_start_however_deep(make_app, shared):
+    """A reviewer's attack: nobody owns a grandparent and swaps the root-owned parent for a tree of
+    its own (``mv p p.old; mkdir -m 777 p p/state``), where the next worker's store would be nobody's."""
+    grandparent = shared / "theirs"
+    as_nobody("import os, sys; os.mkdir(sys.argv[1], 0o755)", str(grandparent))
+    parent = grandparent / "p"
+    as_nobody("import os, sys; os.chmod(sys.argv[1], 0o777)", str(grandparent))
+    parent.mkdir()  # root's, inside nobody's directory
+    os.chmod(grandparent, 0o755)  # as nobody would leave it: only nobody may rename p
+    refused(make_app, parent / "state", f"the directory {grandparent} above {parent / 'state'} is owned by "
+            f"uid {NOBODY_UID}, who could replace the directory")
+    assert not (parent / "state").exists()
 
 
 def test_a_directory_that_is_a_file_or_a_store_file_that_is_a_directory_is_refused_at_start(make_app, tmp_path):

@@ -44,8 +44,9 @@ def private_dir(path: str) -> str:
     symlink, not what it should be (a directory, regular files), owned by another user, or open to
     group or others in any way: another local user could then delete or forge marks, or lock the
     shared-memory file (a read lock needs only read access) so that no logout is recorded. Also if
-    another user could move the directory away and put one of theirs in its place: its parent must
-    be root's or the gateway's user's, and writable by no one else unless sticky (as /tmp is).
+    another user could move the directory (or one above it) away and put one of theirs in its place:
+    every directory above it must be root's or the gateway's user's, and writable by no one else
+    unless sticky (as /tmp is).
     """
     path = os.path.abspath(path)
     _refuse_if_others_can_move(path)  # before anything is made in it
@@ -95,7 +96,19 @@ def _refuse_unless_private(path: str, *, directory: bool) -> None:
 
 
 def _refuse_if_others_can_move(path: str) -> None:
+    # Every directory above it, not only the parent: whoever may rename any of them can put a
+    # tree of their own at the same path for the next worker to open (a grandparent owned by
+    # another user is enough).
     parent = os.path.dirname(path)
+    while True:
+        _refuse_if_others_can_replace_in(parent, path)
+        above = os.path.dirname(parent)
+        if above == parent:
+            return
+        parent = above
+
+
+def _refuse_if_others_can_replace_in(parent: str, path: str) -> None:
     try:
         info = os.stat(parent)
     except FileNotFoundError:
@@ -108,8 +121,8 @@ def _refuse_if_others_can_move(path: str) -> None:
         problem = f"lets other users replace the directory (mode {stat.S_IMODE(info.st_mode):04o}, not sticky)"
     else:
         return
-    raise ConfigError(f"GATEWAY_STATE_DIR: the parent directory {parent} of {path} {problem}; "
-                      "choose a directory whose parent only root or the gateway's user can write to")
+    raise ConfigError(f"GATEWAY_STATE_DIR: the directory {parent} above {path} {problem}; "
+                      "choose a directory whose parents only root or the gateway's user can write to")
 
 
 class SqliteState:
