@@ -133,7 +133,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Without Redis: private directory (made 0700; files 0600) holding the SQLite store this host's workers "
             "share for logout revocations and single-use hand-off ids. Empty: instance/ in the gateway's own "
             "directory (Flask's instance folder). Start-up is refused if it or a store file is a symlink, another "
-            "user's, or open to group or others, or if its parent lets another user replace it. With Redis "
+            "user's, or open to group or others, or if a directory above it lets another user replace it. With Redis "
             "(GATEWAY_CACHE_URL), Redis holds them and it is unused.",
             str),
     Setting("GATEWAY_BRAND_NAME", "Zipteams Insights", "Name shown in the page header and titles.",
