@@ -3,7 +3,7 @@ import sys
 
 from gateway import create_app
 from gateway.config import ConfigError
-from gateway.serving.admission import Admission
+from gateway.serving.admission import Admission, answer_refused_body
 from gateway.tenancy.rules import RulesError
 
 try:
@@ -17,4 +17,6 @@ except (ConfigError, RulesError) as exc:
 app.wsgi_app = Admission(app.wsgi_app, places=app.config["GATEWAY_THREADS"],
                          body_timeout=app.config["GATEWAY_BODY_TIMEOUT"],
                          client_timeout=app.config["GATEWAY_CLIENT_TIMEOUT"],
-                         max_body=app.config["GATEWAY_PROXY_MAX_BODY"])
+                         max_body=app.config["GATEWAY_PROXY_MAX_BODY"],
+                         body_buffer=app.config["GATEWAY_BODY_BUFFER"])
+app.before_request(answer_refused_body)

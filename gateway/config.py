@@ -231,6 +231,9 @@ SETTINGS: tuple[Setting, ...] = (
             "slower one gets 408 (its connection then ends within GATEWAY_HEADER_TIMEOUT). The body is "
             "read before the request takes a place.",
             parse_positive_float),
+    Setting("GATEWAY_BODY_BUFFER", "67108864",
+            "Bytes of request bodies one worker holds at once (read ahead, or waiting for the app); a body "
+            "with no room left gets a 503 to retry. At least GATEWAY_PROXY_MAX_BODY.", parse_positive_int),
     Setting("GATEWAY_CLIENT_TIMEOUT", "30",
             "Seconds one read or write on a client's connection may make no progress (an answer the "
             "client stopped reading) before the connection is closed.", parse_positive_float),
@@ -318,6 +321,9 @@ def environment_settings(source: Mapping[str, str] | None = None) -> dict[str, s
 
 def _check_together(config: dict[str, Any]) -> None:
     """Settings that only make sense in combination."""
+    if config["GATEWAY_BODY_BUFFER"] < config["GATEWAY_PROXY_MAX_BODY"]:
+        raise ConfigError(f"GATEWAY_BODY_BUFFER ({config['GATEWAY_BODY_BUFFER']}) must be at least "
+                          f"GATEWAY_PROXY_MAX_BODY ({config['GATEWAY_PROXY_MAX_BODY']}), or no upload could be accepted")
     mode = config["GATEWAY_AUTH_MODE"]
     need = {
         "oidc": ("OIDC_ISSUER", "OIDC_CLIENT_ID", "GATEWAY_PUBLIC_URL",

@@ -224,6 +224,39 @@ def test_stalled_uploads_and_100_continue_hold_no_place(gunicorn):
             sock.close()
 
 
+def test_bodies_held_at_once_are_bounded_per_worker_and_the_next_gets_a_503_page_to_retry(gunicorn):
+    """A reviewer's attack: connections that each send all but the last byte of a maximal body made
+    a worker hold 10 MB apiece, with no bound on the total. GATEWAY_BODY_BUFFER bounds it."""
+    server = gunicorn(workers=1, threads=2, GATEWAY_PROXY_MAX_BODY="100000", GATEWAY_BODY_BUFFER="250000")
+    head = (b"POST /logout HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Accept: application/json\r\nContent-Length: 100000\r\n\r\n")
+    held = []
+    try:
+        for _ in range(2):  # room for two in 250,000 bytes
+            sock = _connect(server.url)
+            sock.sendall(head + b"a" * 99999)
+            held.append(sock)
+        time.sleep(0.3)  # both reserved
+        third = _connect(server.url)
+        held.append(third)
+        third.sendall(head + b"a" * 10)
+        answer = third.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"Retry-After: 5" in answer and b'"code": "uploads_busy"' in answer.replace(b'":"', b'": "')
+        assert "GATEWAY_BODY_BUFFER 250000" in _log_once(server, "request body refused")
+        _served_at_once(server.url)
+        for sock in held[:2]:
+            sock.close()  # their share is given back: the next body is read again
+        time.sleep(0.3)
+        sock = _connect(server.url)
+        held.append(sock)
+        sock.sendall(head + b"a" * 100000)
+        assert not sock.recv(4096).startswith(b"HTTP/1.1 503 ")
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_gateway_threads_bounds_the_requests_running_at_once(gunicorn):
     server = gunicorn(workers=1, threads=1)
     headers = _head_lines(NORMAL_USER)

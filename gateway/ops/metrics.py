@@ -43,6 +43,8 @@ BREAKER_STATE = Gauge("gateway_breaker_state", "Circuit breaker toward Zipteams:
 REDIS_ERRORS = Counter("gateway_redis_errors_total", "Failed calls to the shared Redis cache.")
 CLIENTS_READING = Gauge("gateway_clients_reading", "Requests whose body is still arriving, read before the request "
                         "takes one of the worker's places (gateway/serving/admission.py).", multiprocess_mode="livesum")
+BODIES_REFUSED = Counter("gateway_bodies_refused_total",
+                         "Requests answered 503 because their worker already held GATEWAY_BODY_BUFFER bytes of bodies.")
 CLIENTS_TIMED_OUT = Counter("gateway_clients_timed_out_total",
                             "Requests answered 408 because their body was not complete within GATEWAY_BODY_TIMEOUT.")
 DOWNLOADS_REFUSED = Counter("gateway_downloads_refused_total",

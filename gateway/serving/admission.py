@@ -30,6 +30,9 @@ import io
 import logging
 import threading
 
+from flask import request
+
+from gateway.errors import ServiceBusy
 from gateway.ops import metrics
 
 logger = logging.getLogger(__name__)
@@ -120,13 +123,56 @@ class Places:
                 self._free += 1
 
 
+REFUSED = "gateway.body_refused"  # environ key: the error the app answers instead of running
+
+
+class UploadsBusy(ServiceBusy):
+    """The worker already holds GATEWAY_BODY_BUFFER bytes of other requests' bodies."""
+    code = "uploads_busy"
+    title = "The gateway is busy receiving data"
+    message = "Many uploads are arriving at once, so this one was not accepted."
+    hint = "Try again in a few seconds."
+
+
+def answer_refused_body():
+    """Flask ``before_request``: a body the middleware refused gets the gateway's own error page
+    (HTML or JSON, with Retry-After); below Flask there is no page to give."""
+    refused = request.environ.get(REFUSED)
+    if refused is not None:
+        raise refused
+
+
+class BodyBudget:
+    """The bytes of request bodies one worker holds at once, read ahead or waiting for the app.
+
+    Per connection a body is bounded by GATEWAY_PROXY_MAX_BODY; this bounds them all together,
+    so a few hundred connections each sending all but the last byte of a maximal body cannot make
+    a worker hold gigabytes."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held, self._lock = limit, 0, threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.held + size > self.limit:
+                return False
+            self.held += size
+            return True
+
+    def give_back(self, size: int) -> None:
+        if size:
+            with self._lock:
+                self.held -= size
+
+
 class Admission:
     """WSGI middleware: read the body ahead under a deadline, then run the app in one of ``places``."""
 
     def __init__(self, app, *, places: int, body_timeout: float, client_timeout: float, max_body: int,
-                 give_way=_give_way_for_server):
+                 body_buffer: int, give_way=_give_way_for_server):
         self.app, self.body_timeout, self.client_timeout = app, body_timeout, client_timeout
         self.max_body = max_body
+        self.budget = BodyBudget(body_buffer)
         self.give_way = give_way()  # called before each request runs the app; None: nothing to do
         self.places = Places(places)  # cooperative under gevent's patching of threading
 
@@ -134,19 +180,38 @@ class Admission:
         sock = environ.get("gunicorn.socket")
         if sock is not None and self.client_timeout:
             sock.settimeout(self.client_timeout)  # per operation: a stalled reader of our answer
-        if _body_to_read(environ, self.max_body) and not self._read_ahead(environ):
-            metrics.CLIENTS_TIMED_OUT.inc()
-            logger.info("request body not complete within %gs; answered 408", self.body_timeout)
-            start_response("408 Request Timeout", [("Content-Type", "text/plain"), ("Connection", "close"),
-                                                    ("Content-Length", str(len(TIMED_OUT_BODY)))])
-            return [TIMED_OUT_BODY]
-        if self.give_way is not None:
-            self.give_way()  # the worker's other connections take their turn first
-        with self.places:
-            return self.app(environ, start_response)
+        held = [0]  # bytes of the budget this request holds, given back when the app has answered
+        try:
+            if _body_to_read(environ, self.max_body) and not self._read_ahead(environ, held):
+                metrics.CLIENTS_TIMED_OUT.inc()
+                logger.info("request body not complete within %gs; answered 408", self.body_timeout)
+                start_response("408 Request Timeout", [("Content-Type", "text/plain"), ("Connection", "close"),
+                                                        ("Content-Length", str(len(TIMED_OUT_BODY)))])
+                return [TIMED_OUT_BODY]
+            if self.give_way is not None:
+                self.give_way()  # the worker's other connections take their turn first
+            with self.places:
+                return self.app(environ, start_response)
+        finally:
+            self.budget.give_back(held[0])
 
-    def _read_ahead(self, environ) -> bool:
-        """Replace wsgi.input by the body read ahead; False if it did not arrive in time."""
+    def _refuse_busy(self, environ) -> bool:
+        metrics.BODIES_REFUSED.inc()
+        logger.warning("request body refused: this worker already holds %d bytes of bodies "
+                       "(GATEWAY_BODY_BUFFER %d); answered 503", self.budget.held, self.budget.limit)
+        environ[REFUSED] = UploadsBusy("body budget spent", retry_after=5)
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(b""), "0"
+        return True
+
+    def _read_ahead(self, environ, held: list[int]) -> bool:
+        """Replace wsgi.input by the body read ahead; False if it did not arrive in time. A body the
+        budget has no room for is not read: the app answers 503 instead (``REFUSED``)."""
+        length = environ.get("CONTENT_LENGTH", "")
+        declared = int(length) if length.isdigit() else 0
+        if declared:  # a declared length is reserved whole, before a byte is read
+            if not self.budget.take(declared):
+                return self._refuse_busy(environ)
+            held[0] = declared
         stream, parts, size, error = environ["wsgi.input"], [], 0, None
         deadline = _deadline(self.body_timeout)
         metrics.CLIENTS_READING.inc()
@@ -158,6 +223,10 @@ class Admission:
                 chunk = stream.read(min(CHUNK, self.max_body + 1 - size))
                 if not chunk:
                     break
+                if not declared:  # chunked: reserved as it arrives
+                    if not self.budget.take(len(chunk)):
+                        return self._refuse_busy(environ)
+                    held[0] += len(chunk)
                 parts.append(chunk)
                 size += len(chunk)
         except Exception as exc:  # noqa: BLE001 - gunicorn's parse errors, a disconnect: the app answers them
