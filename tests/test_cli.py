@@ -93,6 +93,19 @@ def test_demo_command_serves_a_working_login(processes):
         assert done.status_code == 200 and "Sales EMEA" in done.text
 
 
+def test_a_demo_stopped_with_sigterm_removes_its_state_directory(processes, tmp_path):
+    """Its state directory holds signed-in users' session ids: not left behind in the temp directory."""
+    temp = tmp_path / "temp"
+    temp.mkdir(mode=0o700)
+    proc, _ = run(["demo", "--port", str(free_port()), "--sim-port", "0"], r"in your browser",
+                  env={"TMPDIR": str(temp)})
+    processes.append(proc)
+    assert [p.name for p in temp.iterdir() if p.name.startswith("zipteams-demo-")]
+    proc.terminate()
+    assert proc.wait(timeout=10) == 0
+    assert not [p.name for p in temp.iterdir() if p.name.startswith("zipteams-demo-")]
+
+
 def test_demo_honours_the_environment_and_has_users_for_every_case(processes):
     port, sim_port = free_port(), free_port()
     env = {"GATEWAY_BRAND_NAME": "Acme Portal", "GATEWAY_BRAND_COLOR": "#0b5d3b", "GATEWAY_EMBED_MODE": "iframe",
