@@ -34,6 +34,7 @@ from flask import request
 
 from gateway.errors import ServiceBusy
 from gateway.ops import metrics
+from gateway.serving import under_gevent
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +68,11 @@ def _body_to_read(environ, max_body: int) -> bool:
     return length.isdigit() and 0 < int(length) <= max_body
 
 
-def _deadline(seconds: float):
-    """A total deadline for a block, where the server is gevent's; None under real threads."""
-    from gevent import monkey
-
-    if not monkey.is_module_patched("socket"):
-        return None  # a blocking read in a real thread cannot be interrupted: the front's timeouts hold
+def _deadline(seconds: float, gevent_server: bool):
+    """A total deadline for a block, where the server is gevent's; None under real threads (a
+    blocking read in a real thread cannot be interrupted: the front's timeouts hold)."""
+    if not gevent_server:
+        return None
     import gevent
 
     return gevent.Timeout(seconds)
@@ -81,9 +81,7 @@ def _deadline(seconds: float):
 def _give_way_for_server():
     """gevent's yield to the other ready greenlets, where the server is gevent's; None under real
     threads (the OS takes turns among them)."""
-    from gevent import monkey
-
-    if not monkey.is_module_patched("socket"):
+    if not under_gevent():
         return None
     import gevent
 
@@ -173,6 +171,7 @@ class Admission:
         self.app, self.body_timeout, self.client_timeout = app, body_timeout, client_timeout
         self.max_body = max_body
         self.budget = BodyBudget(body_buffer)
+        self.gevent_server = under_gevent()  # decided once: gunicorn.conf.py patches before the app loads
         self.give_way = give_way()  # called before each request runs the app; None: nothing to do
         self.places = Places(places)  # cooperative under gevent's patching of threading
 
@@ -213,7 +212,7 @@ class Admission:
                 return self._refuse_busy(environ)
             held[0] = declared
         stream, parts, size, error = environ["wsgi.input"], [], 0, None
-        deadline = _deadline(self.body_timeout)
+        deadline = _deadline(self.body_timeout, self.gevent_server)
         metrics.CLIENTS_READING.inc()
         try:
             if deadline is not None:

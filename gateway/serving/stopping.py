@@ -20,6 +20,7 @@ import signal
 import threading
 
 from gateway.admin import health
+from gateway.serving import under_gevent
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,7 @@ def mark_replaced(pids) -> None:
 def _later(seconds: float, action) -> None:
     """Run ``action`` in ``seconds`` without blocking: under gevent a signal handler runs in the
     event loop, where waiting (as ``threading.Timer.start`` does) is an error."""
-    from gevent import monkey
-
-    if monkey.is_module_patched("threading"):
+    if under_gevent():
         import gevent
 
         gevent.spawn_later(seconds, action)
