@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
+import signal
 import sys
 import tempfile
 
@@ -110,13 +111,25 @@ def run_demo(args: argparse.Namespace) -> int:
         port = app.config["PORT"] if args.port is None else args.port
         server = ServerThread(app, args.host, port)
         mode = app.config["GATEWAY_EMBED_MODE"]
-        print(f"Zipteams embed gateway demo ({mode} mode): open {server.url}/ in your browser.\n"
-              f"Stand-in Zipteams at {sim.url}. Press Ctrl+C to stop.", flush=True)
-        server.serve_until_interrupted()
+        # SIGTERM stops it as Ctrl+C does, so the state directory (session ids) goes either way;
+        # set before the line below, which tells a caller the demo is up.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            print(f"Zipteams embed gateway demo ({mode} mode): open {server.url}/ in your browser.\n"
+                  f"Stand-in Zipteams at {sim.url}. Press Ctrl+C to stop.", flush=True)
+            server.serve_until_interrupted()
+        except KeyboardInterrupt:
+            pass  # between the line above and serving
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     finally:
         sim.stop()
         state_dir.cleanup()
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -44,22 +43,14 @@ class ServerThread:
         self._thread.join(timeout=5)
 
     def serve_until_interrupted(self) -> None:
-        """Serve in the calling thread until Ctrl+C or SIGTERM (for the command line): either way
-        the caller's clean-up runs (the demo removes its state directory)."""
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        """Serve in the calling thread until Ctrl+C (for the command line)."""
         try:
             self.server.serve_forever()
         except KeyboardInterrupt:
             pass
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
     def __enter__(self) -> "ServerThread":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
