@@ -388,6 +388,39 @@ def test_each_request_gives_way_to_the_workers_other_connections_before_it_runs(
     assert Admission(app, places=1, body_timeout=1, client_timeout=0, max_body=10, body_buffer=10).give_way is None
 
 
+GIVE_WAY_UNDER_GEVENT = """
+from gevent import monkey
+monkey.patch_all()
+import socket, gevent
+from gateway.serving.admission import Admission
+order = []
+admission = Admission(lambda environ, start_response: order.append("busy connection's request") or [b""],
+                      places=1, body_timeout=1, client_timeout=0, max_body=10, body_buffer=10)
+a, b = socket.socketpair()
+def other_connection():  # its request arrives while the busy connection is being served
+    a.recv(1)
+    order.append("other connection read")
+reader = gevent.spawn(other_connection)
+gevent.sleep(0)  # the reader runs until it waits on its socket
+b.send(b"x")
+for _ in range(100):  # a kept-alive connection whose next request has always arrived already
+    admission({"wsgi.input": None}, lambda *args: None)
+reader.join()
+print(order.index("other connection read"))
+"""
+
+
+def test_the_turn_each_request_gives_lets_connections_waiting_on_their_sockets_in():
+    # gevent.sleep(0) runs the yielding greenlet again before the loop polls for I/O (gevent's
+    # documentation says so), so a connection whose next request had always arrived ran batch
+    # after batch while connections waiting on their sockets were not read (a page p99 three
+    # times gthread's in bench/run.py). A turn must end at the loop's next poll.
+    out = subprocess.run([sys.executable, "-c", GIVE_WAY_UNDER_GEVENT], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) <= 2, f"the other connection was read after {out.stdout.strip()} requests"
+
+
 def test_a_stalled_log_reader_costs_log_lines_not_the_worker(sim):
     """Under gevent one thread runs every request and the log writer: a pipe nobody reads must not stop it."""
     port = free_port()

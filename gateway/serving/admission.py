@@ -17,8 +17,9 @@ of threads. Three things still need seeing to, and this middleware does them:
 - Turns: gunicorn's gevent worker reads the next request of a kept-alive connection without
   yielding when it has already arrived (it has, under load), so without a yield one connection's
   greenlet kept the worker for request after request while the others' waited (a p99 several
-  times gthread's under wrk; README, "Production start"). So each request first gives way to the
-  worker's other ready greenlets (``gevent.sleep(0)``, gevent's documented yield).
+  times gthread's under wrk; README, "Production start"). So each request first waits for the
+  event loop's next turn (``gevent.sleep`` with a positive time; ``sleep(0)`` is not enough, see
+  NEXT_TURN), by which time connections whose requests arrived meanwhile have been read.
 
 The client's socket gets a per-operation timeout of ``GATEWAY_CLIENT_TIMEOUT`` too, so an answer
 the client stopped reading ends the connection instead of holding it forever.
@@ -26,6 +27,7 @@ the client stopped reading ends the connection instead of holding it forever.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import logging
 import threading
@@ -85,7 +87,7 @@ def _give_way_for_server():
         return None
     import gevent
 
-    return gevent.sleep
+    return functools.partial(gevent.sleep, NEXT_TURN)
 
 
 class Places:
@@ -120,6 +122,13 @@ class Places:
             else:
                 self._free += 1
 
+
+# gevent.sleep's documented turn-taking: 0 only yields to greenlets already runnable, and may run
+# this one again before the loop polls for I/O; any positive value waits for the loop's next
+# iteration, after connections whose requests arrived meanwhile have been read. The value itself
+# barely matters: the timer counts from the loop's time at the start of this iteration, so it has
+# expired by the next one.
+NEXT_TURN = 1e-6
 
 REFUSED = "gateway.body_refused"  # environ key: the error the app answers instead of running
 
