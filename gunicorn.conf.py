@@ -12,17 +12,26 @@ if worker_choice == "gevent":
     monkey.patch_all()
 
 import shutil  # after gevent's patching
-import tempfile
+import sys
 
-# Prometheus multiprocess mode: every worker writes its samples to one directory,
-# and a scrape of /metrics adds them up. This must come before anything imports
-# prometheus_client (gateway.ops.logs does), so the master and every worker inherit it.
-# (gunicorn re-reads this file on HUP: the environment remembers that we made the directory.)
+from gateway.config import ConfigError, env_int, env_seconds
+from gateway.statedir import private_dir, state_dir  # neither imports prometheus_client
+
+# Prometheus multiprocess mode: every worker writes its samples to one directory, and a scrape of
+# /metrics adds them up. It is set before anything imports prometheus_client (gateway.ops.logs
+# does), so the master and every worker inherit it, and it lives in the gateway's private state
+# directory, never a shared temporary one. (gunicorn re-reads this file on HUP: the environment
+# remembers that we made the directory.)
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
+    _state = state_dir(os.environ.get("GATEWAY_STATE_DIR", ""))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(_state, f"metrics-{os.getpid()}")
     os.environ["GATEWAY_METRICS_DIR_CREATED"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-
-from gateway.config import env_int, env_seconds  # noqa: E402 - after the metrics directory is set
+    try:
+        private_dir(_state)  # refused like the app refuses it: a symlink, another's, or open to others
+        os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], 0o700, exist_ok=True)
+    except ConfigError as exc:
+        print(f"gateway: cannot start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
 
 bind = f"0.0.0.0:{env_int('PORT', 8000)}"
 # gevent: slow clients hold greenlets (up to worker_connections each); gthread is for a
@@ -58,9 +67,24 @@ def on_starting(server):
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     if os.environ.get("GATEWAY_METRICS_DIR_CREATED") == path:
         server.log.info("metrics directory %s (removed on exit)", path)
+        _remove_left_behind(os.path.dirname(path))
     for name in os.listdir(path):
         if name.endswith(".db"):
             os.remove(os.path.join(path, name))
+
+
+def _remove_left_behind(state):
+    """The metrics directories of masters that ended without their on_exit (killed): a directory
+    of a master still running (another gateway on this state directory) is left alone."""
+    for name in os.listdir(state):
+        pid = name.removeprefix("metrics-")
+        if name.startswith("metrics-") and pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(state, name), ignore_errors=True)
+            except PermissionError:
+                pass  # a running process of another user: not ours to judge
 
 
 def post_fork(server, worker):

@@ -134,7 +134,8 @@ SETTINGS: tuple[Setting, ...] = (
             "share for logout revocations and single-use hand-off ids. Empty: instance/ in the gateway's own "
             "directory (Flask's instance folder). Start-up is refused if it or a store file is a symlink, another "
             "user's, or open to group or others, or if a directory above it lets another user replace it. With Redis "
-            "(GATEWAY_CACHE_URL), Redis holds them and it is unused.",
+            "(GATEWAY_CACHE_URL), Redis holds them. Under gunicorn it also holds the Prometheus samples of the "
+            "workers (metrics-<master pid>/, removed on exit) unless PROMETHEUS_MULTIPROC_DIR is set.",
             str),
     Setting("GATEWAY_BRAND_NAME", "Zipteams Insights", "Name shown in the page header and titles.",
             lambda raw: raw.strip()[:60] or "Zipteams Insights"),

@@ -258,11 +258,22 @@ def test_a_reload_drops_no_request_keeps_the_instance_ready_and_folds_dead_worke
     server.stop()
 
 
-def test_the_metrics_directory_gunicorn_conf_made_is_removed_on_exit_even_after_a_reload(gunicorn):
+def test_the_metrics_directory_gunicorn_conf_made_is_removed_on_exit_even_after_a_reload(gunicorn, tmp_path):
     import signal
+    import stat
 
-    server = gunicorn(workers=1)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "metrics-999999999").mkdir(mode=0o700)  # a master killed before its on_exit: no such pid
+    alive = state / f"metrics-{os.getpid()}"  # another gateway's, still running (this process)
+    alive.mkdir(mode=0o700)
+    server = gunicorn(workers=1, GATEWAY_STATE_DIR=str(state))
     made = re.search(r"metrics directory (\S+) \(removed on exit\)", server.log.read_text()).group(1)
+    # In the gateway's private state directory, never the shared temporary one.
+    assert os.path.dirname(made) == str(state)
+    assert stat.S_IMODE(os.stat(made).st_mode) == 0o700
+    assert sorted(p.name for p in state.iterdir() if p.name.startswith("metrics-")) == sorted(
+        [os.path.basename(made), alive.name])
     server.proc.send_signal(signal.SIGHUP)  # gunicorn.conf.py is read again: no second directory
     deadline = time.monotonic() + 10
     while server.log.read_text().count("Booting worker") < 2 and time.monotonic() < deadline:

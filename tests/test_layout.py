@@ -99,7 +99,7 @@ def test_the_cycle_check_finds_a_cycle():
 # (the README's "How a request flows" shows the same table).
 LAYERS = (
     ("gateway.memo", "gateway.parsers", "gateway.redirects", "gateway.peers", "gateway.sim"),
-    ("gateway.config", "gateway.errors", "gateway.security"),
+    ("gateway.config", "gateway.errors", "gateway.security", "gateway.statedir"),
     ("gateway.ops", "gateway.shared"),
     ("gateway.identity", "gateway.tenancy"),
     ("gateway.tokens",),

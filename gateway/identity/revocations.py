@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Callable
 
+from gateway import statedir
 from gateway.errors import GatewayError
 from gateway.identity.hoststate import SqliteState, private_dir
 from gateway.ops import metrics
@@ -119,6 +120,6 @@ def init_app(app) -> None:
     backend = app.extensions["shared"]  # gateway.shared: the one Redis client, when there is one
     if backend is None:
         # Only without Redis: with it, the directory is neither made nor checked.
-        directory = private_dir(cfg["GATEWAY_STATE_DIR"] or app.instance_path)
+        directory = private_dir(statedir.state_dir(cfg["GATEWAY_STATE_DIR"]))
         backend = SqliteState(directory, clock=cfg.get("CLOCK", time.time))
     app.extensions["state"] = SecurityState(backend)
