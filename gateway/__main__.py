@@ -152,7 +152,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if partner:
             from gateway.sim.partner import partner_app
 
-            partner_app_slot["app"] = partner_app(gateway_url)
+            partner_app_slot["app"] = partner_app(ROOT / "examples" / "host", gateway_url)
             partner.start()
         # SIGTERM stops it as Ctrl+C does, so the state directory (session ids) goes either way;
         # set before the line below, which tells a caller the demo is up.
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--poll-ms", type=int, default=15000, help="how often the dashboard refreshes its data")
     sim.set_defaults(func=run_sim)
 
-    table = sub.add_parser("settings", help="print the settings table (Markdown) for the README")
+    table = sub.add_parser("settings", help="print the settings table (Markdown) for docs/settings.md")
     table.set_defaults(func=lambda _args: print(settings.markdown_table(), end="") or 0)
 
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ of threads. Three things still need seeing to, and this middleware does them:
 - Turns: gunicorn's gevent worker reads the next request of a kept-alive connection without
   yielding when it has already arrived (it has, under load), so without a yield one connection's
   greenlet kept the worker for request after request while the others' waited (a p99 several
-  times gthread's under wrk; README, "Production start"). So each request first gives way to the
+  times gthread's under wrk; docs/performance.md). So each request first gives way to the
   worker's other ready greenlets (``gevent.sleep(0)``, gevent's documented yield).
 
 The client's socket gets a per-operation timeout of ``GATEWAY_CLIENT_TIMEOUT`` too, so an answer

@@ -6,18 +6,17 @@ its own gateway's address in its place, from another site than the gateway's (``
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from werkzeug.wrappers import Request, Response
 
-from gateway import ROOT
-
-EXAMPLE_DIR = ROOT / "examples" / "host"
 EXAMPLE_GATEWAY = "https://insights.partner.example"
 FILES = {"/": ("index.html", "text/html"), "/insights.js": ("insights.js", "text/javascript")}
 
 
-def partner_app(gateway_url: str):
-    """A WSGI app serving the example host page with ``gateway_url`` as the gateway's address."""
-    pages = {path: ((EXAMPLE_DIR / name).read_text(encoding="utf-8").replace(EXAMPLE_GATEWAY, gateway_url), kind)
+def partner_app(example_dir: Path, gateway_url: str):
+    """A WSGI app serving the example host page in ``example_dir`` with ``gateway_url`` as the gateway's address."""
+    pages = {path: ((example_dir / name).read_text(encoding="utf-8").replace(EXAMPLE_GATEWAY, gateway_url), kind)
              for path, (name, kind) in FILES.items()}
 
     @Request.application
