@@ -80,6 +80,7 @@ def installed_unit(tmp_path: Path, env_file: Path) -> Path:
 
 @pytest.mark.skipif(not SYSTEMD_ANALYZE and os.environ.get("CI") != "true", reason="systemd-analyze not installed")
 def test_the_unit_passes_systemd_analyze_verify_without_a_warning(tmp_path):
+    assert SYSTEMD_ANALYZE, "systemd-analyze is missing (apt-get install systemd)"
     unit = installed_unit(tmp_path, ENV_EXAMPLE)
     done = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
