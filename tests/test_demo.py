@@ -81,7 +81,6 @@ def test_the_environment_the_demo_prints_makes_gateway_check_pass_against_its_st
     assert exports["ZIPTEAMS_API_URL"] == stand_in + "/api/v1"
     done = gateway_check(exports)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "token request for acme/sales-emea: ok" in done.stdout
     # The printed secret is what makes it pass: another one is refused by the stand-in.
     refused = gateway_check({**exports, "ZIPTEAMS_API_SECRET": "not-the-demo-" + "x" * 20})
     assert refused.returncode != 0
