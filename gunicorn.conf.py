@@ -35,7 +35,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 bind = f"0.0.0.0:{env_int('PORT', 8000)}"
 # gevent: slow clients hold greenlets (up to worker_connections each); gthread is for a
-# deployment behind a buffering front (deploy/nginx.conf). See the README, "Production start".
+# deployment behind a buffering front (deploy/nginx.conf). See docs/operations.md, "Production start".
 worker_class = worker_choice if worker_choice in ("gevent", "gthread") else "gevent"
 workers = env_int("WEB_CONCURRENCY", 2)
 # gthread: the threads; gevent: the app runs at most this many requests at once per worker

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
+import shlex
 import signal
 import sys
 import tempfile
@@ -43,11 +44,11 @@ def run_sim(args: argparse.Namespace) -> int:
 
 
 # What the demo decides whatever the environment says: its own stand-in's credentials and
-# URLs, the demo sign-in, cookies over plain HTTP on loopback, and one process, whose
-# rate budget toward the stand-in is therefore never split between workers.
+# URLs, the demo sign-in, and one process, whose rate budget toward the stand-in is therefore
+# never split between workers. Cookies are the environment's to decide (cross-site embedding
+# needs SameSite=None and Secure); without a word from it, plain HTTP on loopback.
 DEMO_OWNS = {
     "GATEWAY_AUTH_MODE": "demo",
-    "GATEWAY_COOKIE_SECURE": "false",
     "WEB_CONCURRENCY": "1",
 }
 # A user no rule names, so the "not linked to a team" page can be seen.
@@ -73,6 +74,14 @@ def demo_config(environment: dict[str, str], args: argparse.Namespace, sim_url: 
         config["GATEWAY_EMBED_MODE"] = args.mode
     if args.tenants:
         config["GATEWAY_TENANTS_FILE"] = str(args.tenants)
+    partner = getattr(args, "partner_origin", None)
+    if partner:  # the example partner page frames the gateway from another site
+        config.setdefault("GATEWAY_COOKIE_SAMESITE", "None")
+        ancestors = config.get("GATEWAY_FRAME_ANCESTORS", "'self'")
+        config["GATEWAY_FRAME_ANCESTORS"] = f"{ancestors} {partner}"
+    # Secure cookies need HTTPS, or http://localhost in browsers that treat it as secure (Chromium,
+    # Firefox): the default is Secure exactly when SameSite=None, which browsers refuse without it.
+    config.setdefault("GATEWAY_COOKIE_SECURE", "true" if config.get("GATEWAY_COOKIE_SAMESITE") == "None" else "false")
     config.update(DEMO_OWNS)
     config.update({
         "ZIPTEAMS_API_KEY": key,
@@ -83,6 +92,22 @@ def demo_config(environment: dict[str, str], args: argparse.Namespace, sim_url: 
         "DEMO_EXTRA_USERS": (DEMO_USER_WITHOUT_TEAM,),
     })
     return config
+
+
+def cli_environment(app, sim_url: str, key: str, secret: str) -> list[str]:
+    """Shell lines that point the admin CLI (``flask --app wsgi gateway check``) at the demo's stand-in.
+
+    The credentials are the stand-in's own, made for this run; the secret key is a fresh one (the
+    CLI signs nothing a browser sees). Printed to the terminal only, never logged."""
+    values = {
+        "ZIPTEAMS_API_URL": sim_url + "/api/v1",
+        "ZIPTEAMS_DASHBOARD_URL": sim_url + "/dashboard/",
+        "ZIPTEAMS_API_KEY": key,
+        "ZIPTEAMS_API_SECRET": secret,
+        "GATEWAY_SECRET_KEY": secrets.token_urlsafe(32),
+        "GATEWAY_TENANTS_FILE": str(app.config["GATEWAY_TENANTS_FILE"]),
+    }
+    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -99,6 +124,17 @@ def run_demo(args: argparse.Namespace) -> int:
               "choose another port with --sim-port, or --sim-port 0 for any free one", file=sys.stderr)
         return 1
     sim.start()
+    partner, partner_app_slot = None, {}
+    if args.partner_port is not None:
+        try:
+            partner = ServerThread(lambda environ, start: partner_app_slot["app"](environ, start),
+                                   "127.0.0.1", args.partner_port)
+        except OSError as exc:
+            sim.stop()
+            print(f"gateway: the partner page cannot listen on 127.0.0.1:{args.partner_port} "
+                  f"({exc.strerror or exc}); choose another port, or 0 for any free one", file=sys.stderr)
+            return 1
+        args.partner_origin = partner.url
     state_dir = tempfile.TemporaryDirectory(prefix="zipteams-demo-")
     try:
         config = demo_config(settings.environment_settings(), args, sim.url, key, secret,
@@ -111,12 +147,24 @@ def run_demo(args: argparse.Namespace) -> int:
         port = app.config["PORT"] if args.port is None else args.port
         server = ServerThread(app, args.host, port)
         mode = app.config["GATEWAY_EMBED_MODE"]
+        # Another site than the partner page's 127.0.0.1, and a secure context for Secure cookies.
+        gateway_url = f"http://localhost:{server.port}" if partner else server.url
+        if partner:
+            from gateway.sim.partner import partner_app
+
+            partner_app_slot["app"] = partner_app(ROOT / "examples" / "host", gateway_url)
+            partner.start()
         # SIGTERM stops it as Ctrl+C does, so the state directory (session ids) goes either way;
         # set before the line below, which tells a caller the demo is up.
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            print(f"Zipteams embed gateway demo ({mode} mode): open {server.url}/ in your browser.\n"
+            print(f"Zipteams embed gateway demo ({mode} mode): open {gateway_url}/ in your browser.\n"
                   f"Stand-in Zipteams at {sim.url}. Press Ctrl+C to stop.", flush=True)
+            if partner:
+                print(f"A partner's page framing the gateway from another site: open {partner.url}/", flush=True)
+            print("The admin CLI against this stand-in (its throwaway credentials), in another shell "
+                  f"in {ROOT}:", *(f"  {line}" for line in cli_environment(app, sim.url, key, secret)),
+                  "  flask --app wsgi gateway check", sep="\n", flush=True)
             server.serve_until_interrupted()
         except KeyboardInterrupt:
             pass  # between the line above and serving
@@ -124,6 +172,10 @@ def run_demo(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
     finally:
         sim.stop()
+        if partner and "app" in partner_app_slot:
+            partner.stop()
+        elif partner:  # bound, never served: shutdown() would wait for a loop that never ran
+            partner.server.server_close()
         state_dir.cleanup()
     return 0
 
@@ -142,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Run the gateway and a Zipteams stand-in together on this machine. Every other "
                     "setting (branding, embed mode, idle times, rate limits...) is read from the "
                     "environment as in production; the demo supplies the stand-in's credentials and "
-                    "URLs, its own sign-in page, cookies over plain HTTP and one process "
-                    "(WEB_CONCURRENCY=1).")
+                    "URLs, its own sign-in page and one process (WEB_CONCURRENCY=1), and prints the "
+                    "environment that points the admin CLI at its stand-in.")
     demo.add_argument("--host", default="127.0.0.1", help="address the gateway listens on (default: 127.0.0.1)")
     demo.add_argument("--port", type=_port, default=None,
                       help="port the gateway listens on (default: $PORT if set, else 8000)")
@@ -155,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="tenant rules (default: $GATEWAY_TENANTS_FILE if set, else tenants.example.toml)")
     demo.add_argument("--token-ttl", type=int, default=86400, metavar="SECONDS",
                       help="lifetime of the stand-in's tokens (default: 86400; 60 shows renewal)")
+    demo.add_argument("--partner-port", type=_port, default=None, metavar="PORT",
+                      help="also serve examples/host/ as a partner's page on http://127.0.0.1:PORT, framing "
+                           "the gateway at http://localhost (another site; 0: any free port)")
     demo.set_defaults(func=run_demo)
 
     sim = sub.add_parser("sim", help="run the Zipteams stand-in (token API and dashboard)")
@@ -168,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--poll-ms", type=int, default=15000, help="how often the dashboard refreshes its data")
     sim.set_defaults(func=run_sim)
 
-    table = sub.add_parser("settings", help="print the settings table (Markdown) for the README")
+    table = sub.add_parser("settings", help="print the settings table (Markdown) for docs/settings.md")
     table.set_defaults(func=lambda _args: print(settings.markdown_table(), end="") or 0)
 
     args = parser.parse_args(argv)

@@ -202,14 +202,14 @@ def test_without_redis_each_worker_s_share_is_the_budget_divided_by_the_workers_
     assert process_share(3, 4) == 1  # never a worker with none
 
 
-def test_the_readme_s_warm_up_example_is_what_check_prints_for_30_teams_at_the_defaults():
+def test_the_docs_warm_up_example_is_what_check_prints_for_30_teams_at_the_defaults():
     from gateway.admin.cli import warm_up_line
 
     cfg = {name: config.BY_NAME[name].parse(DEFAULT[name]) for name in
            ("GATEWAY_CACHE_URL", "WEB_CONCURRENCY", "ZIPTEAMS_MAX_RPM", "GATEWAY_BREAKER_COOLDOWN")}
     line = warm_up_line(cfg, 30)
     assert "ZIPTEAMS_MAX_RPM=160 (auto, from the rules) gives each worker 80 a minute of its own" in line
-    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    readme = " ".join((Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text().split())
     assert f"(`{line}`)" in readme
 
 

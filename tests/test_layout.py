@@ -1,4 +1,4 @@
-"""The package's shape, as the README's "How a request flows" promises it.
+"""The package's shape, as docs/architecture.md, "How a request flows", promises it.
 
 No import cycles (function-level imports count too), no module over 300 lines except
 ``config.py``, a docstring on every package, and one mechanism per job: one cache
@@ -96,7 +96,7 @@ def test_the_cycle_check_finds_a_cycle():
 
 
 # Lowest first. A module may import from its own layer or a lower one, never from a higher one
-# (the README's "How a request flows" shows the same table).
+# (docs/architecture.md, "How a request flows", shows the same table).
 LAYERS = (
     ("gateway.memo", "gateway.parsers", "gateway.redirects", "gateway.peers", "gateway.sim"),
     ("gateway.config", "gateway.errors", "gateway.security", "gateway.statedir"),
@@ -213,7 +213,7 @@ def test_one_jwt_library():
     assert grep(r"^\s*(from|import) (jose|python_jose|jwcrypto|authlib\.jose)\b") == []
     assert grep(r"^\s*(from|import) joserfc") == ["gateway/identity/idp.py:" + str(line) for line in
                                                      joserfc_import_lines()]
-    assert joserfc_import_lines(), "idp.py no longer imports joserfc.jwk: update this test and the README"
+    assert joserfc_import_lines(), "idp.py no longer imports joserfc.jwk: update this test and docs/architecture.md"
     assert in_files(grep(r"^\s*(from|import) jwt\b")) >= {"gateway/identity/assertions.py"}
     requirements = (ROOT / "requirements.txt").read_text().lower()
     assert "pyjwt" in requirements and "joserfc" not in requirements

@@ -176,7 +176,7 @@ def user_from_claims(claims: dict) -> User:
     except EmailNotVerified as exc:
         _refuse(LoginDenied, str(exc), email=normalize_email(claims.get("email") or "") or "-")
     except ClaimsRejected as exc:
-        _refuse(LoginFailed, f"{exc} (see the README's IdP recipes)" if exc.args[0].startswith("no ") else str(exc))
+        _refuse(LoginFailed, f"{exc} (see the IdP recipes in docs/sign-in.md)" if exc.args[0].startswith("no ") else str(exc))
     email = user.email
     groups_claim = cfg["OIDC_GROUPS_CLAIM"]
     if groups_overage(claims, groups_claim):

@@ -17,7 +17,7 @@ of threads. Three things still need seeing to, and this middleware does them:
 - Turns: gunicorn's gevent worker reads the next request of a kept-alive connection without
   yielding when it has already arrived (it has, under load), so without a yield one connection's
   greenlet kept the worker for request after request while the others' waited (a p99 several
-  times gthread's under wrk; README, "Production start"). So each request first waits for the
+  times gthread's under wrk; docs/performance.md). So each request first waits for the
   event loop's next turn (``gevent.sleep`` with a positive time; ``sleep(0)`` is not enough, see
   NEXT_TURN), by which time connections whose requests arrived meanwhile have been read.
 
