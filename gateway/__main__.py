@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import shlex
 import signal
@@ -11,6 +12,7 @@ import tempfile
 
 from gateway import ROOT
 from gateway import config as settings
+from gateway import statedir
 
 
 def _partner(value: str) -> tuple[str, str]:
@@ -118,6 +120,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
     key, secret = "demo-" + secrets.token_hex(6), secrets.token_urlsafe(24)
     try:
+        # The demo's sessions in a directory of its own inside the gateway's private one (never the
+        # shared temporary directory), removed when the demo stops.
+        parent = statedir.private_dir(statedir.state_dir(os.environ.get("GATEWAY_STATE_DIR", "")))
+    except settings.ConfigError as exc:
+        print(f"gateway: cannot start the demo: {exc}", file=sys.stderr)
+        return 3
+    state_dir = tempfile.TemporaryDirectory(prefix="demo-", dir=parent)
+    try:
         sim = ServerThread(create_sim_app({key: secret}, token_ttl=args.token_ttl), "127.0.0.1", args.sim_port)
     except OSError as exc:
         print(f"gateway: the stand-in cannot listen on 127.0.0.1:{args.sim_port} ({exc.strerror or exc}); "
@@ -135,10 +145,8 @@ def run_demo(args: argparse.Namespace) -> int:
                   f"({exc.strerror or exc}); choose another port, or 0 for any free one", file=sys.stderr)
             return 1
         args.partner_origin = partner.url
-    state_dir = tempfile.TemporaryDirectory(prefix="zipteams-demo-")
     try:
-        config = demo_config(settings.environment_settings(), args, sim.url, key, secret,
-                             state_dir.name)  # mkdtemp: 0700, a name nobody can guess
+        config = demo_config(settings.environment_settings(), args, sim.url, key, secret, state_dir.name)
         try:
             app = create_app(config)
         except (settings.ConfigError, RulesError) as exc:

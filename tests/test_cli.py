@@ -94,16 +94,18 @@ def test_demo_command_serves_a_working_login(processes):
 
 
 def test_a_demo_stopped_with_sigterm_removes_its_state_directory(processes, tmp_path):
-    """Its state directory holds signed-in users' session ids: not left behind in the temp directory."""
-    temp = tmp_path / "temp"
+    """Its state directory holds signed-in users' session ids: inside the gateway's private state
+    directory (never the shared temporary one), and not left behind."""
+    state, temp = tmp_path / "state", tmp_path / "temp"
     temp.mkdir(mode=0o700)
     proc, _ = run(["demo", "--port", str(free_port()), "--sim-port", "0"], r"in your browser",
-                  env={"TMPDIR": str(temp)})
+                  env={"TMPDIR": str(temp), "GATEWAY_STATE_DIR": str(state)})
     processes.append(proc)
-    assert [p.name for p in temp.iterdir() if p.name.startswith("zipteams-demo-")]
+    assert [p.name for p in state.iterdir() if p.name.startswith("demo-")]
+    assert list(temp.iterdir()) == []
     proc.terminate()
     assert proc.wait(timeout=10) == 0
-    assert not [p.name for p in temp.iterdir() if p.name.startswith("zipteams-demo-")]
+    assert not [p.name for p in state.iterdir() if p.name.startswith("demo-")]
 
 
 def test_demo_honours_the_environment_and_has_users_for_every_case(processes):
