@@ -298,7 +298,7 @@ def load(source: Mapping[str, str] | None = None) -> dict[str, Any]:
         try:
             check(config)
         except ConfigError as exc:
-            problems.append(str(exc))
+            problems.extend(getattr(exc, "problems", [str(exc)]))
         except KeyError:
             pass  # one of its settings is invalid: already named above
     if problems:
@@ -361,7 +361,7 @@ def _mode_needs(config: dict[str, Any]) -> None:
     missing = [f"{name} is required when GATEWAY_AUTH_MODE={mode}: {BY_NAME[name].help}"
                for name in need if not config[name]]
     if missing:
-        raise ConfigError("; ".join(missing))
+        raise ConfigProblems(missing)
 
 
 def _oidc(config: dict[str, Any]) -> None:
