@@ -243,6 +243,10 @@ SETTINGS: tuple[Setting, ...] = (
             lambda raw: 0 if raw.strip().lower() == "auto" else parse_positive_int(raw)),
     Setting("GATEWAY_DOWNLOADS_PER_USER", "2",
             "Long dashboard answers one user may have streaming at once, per worker.", parse_positive_int),
+    Setting("GATEWAY_STARTUP_CHECK", "true",
+            "Run the network checks of flask --app wsgi gateway check once at start-up (in gunicorn's master, "
+            "before the workers start; a few seconds at most) and log a WARNING per failure; start-up goes on "
+            "either way. Costs one token request per start.", parse_bool),
     Setting("GATEWAY_DEBUG", "false",
             "Development only: allows the demo login. Never set it in production.", parse_bool),
 )

@@ -1,7 +1,8 @@
 """``gateway check`` as a preflight of the whole path, the CLI without settings, and the start-up check."""
 import json
-import os
+import logging
 import re
+import socket
 import subprocess
 import sys
 
@@ -89,7 +90,7 @@ def test_an_api_url_without_api_v1_names_the_setting_the_url_tried_and_the_fix(s
     assert result.returncode == 1
     [line] = failures(result, "token request for acme/sales-emea")
     assert "FAILED (zipteams_unexpected_status): ZIPTEAMS_API_URL:" in line
-    assert f"answered with undocumented status 404" in line
+    assert "answered with undocumented status 404" in line
     assert f"(tried {unwatched_sim.url}/partner/dashboard/auth/token)" in line
     assert "fix: ZIPTEAMS_API_URL is the API's base URL, ending in /api/v1" in line
     assert f"try {unwatched_sim.url}/api/v1" in line
@@ -283,7 +284,8 @@ def test_a_failed_sanity_check_fails_gateway_check(sim):
 def test_start_up_logs_a_warning_naming_a_wrong_dashboard_url_and_still_serves(gunicorn, sim):
     import requests
 
-    server = gunicorn(workers=1, ZIPTEAMS_DASHBOARD_URL=sim.url + "/insights/", GATEWAY_LOG_FORMAT="text")
+    server = gunicorn(workers=1, ZIPTEAMS_DASHBOARD_URL=sim.url + "/insights/", GATEWAY_LOG_FORMAT="text",
+                      GATEWAY_STARTUP_CHECK="true")
     assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
     log = server.log.read_text()
     [line] = [x for x in log.splitlines() if "start-up check: dashboard: FAILED" in x]
@@ -294,9 +296,66 @@ def test_start_up_logs_a_warning_naming_a_wrong_dashboard_url_and_still_serves(g
 
 
 def test_a_good_start_up_check_is_one_info_line(gunicorn, sim):
-    server = gunicorn(workers=1, GATEWAY_LOG_FORMAT="text")
+    server = gunicorn(workers=1, GATEWAY_LOG_FORMAT="text", GATEWAY_STARTUP_CHECK="true")
     log = server.log.read_text()
     assert "FAILED" not in log and re.search(r"start-up check: (\d+) of \1 passed", log)
+    assert sim.stats()["token_requests"] == 1  # the check's one, in the master before the fork
+
+
+def test_the_start_up_check_can_be_turned_off(gunicorn, sim):
+    server = gunicorn(workers=1, GATEWAY_LOG_FORMAT="text", GATEWAY_STARTUP_CHECK="false")
+    assert "start-up check" not in server.log.read_text() and sim.stats()["token_requests"] == 0
+
+
+def test_the_start_up_check_is_on_by_default():
+    assert config.load(REQUIRED)["GATEWAY_STARTUP_CHECK"] is True
+
+
+@pytest.fixture
+def silent_port():
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield listener.getsockname()[1]
+
+
+def test_a_silent_zipteams_delays_start_up_by_its_timeout_only(gunicorn, sim, silent_port):
+    url = f"http://127.0.0.1:{silent_port}/api/v1"
+    server = gunicorn(workers=1, ZIPTEAMS_API_URL=url, ZIPTEAMS_TIMEOUT="1", GATEWAY_LOG_FORMAT="text",
+                      GATEWAY_STARTUP_CHECK="true")
+    log = server.log.read_text()
+    [line] = [x for x in log.splitlines() if "start-up check: token request" in x]
+    assert (f"FAILED (zipteams_timeout): ZIPTEAMS_API_URL: no answer from {url}/partner/dashboard/auth/token "
+            "within 1s") in line and "WARNING" in line
+    took = float(re.search(r"start-up check: \d+ of \d+ passed in ([\d.]+) s", log).group(1))
+    assert 1 <= took < 2.5
+
+
+def test_a_start_up_check_that_breaks_is_one_warning_and_nothing_more(make_app, caplog):
+    from gateway.admin.preflight import check_at_start
+
+    class Broken:
+        def current(self):
+            raise RuntimeError("rules unreadable")
+
+    app = make_app()
+    app.extensions["rules"] = Broken()
+    with caplog.at_level(logging.INFO, logger="gateway.admin.preflight"):
+        check_at_start(app)
+    assert [r.getMessage() for r in caplog.records if r.name == "gateway.admin.preflight"] == [
+        "start-up check could not run (RuntimeError): run flask --app wsgi gateway check"]
+
+
+def test_the_start_up_check_in_process_logs_one_info_line_when_all_pass(make_app, sim, caplog):
+    from gateway.admin.preflight import check_at_start
+
+    app = make_app()
+    with caplog.at_level(logging.INFO, logger="gateway.admin.preflight"):
+        check_at_start(app)
+    [line] = [r for r in caplog.records if r.name == "gateway.admin.preflight"]
+    assert line.levelname == "INFO" and re.fullmatch(r"start-up check: 3 of 3 passed in [\d.]+ s", line.getMessage())
+    assert sim.stats()["token_requests"] == 1
 
 
 def test_create_app_for_tests_makes_no_start_up_requests(make_app, sim):

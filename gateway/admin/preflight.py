@@ -258,6 +258,8 @@ def check_at_start(app) -> None:
     cfg = getattr(app, "config", {})
     if "ZIPTEAMS_API_URL" not in cfg or "rules" not in getattr(app, "extensions", {}):
         return  # not the gateway (a benchmark's bare app)
+    if not cfg["GATEWAY_STARTUP_CHECK"]:
+        return
     started = time.monotonic()
     try:
         rules = app.extensions["rules"].current()
