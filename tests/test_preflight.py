@@ -193,6 +193,24 @@ def test_the_assertion_jwks_is_fetched_and_must_hold_keys(sim, keys):
     assert f"GATEWAY_ASSERTION_JWKS_URL: connection failed (ConnectionError) (tried {wrong})" in line
 
 
+def test_the_hand_off_jwks_is_fetched_in_jwt_mode(sim, keys):
+    env = dict(GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_AUDIENCE="gateway", GATEWAY_HANDOFF_ISSUER="app")
+    good = flask_cli(sim, "check", GATEWAY_HANDOFF_JWKS_URL=keys.url, **env)
+    assert good.returncode == 0, good.stderr
+    assert f"hand-off JWKS: ok (2 keys at {keys.url})" in good.stdout
+    wrong = f"http://127.0.0.1:{free_port()}/jwks.json"
+    bad = flask_cli(sim, "check", GATEWAY_HANDOFF_JWKS_URL=wrong, **env)
+    assert bad.returncode == 1 and failures(bad, "hand-off JWKS")[0].startswith(
+        "hand-off JWKS: FAILED: GATEWAY_HANDOFF_JWKS_URL: connection failed")
+
+
+def test_iframe_mode_checks_the_dashboard_page_the_browser_would_load(sim):
+    result = flask_cli(sim, "check", GATEWAY_EMBED_MODE="iframe", GATEWAY_PROXY_TOKEN_IN="header:Authorization")
+    assert result.returncode == 0, result.stderr
+    [seen] = [r for r in sim.requests() if r["path"] == "/dashboard/"]
+    assert seen["query"].startswith("token=")  # as the iframe's src carries it
+
+
 @pytest.fixture
 def fake_idp(keys):
     """Discovery and JWKS only: what the check reads (sign-ins are test_oidc_interop's)."""
@@ -228,7 +246,8 @@ def test_oidc_discovery_jwks_and_client_method_are_checked(sim, fake_idp):
     mismatch = flask_cli(sim, "check", **oidc_env(fake_idp.url))
     assert mismatch.returncode == 1
     assert ("IdP client authentication: MISMATCH: OIDC_CLIENT_AUTH_METHOD=client_secret_basic is not in the IdP's "
-            "token_endpoint_auth_methods_supported (private_key_jwt)") in mismatch.stderr
+            f"token_endpoint_auth_methods_supported (private_key_jwt) (tried {fake_idp.url}/.well-known/"
+            "openid-configuration); fix: set OIDC_CLIENT_AUTH_METHOD") in mismatch.stderr
     assert "client-secret-never-shown" not in mismatch.stdout + mismatch.stderr
 
 

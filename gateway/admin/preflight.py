@@ -104,8 +104,10 @@ def dashboard(app, found_token: zipteams.DashboardToken, timeout: float) -> Find
 
     cfg = app.config
     base = cfg["ZIPTEAMS_DASHBOARD_URL"]
-    proxy = DashboardProxy(base, timeout=timeout, max_body=cfg["GATEWAY_PROXY_MAX_BODY"],
-                           token_in=cfg["GATEWAY_PROXY_TOKEN_IN"], pool_size=1)
+    # iframe mode: the browser asks for the same page with the token in ?token= (gateway.delivery.embed).
+    token_in = cfg["GATEWAY_PROXY_TOKEN_IN"] if cfg["GATEWAY_EMBED_MODE"] == "proxy" else "query:token"
+    proxy = DashboardProxy(base, timeout=timeout, max_body=cfg["GATEWAY_PROXY_MAX_BODY"], token_in=token_in,
+                           pool_size=1)
     what = "dashboard"
     try:
         # A request of our own making, as a browser's first visit to /dashboard/ would be.
@@ -204,7 +206,7 @@ def idp(cfg, timeout: float) -> list[Finding]:
     found = []
     problem = auth_method_problem(meta, cfg["OIDC_CLIENT_AUTH_METHOD"])
     if problem:
-        found.append(Finding("IdP client authentication", False, problem, label="MISMATCH",
+        found.append(Finding("IdP client authentication", False, problem, label="MISMATCH", url=url,
                              fix="set OIDC_CLIENT_AUTH_METHOD to a method the IdP offers and register the client "
                                  "with it"))
     else:
