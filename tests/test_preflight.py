@@ -51,6 +51,15 @@ def test_one_check_run_lists_every_missing_and_invalid_setting_without_echoing_s
     assert "short-but-secret" not in result.stderr + result.stdout and API_SECRET not in result.stderr
 
 
+def test_the_tenants_file_is_checked_in_the_same_run_as_the_settings(tmp_path):
+    bad = tmp_path / "tenants.toml"
+    bad.write_text('[[subtenant]]\ntenant = "t"\nid = "s"\nname = "n"\nemails = ["nope"]\n')
+    result = bare_flask("check", env={"GATEWAY_TENANTS_FILE": str(bad)})
+    assert result.returncode == 3
+    assert result.stderr.startswith("settings: 3 problems")
+    assert result.stderr.splitlines()[-1].startswith("tenants file: ") and "'emails' entry 'nope'" in result.stderr
+
+
 def test_every_command_refuses_with_exit_3_and_the_problems_when_settings_are_missing():
     for command in (["tenants"], ["explain", "a@b.example"]):
         result = bare_flask(*command)

@@ -187,7 +187,24 @@ def _configured() -> None:
                "else can be checked:", err=True)
     for line in problems:
         click.echo(f"  {line}", err=True)
+    tenants = current_app.extensions.get("unconfigured_tenants")
+    if tenants:
+        click.echo(f"tenants file: {tenants}", err=True)
     sys.exit(3)
+
+
+def _tenants_problem() -> str | None:
+    """The tenants file's own problem, when its setting is fine but others are not: in the same run."""
+    from gateway.config import ConfigError, value
+    from gateway.tenancy.rules import load_rules
+
+    try:
+        load_rules(value("GATEWAY_TENANTS_FILE"))
+    except ConfigError:
+        return None  # the setting itself is missing or invalid: named with the settings
+    except RulesError as exc:
+        return str(exc)
+    return None
 
 
 def unconfigured_app(problem: Exception) -> Flask:
@@ -195,6 +212,7 @@ def unconfigured_app(problem: Exception) -> Flask:
     every command lists the problems and exits 3, and it serves nothing (503)."""
     app = Flask("gateway")
     app.extensions["unconfigured"] = problem
+    app.extensions["unconfigured_tenants"] = None if isinstance(problem, RulesError) else _tenants_problem()
     app.before_request(lambda: abort(503))
     init_app(app)
     return app
