@@ -87,6 +87,24 @@ def _remove_left_behind(state):
                 pass  # a running process of another user: not ours to judge
 
 
+def when_ready(server):
+    """The preflight's network checks, once, as WARNING lines (gateway/admin/preflight.py).
+
+    Here in the master, after the app was preloaded and before any worker is forked: every
+    check has finished and closed its connections when this returns, so no worker inherits
+    a half-done request. Start-up goes on whatever they find.
+    """
+    if server.cfg.preload_app:  # otherwise the master has no app, and must not load one
+        from gateway.admin.preflight import check_at_start
+        from gateway.ops import logs
+
+        check_at_start(server.app.wsgi())
+        # Its lines written out now: a line still queued at the fork would be written again by
+        # the worker's copy of this process's writer.
+        logs.stop_writer()
+        logs.start_writer()
+
+
 def post_fork(server, worker):
     # The app was loaded in the master: this worker needs a log writer thread of its own.
     from gateway.ops import logs

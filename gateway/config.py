@@ -244,6 +244,10 @@ SETTINGS: tuple[Setting, ...] = (
             lambda raw: 0 if raw.strip().lower() == "auto" else parse_positive_int(raw)),
     Setting("GATEWAY_DOWNLOADS_PER_USER", "2",
             "Long dashboard answers one user may have streaming at once, per worker.", parse_positive_int),
+    Setting("GATEWAY_STARTUP_CHECK", "true",
+            "Run the network checks of flask --app wsgi gateway check once at start-up (in gunicorn's master, "
+            "before the workers start; a few seconds at most) and log a WARNING per failure; start-up goes on "
+            "either way. Costs one token request per start.", parse_bool),
     Setting("GATEWAY_DEBUG", "false",
             "Development only: allows the demo login. Never set it in production.", parse_bool),
 )
@@ -271,14 +275,39 @@ def _raw_value(setting: Setting, source: Mapping[str, str]) -> str | None:
     return value
 
 
+class ConfigProblems(ConfigError):
+    """Every setting problem found in one pass; ``problems`` lists them, the message joins them on one line."""
+
+    def __init__(self, problems: list[str]):
+        # One line: a problem's own closing full stop would sit before the "; ".
+        super().__init__(problems[0] if len(problems) == 1 else "; ".join(p.rstrip(".") for p in problems))
+        self.problems = list(problems)
+
+
 def load(source: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Parse every setting from ``source`` (default: the process environment)."""
+    """Parse every setting from ``source`` (default: the process environment).
+
+    Raises ``ConfigProblems`` naming every missing or invalid setting at once, so a
+    deployer fixes them in one round instead of one per start.
+    """
     source = os.environ if source is None else source
-    for old_name, instead in REPLACED.items():
-        if source.get(old_name):  # set for a reason: silently ignoring it would move state elsewhere
-            raise ConfigError(f"{old_name} is no longer read: {instead}")
-    config = {setting.name: _parsed(setting, source) for setting in SETTINGS}
-    _check_together(config)
+    problems = [f"{old_name} is no longer read: {instead}"
+                for old_name, instead in REPLACED.items() if source.get(old_name)]
+    config: dict[str, Any] = {}
+    for setting in SETTINGS:
+        try:
+            config[setting.name] = _parsed(setting, source)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    for check in _TOGETHER:
+        try:
+            check(config)
+        except ConfigError as exc:
+            problems.extend(getattr(exc, "problems", [str(exc)]))
+        except KeyError:
+            pass  # one of its settings is invalid: already named above
+    if problems:
+        raise ConfigProblems(problems)
     return config
 
 
@@ -320,11 +349,13 @@ def environment_settings(source: Mapping[str, str] | None = None) -> dict[str, s
     return {name: source[name] for name in names if name in source}
 
 
-def _check_together(config: dict[str, Any]) -> None:
-    """Settings that only make sense in combination."""
+def _body_buffer(config: dict[str, Any]) -> None:
     if config["GATEWAY_BODY_BUFFER"] < config["GATEWAY_PROXY_MAX_BODY"]:
         raise ConfigError(f"GATEWAY_BODY_BUFFER ({config['GATEWAY_BODY_BUFFER']}) must be at least "
                           f"GATEWAY_PROXY_MAX_BODY ({config['GATEWAY_PROXY_MAX_BODY']}), or no upload could be accepted")
+
+
+def _mode_needs(config: dict[str, Any]) -> None:
     mode = config["GATEWAY_AUTH_MODE"]
     need = {
         "oidc": ("OIDC_ISSUER", "OIDC_CLIENT_ID", "GATEWAY_PUBLIC_URL",
@@ -332,26 +363,48 @@ def _check_together(config: dict[str, Any]) -> None:
                  else "OIDC_CLIENT_SECRET"),
         "jwt": ("GATEWAY_HANDOFF_AUDIENCE", "GATEWAY_HANDOFF_ISSUER"),
     }.get(mode, ())
-    for name in need:
-        if not config[name]:
-            raise ConfigError(f"{name} is required when GATEWAY_AUTH_MODE={mode}: {BY_NAME[name].help}")
-    if mode == "oidc" and "openid" not in config["OIDC_SCOPES"].split():
+    missing = [f"{name} is required when GATEWAY_AUTH_MODE={mode}: {BY_NAME[name].help}"
+               for name in need if not config[name]]
+    if missing:
+        raise ConfigProblems(missing)
+
+
+def _oidc(config: dict[str, Any]) -> None:
+    if config["GATEWAY_AUTH_MODE"] == "oidc" and "openid" not in config["OIDC_SCOPES"].split():
         raise ConfigError("OIDC_SCOPES must include openid")
-    if mode == "oidc" and config["OIDC_CLIENT_AUTH_METHOD"] == "private_key_jwt":
+    if (config["GATEWAY_AUTH_MODE"] == "oidc" and config["OIDC_CLIENT_AUTH_METHOD"] == "private_key_jwt"
+            and config["OIDC_CLIENT_KEY_FILE"]):
         _check_private_key(config["OIDC_CLIENT_KEY_FILE"])
-    if mode == "jwt" and bool(config["GATEWAY_HANDOFF_SECRET"]) == bool(config["GATEWAY_HANDOFF_JWKS_URL"]):
+
+
+def _handoff(config: dict[str, Any]) -> None:
+    if config["GATEWAY_AUTH_MODE"] == "jwt" and (
+            bool(config["GATEWAY_HANDOFF_SECRET"]) == bool(config["GATEWAY_HANDOFF_JWKS_URL"])):
         raise ConfigError("GATEWAY_AUTH_MODE=jwt needs exactly one of GATEWAY_HANDOFF_SECRET (HS256) "
                           "or GATEWAY_HANDOFF_JWKS_URL (RS256/ES256)")
+
+
+def _assertion(config: dict[str, Any]) -> None:
     if config["GATEWAY_ASSERTION_HEADER"] and not config["GATEWAY_ASSERTION_JWKS_URL"]:
         raise ConfigError("GATEWAY_ASSERTION_HEADER needs GATEWAY_ASSERTION_JWKS_URL to verify it")
     if config["GATEWAY_ASSERTION_HEADER"] and not (config["GATEWAY_ASSERTION_AUDIENCE"]
                                                    and config["GATEWAY_ASSERTION_ISSUER"]):
         raise ConfigError("GATEWAY_ASSERTION_HEADER needs GATEWAY_ASSERTION_AUDIENCE and "
                           "GATEWAY_ASSERTION_ISSUER: an assertion meant for another app must not count")
+
+
+def _cookie(config: dict[str, Any]) -> None:
     if config["GATEWAY_COOKIE_SAMESITE"] == "None" and not config["GATEWAY_COOKIE_SECURE"]:
         raise ConfigError("GATEWAY_COOKIE_SAMESITE=None needs GATEWAY_COOKIE_SECURE=true (browsers require it)")
+
+
+def _session(config: dict[str, Any]) -> None:
     if config["GATEWAY_SESSION_IDLE"] > config["GATEWAY_SESSION_MAX"]:
         raise ConfigError("GATEWAY_SESSION_IDLE must not be longer than GATEWAY_SESSION_MAX")
+
+
+# Settings that only make sense in combination; each runs only when its own settings are valid.
+_TOGETHER = (_body_buffer, _mode_needs, _oidc, _handoff, _assertion, _cookie, _session)
 
 
 def _check_private_key(path: str) -> None:

@@ -131,6 +131,22 @@ class Shared:
     def ping(self) -> bool:
         return bool(self.call("ping", self._redis.ping, False))
 
+    def round_trip(self) -> None:
+        """Write, read back and delete a probe key in our namespace, then close the connections
+        (``gateway check`` and the start-up check, which runs before gunicorn forks).
+        Raises ``StoreUnavailable`` saying what failed; never the password."""
+        key = f"{self._ns}probe:{secrets.token_hex(8)}"
+        try:
+            self._redis.set(key, b"1", px=10000)
+            back = self._redis.get(key)
+            self._redis.delete(key)
+        except self._errors as exc:
+            raise StoreUnavailable(f"{type(exc).__name__} from {self._where}") from None
+        finally:
+            self._redis.connection_pool.disconnect()
+        if back != b"1":
+            raise StoreUnavailable(f"a probe key written to {self._where} did not read back")
+
     # ------------------------------------------------------------ tokens
     def _token_key(self, tenant: str, subtenant: str) -> str:
         return f"{self._ns}token:{tenant}/{subtenant}"
@@ -240,5 +256,10 @@ def init_app(app) -> None:
     """The instance's one client, or None with ``GATEWAY_CACHE_URL=memory://``."""
     cfg = app.config
     app.extensions["shared"] = None if cfg["GATEWAY_CACHE_URL"] == "memory://" else Shared(
-        cfg["GATEWAY_CACHE_URL"], cfg["GATEWAY_SECRET_KEY"],
-        namespace=cfg["ZIPTEAMS_API_URL"] + "|" + cfg["ZIPTEAMS_API_KEY"], clock=cfg.get("CLOCK", time.time))
+        cfg["GATEWAY_CACHE_URL"], cfg["GATEWAY_SECRET_KEY"], namespace=namespace(cfg),
+        clock=cfg.get("CLOCK", time.time))
+
+
+def namespace(cfg) -> str:
+    """What a partner's keys are scoped by: its API URL and key (hashed into the prefix)."""
+    return cfg["ZIPTEAMS_API_URL"] + "|" + cfg["ZIPTEAMS_API_KEY"]

@@ -629,9 +629,10 @@ class Gunicorn:
 
 def start_gunicorn(env: dict, log: Path, *, workers: int = 2, threads: int = 8,
                    app: str = "wsgi:app", timeout: float = 30, worker_class: str | None = None) -> Gunicorn:
-    # No drain delay unless a test asks for one: every test's server stops at its end.
+    # No drain delay unless a test asks for one: every test's server stops at its end. No start-up
+    # check either (test_preflight.py asks for it): its token request would count in every test's numbers.
     full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
-                "PYTHONPATH": str(ROOT), "GATEWAY_DRAIN_DELAY": "0", **env,
+                "PYTHONPATH": str(ROOT), "GATEWAY_DRAIN_DELAY": "0", "GATEWAY_STARTUP_CHECK": "false", **env,
                 # The app sizes per-worker shares from these, as in production.
                 "WEB_CONCURRENCY": str(workers), "GATEWAY_THREADS": str(threads)}
     out = open(log, "wb")

@@ -169,6 +169,35 @@ def test_wsgi_refuses_to_start_with_one_line_when_a_setting_is_missing():
         "Partner API key from Zipteams onboarding."]
 
 
+def test_wsgi_refuses_with_one_line_that_lists_every_problem():
+    env = {k: v for k, v in REQUIRED.items() if k not in ("ZIPTEAMS_API_KEY", "GATEWAY_TENANTS_FILE")}
+    result = _start({**env, "ZIPTEAMS_TIMEOUT": "soon", "GATEWAY_SECRET_KEY": "short-but-secret",
+                     "GATEWAY_SESSION_IDLE": "99999"})
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        "gateway: cannot start: ZIPTEAMS_API_KEY (or ZIPTEAMS_API_KEY_FILE) is required: Partner API key from "
+        "Zipteams onboarding; ZIPTEAMS_TIMEOUT 'soon' is invalid: could not convert string to float: 'soon'; "
+        "GATEWAY_SECRET_KEY is invalid: must be at least 32 characters long; GATEWAY_TENANTS_FILE is required: "
+        "Path of the TOML file with the subtenant rules; GATEWAY_SESSION_IDLE must not be longer than "
+        "GATEWAY_SESSION_MAX"]
+    assert "short-but-secret" not in result.stderr
+
+
+def test_every_problem_is_collected_and_a_combination_check_waits_for_its_own_settings():
+    with pytest.raises(config.ConfigProblems) as info:
+        config.load({"GATEWAY_AUTH_MODE": "oidc", "GATEWAY_BODY_BUFFER": "x", "GATEWAY_STATE_DB": "/x"})
+    problems = info.value.problems
+    assert problems[0].startswith("GATEWAY_STATE_DB is no longer read")
+    assert [p.split()[0] for p in problems[1:5]] == ["ZIPTEAMS_API_KEY", "ZIPTEAMS_API_SECRET",
+                                                     "GATEWAY_SECRET_KEY", "GATEWAY_TENANTS_FILE"]
+    assert any(p.startswith("GATEWAY_BODY_BUFFER 'x' is invalid") for p in problems)
+    # The buffer's own comparison is not made with an invalid buffer; oidc's needs are all named.
+    assert not any("must be at least GATEWAY_PROXY_MAX_BODY" in p for p in problems)
+    for name in ("OIDC_ISSUER", "OIDC_CLIENT_ID", "GATEWAY_PUBLIC_URL", "OIDC_CLIENT_SECRET"):
+        assert any(p.startswith(f"{name} is required when GATEWAY_AUTH_MODE=oidc") for p in problems), name
+    assert str(info.value) == "; ".join(p.rstrip(".") for p in problems) and "\n" not in str(info.value)
+
+
 def test_wsgi_names_the_bad_table_of_an_invalid_tenants_file(tmp_path):
     bad = tmp_path / "tenants.toml"
     bad.write_text('[[subtenant]]\ntenant = "t"\nid = "s"\nname = "n"\nemails = ["nope"]\n')

@@ -319,8 +319,10 @@ def test_sign_out_continues_to_a_cross_origin_logout_url(browser, live_gateway):
 
 # ------------------------------------------------------------------ the command line
 def _oidc_env(idp, **extra):
+    # PUBLIC is plain HTTP on a host that is not loopback: the check fails a Secure cookie there.
     return dict(GATEWAY_AUTH_MODE="oidc", OIDC_ISSUER=idp.issuer, OIDC_CLIENT_ID="gateway",
-                OIDC_CLIENT_SECRET=SECRET, GATEWAY_PUBLIC_URL=PUBLIC, AUTHLIB_INSECURE_TRANSPORT="1", **extra)
+                OIDC_CLIENT_SECRET=SECRET, GATEWAY_PUBLIC_URL=PUBLIC, AUTHLIB_INSECURE_TRANSPORT="1",
+                GATEWAY_COOKIE_SECURE="false", **extra)
 
 
 def test_check_reports_the_idp_and_a_client_authentication_mismatch_in_one_line(sim, idp, tmp_path):

@@ -210,7 +210,11 @@ def test_cli_check_fails_with_exit_1_when_zipteams_refuses(sim):
 def test_cli_check_exit_3_on_invalid_settings(sim):
     result = flask_cli(sim, "check", ZIPTEAMS_TIMEOUT="-1")
     assert result.returncode == 3
-    assert result.stderr.strip().splitlines()[-1].startswith("gateway: cannot start: ZIPTEAMS_TIMEOUT")
+    # The CLI lists the problems one per line (test_preflight.py: all of them in one run).
+    assert result.stderr.strip().splitlines() == [
+        "settings: 1 problem, to fix before anything else can be checked:",
+        "  ZIPTEAMS_TIMEOUT '-1' is invalid: must be a number greater than 0"]
+    assert sim.stats()["token_requests"] == 0
 
 
 def test_cli_check_unknown_subtenant_is_usage_error(sim):

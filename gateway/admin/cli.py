@@ -1,10 +1,11 @@
 """Admin commands: ``flask --app wsgi gateway check | explain | tenants``.
 
-Exit codes a script can trust: 0 all good; 1 the check failed (Zipteams
-refused or failed, or the user would see no dashboard); 2 wrong usage (click's
-own); 3 settings or tenants file invalid (raised while loading ``wsgi``).
-Nothing here prints a secret or a token: tokens appear as their claims,
-expiry and fingerprint.
+Exit codes a script can trust (``check``'s in full in ``gateway.admin.preflight``):
+0 all good; 1 a check failed (Zipteams, the dashboard, the IdP, a JWKS or Redis, or
+a public URL or framing setting that would fail users); 2 wrong usage (click's
+own); 3 settings or tenants file invalid, every problem listed in one run.
+``--help`` works without any settings (``unconfigured_app``). Nothing here prints
+a secret or a token: tokens appear as their claims, expiry and fingerprint.
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import sys
 
 import click
 import jwt
-from flask import Flask, current_app
+from flask import Flask, abort, current_app
 from flask.cli import AppGroup
 
 from gateway.config import redact_url
+from gateway.tenancy.rules import RulesError
 from gateway.tokens.client import ZipteamsError
+from gateway.tokens.protection import CONFIG_HINTS
 
 gateway_cli = AppGroup("gateway", help="Check the configuration and explain the tenant rules.")
 
@@ -31,6 +34,7 @@ def _rules():
 @gateway_cli.command("tenants")
 def tenants_command():
     """List the subtenant rules in force."""
+    _configured()
     rules = _rules()
     click.echo(f"{len(rules)} subtenant rules from {current_app.config['GATEWAY_TENANTS_FILE']}")
     for s in rules.subtenants:
@@ -50,6 +54,7 @@ def explain_command(email: str | None, groups: str, claims_file):
     """Which rules match EMAIL (and groups), and what that user would see."""
     from gateway.tenancy.rules import normalize_email
 
+    _configured()
     group_list = tuple(g.strip() for g in groups.split(",") if g.strip())
     if claims_file is not None:
         email, group_list = _from_claims(json.load(claims_file))
@@ -95,58 +100,122 @@ def _from_claims(claims: dict) -> tuple[str, tuple[str, ...]]:
               help="Request a token for every subtenant in the rules (one request each) and report "
                    "each one's configuration errors.")
 def check_command(key: str | None, every: bool):
-    """Validate every setting and the tenants file, then make one real token request."""
+    """Preflight of the whole path: settings, tenants file, Zipteams, the dashboard, the IdP, Redis.
+
+    Exit 0: all passed; 1: a check failed (each failure names the setting, the URL tried and
+    the fix); 2: wrong usage; 3: settings or tenants file invalid (every problem listed).
+    """
+    from gateway.admin import preflight, sanity
+
+    _configured()
     cfg = current_app.config
     rules = _rules()
-    click.echo(f"settings: ok (auth mode {cfg['GATEWAY_AUTH_MODE']}, embed mode {cfg['GATEWAY_EMBED_MODE']}, "
-               f"cache {redact_url(cfg['GATEWAY_CACHE_URL'])})")
-    click.echo(f"tenants file: ok ({len(rules)} subtenant rules)")
-    click.echo(warm_up_line(cfg, len(rules)))
-    if cfg["GATEWAY_AUTH_MODE"] == "oidc":
-        _check_idp(cfg)
-    shared = current_app.extensions["shared"]
-    if shared is not None:
-        click.echo("shared cache: " + ("reachable" if shared.ping() else "UNREACHABLE (the gateway would "
-                                                                          "still serve, per process)"))
-    if every:
-        _check_every_subtenant(rules)
-        return
     subtenant = rules.get(key) if key else rules.subtenants[0]
     if subtenant is None:
         click.echo(f"no rule for subtenant {key!r}; known: {', '.join(s.key for s in rules.subtenants)}", err=True)
         sys.exit(2)
-    try:
-        token = current_app.extensions["zipteams"].fetch_token(subtenant.tenant, subtenant.id)
-    except ZipteamsError as exc:
-        click.echo(f"token request for {subtenant.key}: FAILED ({exc.code}): {exc.detail}", err=True)
+    click.echo(f"settings: ok (auth mode {cfg['GATEWAY_AUTH_MODE']}, embed mode {cfg['GATEWAY_EMBED_MODE']}, "
+               f"cache {redact_url(cfg['GATEWAY_CACHE_URL'])})")
+    click.echo(f"tenants file: ok ({len(rules)} subtenant rules)")
+    click.echo(warm_up_line(cfg, len(rules)))
+    app = current_app._get_current_object()  # the checks run side by side in threads of their own
+    found, token = preflight.network(app, subtenant, cfg["ZIPTEAMS_TIMEOUT"], zipteams_too=not every)
+    failed = _report(sanity.findings(cfg))
+    if every:
+        failed += _report(found)
+        token, failed_tokens = _check_every_subtenant(rules)
+        failed += failed_tokens
+        if token is not None:
+            failed += _report([preflight.dashboard(app, token, cfg["ZIPTEAMS_TIMEOUT"])])
+    else:
+        failed += _report(found[:1])  # the token request, with what the token says right under it
+        if token is not None:
+            _describe(token)
+        failed += _report(found[1:])
+    if failed:
+        click.echo(f"{failed} check{'s' if failed != 1 else ''} failed", err=True)
         sys.exit(1)
+
+
+def _describe(token) -> None:
     claims = jwt.decode(token.value, options={"verify_signature": False})
     expires = datetime.datetime.fromtimestamp(token.expires_at, datetime.timezone.utc)
-    click.echo(f"token request for {subtenant.key}: ok")
-    shown = {k: v for k, v in claims.items() if k not in ("jti",)}
-    click.echo(f"  claims: {shown}")
+    click.echo(f"  claims: { {k: v for k, v in claims.items() if k not in ('jti',)} }")
     click.echo(f"  expires: {expires:%Y-%m-%d %H:%M:%S} UTC "
                f"(in {(token.expires_at - token.issued_at) / 3600:.1f} h from issue)")
     click.echo(f"  fingerprint: {token.fingerprint}")
 
 
-def _check_every_subtenant(rules) -> None:
-    """One token request per subtenant: a misconfigured one is named with what to fix."""
-    from gateway.tokens.protection import CONFIG_HINTS
+def _report(found) -> int:
+    """Print each finding (failures to stderr); the number that failed."""
+    for finding in found:
+        click.echo(finding.line(), err=not finding.ok)
+    return sum(1 for f in found if not f.ok)
 
-    failed = 0
+
+def _check_every_subtenant(rules):
+    """One token request per subtenant: a misconfigured one is named with what to fix.
+
+    Returns the first token obtained (for the dashboard check) and how many failed.
+    """
+    from gateway.admin.preflight import token_fix
+
+    failed, first = 0, None
     for subtenant in rules.subtenants:
         try:
-            current_app.extensions["zipteams"].fetch_token(subtenant.tenant, subtenant.id)
+            got = current_app.extensions["zipteams"].fetch_token(subtenant.tenant, subtenant.id)
         except ZipteamsError as exc:
             failed += 1
-            hint = CONFIG_HINTS.get(exc.code, "Zipteams did not answer properly: try again later")
+            setting, fix = token_fix(exc, current_app.config["ZIPTEAMS_API_URL"])
+            hint = CONFIG_HINTS.get(exc.code, f"{setting}: {fix}")
             click.echo(f"token request for {subtenant.key}: FAILED ({exc.code}): {hint}", err=True)
             continue
+        first = first or got
         click.echo(f"token request for {subtenant.key}: ok")
     click.echo(f"{len(rules.subtenants) - failed} of {len(rules.subtenants)} subtenants got a token")
-    if failed:
-        sys.exit(1)
+    return first, failed
+
+
+def _configured() -> None:
+    """When the settings or tenants file could not be loaded (``unconfigured_app``): every problem, exit 3."""
+    problem = current_app.extensions.get("unconfigured")
+    if problem is None:
+        return
+    problems = getattr(problem, "problems", [str(problem)])
+    label = "tenants file" if isinstance(problem, RulesError) else "settings"
+    click.echo(f"{label}: {len(problems)} problem{'s' if len(problems) != 1 else ''}, to fix before anything "
+               "else can be checked:", err=True)
+    for line in problems:
+        click.echo(f"  {line}", err=True)
+    tenants = current_app.extensions.get("unconfigured_tenants")
+    if tenants:
+        click.echo(f"tenants file: {tenants}", err=True)
+    sys.exit(3)
+
+
+def _tenants_problem() -> str | None:
+    """The tenants file's own problem, when its setting is fine but others are not: in the same run."""
+    from gateway.config import ConfigError, value
+    from gateway.tenancy.rules import load_rules
+
+    try:
+        load_rules(value("GATEWAY_TENANTS_FILE"))
+    except ConfigError:
+        return None  # the setting itself is missing or invalid: named with the settings
+    except RulesError as exc:
+        return str(exc)
+    return None
+
+
+def unconfigured_app(problem: Exception) -> Flask:
+    """What ``flask --app wsgi`` loads when the settings or tenants file do not: ``--help`` works,
+    every command lists the problems and exits 3, and it serves nothing (503)."""
+    app = Flask("gateway")
+    app.extensions["unconfigured"] = problem
+    app.extensions["unconfigured_tenants"] = None if isinstance(problem, RulesError) else _tenants_problem()
+    app.before_request(lambda: abort(503))
+    init_app(app)
+    return app
 
 
 def warm_up_line(cfg, teams: int) -> str:
@@ -175,23 +244,6 @@ def warm_up_line(cfg, teams: int) -> str:
     return (f"warm-up: {teams} teams need {teams * fetching} first-token requests ({where}); {budget}, "
             f"the rest is kept for refreshes: every team served within about {minutes} "
             f"minute{'s' if minutes != 1 else ''} of a cold start")
-
-
-def _check_idp(cfg) -> None:
-    from gateway.errors import GatewayError
-    from gateway.identity.idp import auth_method_problem, metadata
-
-    try:
-        meta = metadata()
-    except GatewayError as exc:
-        click.echo(f"IdP discovery: FAILED ({exc.detail})", err=True)
-        sys.exit(1)
-    problem = auth_method_problem(meta, cfg["OIDC_CLIENT_AUTH_METHOD"])
-    if problem:
-        click.echo(f"IdP client authentication: MISMATCH: {problem}", err=True)
-        sys.exit(1)
-    click.echo(f"IdP: ok ({meta.get('issuer')}, client authentication {cfg['OIDC_CLIENT_AUTH_METHOD']}, "
-               f"RFC 9207 iss {'checked' if meta.get('authorization_response_iss_parameter_supported') else 'not offered'})")
 
 
 def init_app(app: Flask) -> None:

@@ -18,6 +18,7 @@ import jwt
 import requests
 from requests.adapters import HTTPAdapter
 
+from gateway.config import redact_url
 from gateway.ops import metrics
 from gateway.errors import ServiceBusy, UpstreamFailure, UpstreamTimeout
 
@@ -189,7 +190,12 @@ class ZipteamsClient:
         self.session = session
 
     def __repr__(self) -> str:
-        return f"ZipteamsClient(url={self.url!r})"
+        return f"ZipteamsClient(url={self.shown_url!r})"
+
+    @property
+    def shown_url(self) -> str:
+        """The token URL as errors and logs may show it: never user-info (config refuses it anyway)."""
+        return redact_url(self.url)
 
     def fetch_token(self, tenant: str, subtenant: str, *, within: float | None = None) -> DashboardToken:
         """One token request; returns the parsed token or raises a ZipteamsError.
@@ -215,12 +221,13 @@ class ZipteamsClient:
                                             allow_redirects=False)
             except requests.Timeout:
                 outcome = "timeout"
-                raise ZipteamsTimeout(f"no answer within {timeout[0]:g}s", **where) from None
+                raise ZipteamsTimeout(f"no answer from {self.shown_url} within {timeout[0]:g}s", **where) from None
             except requests.RequestException as exc:
                 outcome = "unreachable"
                 # The exception text can hold the URL only; no header is ever in it,
-                # but we still name only its type.
-                raise ZipteamsUnreachable(f"connection failed ({type(exc).__name__})", **where) from None
+                # but we still name only its type, and the URL without any user-info.
+                raise ZipteamsUnreachable(f"connection to {self.shown_url} failed ({type(exc).__name__})",
+                                          **where) from None
             token = self._read(response, tenant, subtenant)
             outcome = "ok"
             return token
@@ -245,7 +252,7 @@ class ZipteamsClient:
         if status == 200:
             if not isinstance(payload, dict):
                 raise ZipteamsMalformedResponse(
-                    f"200 answer is not JSON (content-type {response.headers.get('Content-Type', 'none')!r}, "
+                    f"200 answer from {self.shown_url} is not JSON (content-type {response.headers.get('Content-Type', 'none')!r}, "
                     f"{len(response.content)} bytes)", **where)
             data = payload.get("data")
             if payload.get("code") != "RESPONSE_SUCCESS" or not isinstance(data, dict) or "token" not in data:
@@ -265,4 +272,4 @@ class ZipteamsClient:
             raise ZipteamsRateLimited(f"Zipteams rate limit hit; retry in {wait}s", retry_after=wait, **where)
         if 500 <= status <= 599:
             raise ZipteamsServerError(f"Zipteams server error ({status})", **where)
-        raise ZipteamsUnexpectedStatus(f"Zipteams answered with undocumented status {status}", **where)
+        raise ZipteamsUnexpectedStatus(f"{self.shown_url} answered with undocumented status {status}", **where)
