@@ -72,12 +72,12 @@ def _without_breaks(line: str) -> str:
 # A string as JSON, quoted and escaped (the C function json.dumps uses with ensure_ascii=False).
 _quoted = json.encoder.encode_basestring
 # A value written bare in an event's text form; anything else is written as a JSON string.
-_BARE = re.compile(r"[A-Za-z0-9@._:/+-]+")
+_BARE = re.compile(r"[A-Za-z0-9@._:/+_-]+")
 
 
 def event_text(event: dict) -> str:
     """An audit event in the text form: ``event=<name>`` then ``key=value`` per field, a value
-    bare when it is only ``[A-Za-z0-9@._:/+-]``, else a JSON string (``rule="email_domain
+    bare when it is only ``[A-Za-z0-9@._:/+_-]``, else a JSON string (``rule="email_domain
     acme.example"``), so spaces, quotes and ``=`` in a value cannot start a field or an event."""
     parts = []
     for key, value in event.items():
