@@ -280,3 +280,25 @@ def test_a_json_request_line_is_what_json_dumps_makes_of_it():
                                 "request_id": "rid-0123456789", "message": "request method=GET ms=1.2",
                                 "events": events}
     assert "\u2028" not in line and len(line.splitlines()) == 1
+
+
+# ------------------------------------------------- the benchmarks' floor check
+def test_the_floor_check_sets_a_request_lines_events_aside_but_not_an_event_line(client, lines, tmp_path):
+    """bench/run.py's floor (a bare app plus one access line) must write what the gateway writes."""
+    from bench.run import lines_of
+
+    response = client.get("/", headers=ALICE)
+    rid = response.headers["X-Request-Id"]
+    gateway = [line for line in lines.json if rid in line]
+    floor = [json.dumps({k: v for k, v in entry.items() if k != "events"})
+             for entry in map(json.loads, gateway) if entry["logger"] == "gateway.ops.logs"]
+
+    def kinds(name: str, written: list[str]) -> list[str]:
+        (tmp_path / name).write_text("\n".join(written) + "\n")
+        return lines_of(tmp_path / name, rid)
+
+    assert kinds("gateway.log", gateway) == kinds("floor.log", floor) != []
+    # A gateway that wrote an event on a line of its own again would not match its floor.
+    alone = logging.LogRecord("gateway.audit", logging.INFO, "", 0, "event=login", None, None)
+    alone.request_id, alone.audit = rid, {"event": "login", "email": "alice@acme.example"}
+    assert kinds("gateway.log", [*gateway, JsonFormatter().format(alone)]) != kinds("floor.log", floor)
