@@ -147,6 +147,48 @@ def test_a_sign_out_is_on_its_request_line(client, lines):
     assert " event=logout email=alice@acme.example" in text
 
 
+def test_a_hand_off_sign_in_and_its_refused_replay_are_on_their_request_lines(make_app, lines, tmp_path):
+    from test_handoff import AUD, ISS, SECRET, claims, hs
+
+    app = make_app(GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_SECRET=SECRET, GATEWAY_HANDOFF_ISSUER=ISS,
+                   GATEWAY_HANDOFF_AUDIENCE=AUD, GATEWAY_STATE_DIR=str(tmp_path / "state"))
+    token = hs(claims(groups=["us", "emea"]))
+    signed_in = app.test_client().get("/sso/jwt", query_string={"jwt": token})
+    assert signed_in.status_code == 302
+    entry, text = one_request_line(lines, signed_in)
+    assert entry["events"] == [{"event": "login", "email": "alice@acme.example", "mode": "jwt", "groups": 2}]
+    assert text.endswith(" event=login email=alice@acme.example mode=jwt groups=2")
+    replay = app.test_client().get("/sso/jwt", query_string={"jwt": token})
+    assert replay.status_code == 401
+    entry, text = one_request_line(lines, replay)
+    assert entry["events"] == [{"event": "login_refused", "mode": "jwt", "reason": "jti replayed"}]
+    assert text.endswith(' event=login_refused mode=jwt reason="jti replayed"')
+
+
+def test_a_team_not_matched_is_refused_on_its_request_line(client, lines):
+    headers = user_headers("bob@acme.example", "emea")
+    picker = client.get("/select", headers=headers)
+    response = client.post("/select", data={"subtenant": "globex/ops", "csrf_token": csrf_from(picker)},
+                           headers=headers)
+    assert response.status_code == 403
+    entry, _ = one_request_line(lines, response)
+    assert entry["events"] == [{"event": "subtenant_denied", "email": "bob@acme.example",
+                                "reason": "selected a subtenant not matched"}]
+
+
+def test_a_groups_overage_is_on_the_sign_ins_request_line(make_app, lines):
+    from gateway.identity.oidc import user_from_claims
+
+    app = make_app()
+    claims = {"iss": "https://idp.example", "sub": "x", "email": "erin@acme.example", "email_verified": True,
+              "_claim_names": {"groups": "src1"}, "_claim_sources": {"src1": {"endpoint": "https://graph"}}}
+    app.get("/overage")(lambda: user_from_claims(claims).email)
+    response = app.test_client().get("/overage", headers=ALICE)
+    entry, _ = one_request_line(lines, response)
+    assert events_named(entry, "groups_overage") == [{"event": "groups_overage", "email": "erin@acme.example",
+                                                      "claim": "groups"}]
+
+
 def test_a_request_that_fails_with_an_exception_still_carries_its_events(make_app, lines):
     app = make_app()
 
