@@ -73,9 +73,9 @@ def _write(log: logging.Logger, line: RequestLine) -> None:
             handler.handle(record)
 
 
-def _handlers(log: logging.Logger) -> list[logging.Handler]:
+def _handlers(log: logging.Logger) -> list:
     """The handlers a record logged on ``log`` goes to, in the order ``Logger.callHandlers`` walks."""
-    found: list[logging.Handler] = []
+    found: list = []  # of handlers (none is made here: gateway.ops.logs makes them)
     while log is not None:
         found += log.handlers
         if not log.propagate:
