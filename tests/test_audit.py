@@ -308,8 +308,8 @@ def test_a_value_cannot_add_a_field_or_an_event_to_a_text_line(value):
 
 
 def test_values_are_bare_only_when_they_need_no_quotes():
-    assert event_text({"event": "e", "a": "x@y.example", "b": 3, "c": None, "d": "a b", "e": ""}) == \
-        'event=e a=x@y.example b=3 c=None d="a b" e=""'
+    assert event_text({"event": "e", "a": "x_1@y.example:/+-", "b": 3, "c": None, "d": "a b", "e": "", "f": "é"}) == \
+        'event=e a=x_1@y.example:/+- b=3 c=None d="a b" e="" f="é"'
 
 
 def test_a_json_request_line_is_what_json_dumps_makes_of_it():

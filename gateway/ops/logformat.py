@@ -72,12 +72,12 @@ def _without_breaks(line: str) -> str:
 # A string as JSON, quoted and escaped (the C function json.dumps uses with ensure_ascii=False).
 _quoted = json.encoder.encode_basestring
 # A value written bare in an event's text form; anything else is written as a JSON string.
-_BARE = re.compile(r"[A-Za-z0-9@._:/+_-]+")
+_BARE = re.compile(r"[A-Za-z0-9@._:/+-]+")
 
 
 def event_text(event: dict) -> str:
     """An audit event in the text form: ``event=<name>`` then ``key=value`` per field, a value
-    bare when it is only ``[A-Za-z0-9@._:/+_-]``, else a JSON string (``rule="email_domain
+    bare when it is only ``[A-Za-z0-9@._:/+-]``, else a JSON string (``rule="email_domain
     acme.example"``), so spaces, quotes and ``=`` in a value cannot start a field or an event."""
     parts = []
     for key, value in event.items():
@@ -110,6 +110,8 @@ class RequestLine:
         if self._text is None:
             self._text = " ".join([self.head, *map(event_text, self.events)])
         return self._text
+
+
 _BASE_KEYS = frozenset({"ts", "level", "logger", "request_id", "message", "exception"})
 
 

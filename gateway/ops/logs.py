@@ -3,7 +3,8 @@
 ``GATEWAY_LOG_FORMAT=text`` for people, ``json`` for log pipelines (shapes in ``gateway.ops.logformat``);
 in both, one event is exactly one line, so no request can forge a line. The request id comes from
 ``X-Request-Id`` when a trusted proxy sent a sane one, otherwise it is generated; it is echoed in the
-response and on every error page. Access lines name the path, never the query string.
+response and on every error page. Access lines name the path, never the query string, and carry
+the audit events raised while serving the request (``gateway.ops.audit``): one line per request.
 
 One log path, public API only: the standard library's ``QueueHandler`` on the root logger formats
 each record and puts the line on a bounded ``queue.Queue``, and a ``QueueListener`` thread per
