@@ -7,8 +7,8 @@ visit, no cookie), it starts a session from the header (Set-Cookie); otherwise i
 reads the user from Flask's signed-cookie session. Then it renders a page of the
 same size as the gateway's embed page (``BENCH_PAGE_BYTES``). ``/login`` sets a
 fixed user's session (for bench/app_cost.py, which sends no header).
-With ``BENCH_OBLIGATIONS=1`` it also writes the gateway's request id, log and audit
-lines, metrics and security headers (bench/obligations.py: the floor under the targets).
+With ``BENCH_OBLIGATIONS=1`` it also writes the gateway's request id, access line, metrics
+and security headers (bench/obligations.py: the floor under the targets).
 """
 import os
 
@@ -49,8 +49,6 @@ def page():
         session["email"] = header
         session["team"] = header.rpartition("@")[2].split(".", 1)[0]
     email, team = session.get("email"), session.get("team")
-    if obligations:
-        obligations.page_viewed(email, team, first_visit)
     if not _compiled:  # compiled and sized once: the least a Flask page can do per request
         _compiled["template"] = app.jinja_env.from_string(TEMPLATE)
         bare = _compiled["template"].render(email=email, team=team, padding="")

@@ -9,9 +9,9 @@ gateway's own pool settings), and nginx proxying the same dashboard with the
 token in its config (bench/workloads.py; skipped, and said so, without nginx).
 Beside the bare page and the urllib3 proxy runs their "floor": the same app plus
 only what every gateway answer carries, written by the gateway's own code
-(bench/obligations.py: request id, log and audit lines, metrics, security headers),
-checked before the rounds to set the same security headers and write the same
-lines as the gateway (check_floor).
+(bench/obligations.py: request id, one JSON access line, Prometheus count and latency,
+security headers; the gateway's audit events ride on its access line), checked before the
+rounds to set the same security headers and write the same lines as the gateway (check_floor).
 The rules have 50 subtenants (team00..team49.acme.example). Then, with wrk at a
 fixed concurrency on loopback, interleaved in rounds:
 
@@ -34,7 +34,7 @@ everything when full, emptied) the gateway's per-user memos, and in a --quick ru
 users whose entries are mostly not cached, as on a server that also sees new users.
 Longer runs (--duration) ask each user more often and so hit the memos more.
 Prints the tables and writes bench/results.json. Needs Debian's wrk.
-Usage: python bench/run.py [--quick] [--connections 32] [--duration 10] [--rounds 5]
+Usage: python bench/run.py [--quick] [--connections 32] [--duration 10] [--rounds 5] [--floor-check]
 """
 from __future__ import annotations
 
@@ -231,16 +231,23 @@ OWN_HEADERS = ("X-Content-Type-Options", "Referrer-Policy", "Cache-Control", "Co
                "X-Frame-Options", "Vary")
 # Lines of the gateway's own work, not written per answer (a team's first token).
 OWN_WORK_LINES = {"zipteams", "token_fetched", "token_refreshed"}
+MESSAGE_KEY = re.compile(r"(\w+)=")  # a line message's key=value names
 
 
 def lines_of(log: Path, request_id: str) -> list[str]:
-    """The kinds of line (audit event, or the message's first word) written for one request."""
+    """The lines written for one request, each as its kind (an audit event on a line of its own,
+    or the message's first word), logger, keys and the message's ``key=`` names; a request
+    line's ``events`` aside (the gateway's own work, which the floor does not do)."""
     kinds = []
     for line in log.read_text(errors="replace").splitlines():
         if request_id in line and line.endswith("}"):  # whole lines only: the writer batches
             record = json.loads(line)
-            kinds.append(record.get("event") or record["message"].split(" ", 1)[0])
-    return sorted(kind for kind in kinds if kind not in OWN_WORK_LINES)
+            kind = record.get("event") or record["message"].split(" ", 1)[0]
+            if kind not in OWN_WORK_LINES:
+                keys = ",".join(sorted(set(record) - {"events"}))
+                names = " ".join(MESSAGE_KEY.findall(record["message"]))
+                kinds.append(f"{kind} {record['logger']} {keys} {names}")
+    return sorted(kinds)
 
 
 def check_floor(pairs: list[tuple[str, Path, str, Path, str]]) -> None:
@@ -319,6 +326,8 @@ def main() -> int:
     parser.add_argument("--herd", type=int, default=200)
     parser.add_argument("--startups", type=int, default=5, help="start-up runs; the median is reported")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--floor-check", action="store_true",
+                        help="only start the servers and check that the floors write what the gateway writes")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -343,8 +352,8 @@ def main() -> int:
                                                    {"GATEWAY_SECRET_KEY": SECRET_KEY, "BENCH_PAGE_BYTES": str(page_bytes)})
         proxy_master, proxy_url = servers.reuse_port("bare_proxy", "bench.bare_proxy:app", env)
         proxy3_master, proxy3_url = servers.reuse_port("bare_proxy_urllib3", "bench.bare_proxy_urllib3:app", env)
-        # The floors: each bare baseline plus only the gateway's request id, log and audit lines,
-        # metrics and security headers (bench/obligations.py), with the gateway's settings.
+        # The floors: each bare baseline plus only the gateway's request id, access line, metrics
+        # and security headers (bench/obligations.py), with the gateway's settings.
         floor = {**env, "BENCH_OBLIGATIONS": "1"}
         page_floor_master, page_floor_url = servers.reuse_port("bare_page_floor", "bench.bare_page:app",
                                                                {**floor, "BENCH_PAGE_BYTES": str(page_bytes)})
@@ -356,6 +365,9 @@ def main() -> int:
             (page_floor_url + "/", tmp / "bare_page_floor.log", gw_url + "/", gw_log, "returning user"),
             (proxy_floor_url + "/dashboard/api/summary", tmp / "bare_proxy_floor.log",
              gw_url + "/dashboard/api/summary", gw_log, "proxied call")])
+        if args.floor_check:
+            print("floor check: the floors write the same lines and headers as the gateway")
+            return 0
 
         # Signed-in single user: one session cookie each for the gateway and the bare page.
         gw_http = requests.Session()

@@ -16,7 +16,7 @@ LABELS = {
     "one_user_page": "embed page, one signed-in user (every memo hits; old workload)",
 }
 # Each section's ratios are to this bare baseline. Its "floor" is the same baseline plus the
-# gateway's request id, log and audit lines, metrics and security headers (bench/obligations.py).
+# gateway's request id, one JSON access line, metrics and security headers (bench/obligations.py).
 BASELINES = {"first_visit": "bare_flask", "returning_users": "bare_flask", "proxied_json": "bare_proxy_urllib3",
              "one_user_page": "bare_flask"}
 

@@ -69,6 +69,23 @@ def test_canary_log_line_carries_a_registered_secret(leaks):
     logging.getLogger("canary").warning("about to say it: %s", CANARY_SECRET)
 
 
+def test_canary_audit_event_field_carries_a_registered_secret(leaks):
+    """An event's field rides on its request's line (gateway.ops.audit): the oracle reads it there."""
+    from gateway.ops import audit, logs
+
+    leaks.secret(CANARY_SECRET, "canary secret")
+    app = Flask(__name__)
+    app.config.update(TESTING=True, GATEWAY_TRUSTED_PROXIES=())
+    logs.init_app(app)
+
+    @app.get("/event")
+    def event():
+        audit.event("canary", note=f"about to say it: {CANARY_SECRET}")
+        return "fine"
+
+    assert app.test_client().get("/event").status_code == 200
+
+
 def test_canary_log_file_carries_the_api_secret(tmp_path):
     log = tmp_path / "canary.log"
     LEAKS.log_files.append(log)

@@ -19,6 +19,9 @@ LEAKING = {
     "test_canary_dashboard_request_carries_a_token_in_another_query_parameter":
         "a dashboard token the stand-in minted reached the stand-in's dashboard",
     "test_canary_log_line_carries_a_registered_secret": "canary secret reached a log line (logger canary, WARNING)",
+    # On the request line, not a line of its own: one line per request (tests/test_audit.py).
+    "test_canary_audit_event_field_carries_a_registered_secret":
+        "canary secret reached a log line (logger gateway.ops.logs, INFO)",
     "test_canary_log_file_carries_the_api_secret": "API secret reached a log file (canary.log)",
     "test_canary_marker_does_not_excuse_the_api_secret": "API secret reached response from the test client",
 }

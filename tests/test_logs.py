@@ -54,6 +54,8 @@ def request_context():
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_an_audit_event_is_one_line_with_its_fields(writer, fmt):
+    """Outside the gateway's request handling (here an app without its hooks) an event has a
+    line of its own; on a request it joins the request's line (tests/test_audit.py)."""
     handler, stream = writer(fmt)
     ctx = request_context()
     try:
@@ -63,11 +65,11 @@ def test_an_audit_event_is_one_line_with_its_fields(writer, fmt):
     [line] = written(handler, stream)
     if fmt == "json":
         entry = json.loads(line)
-        assert entry["logger"] == "gateway.audit" and entry["message"] == "embed_viewed email=a@x.example groups=2"
+        assert entry["logger"] == "gateway.audit" and entry["message"] == "event=embed_viewed email=a@x.example groups=2"
         assert entry["request_id"] == "rid-0123456789" and entry["event"] == "embed_viewed" and entry["groups"] == 2
     else:
-        # "2026-11-28 02:40:00,123 INFO gateway.audit [rid-...] embed_viewed email=..."
-        assert " INFO gateway.audit [rid-0123456789] embed_viewed email=a@x.example groups=2" in line
+        # "2026-11-28 02:40:00,123 INFO gateway.audit [rid-...] event=embed_viewed email=..."
+        assert line.endswith(" INFO gateway.audit [rid-0123456789] event=embed_viewed email=a@x.example groups=2")
 
 
 def test_a_line_keeps_the_time_it_was_logged_not_the_time_it_was_written(writer, monkeypatch):

@@ -133,7 +133,9 @@ def test_metrics_add_up_across_workers_and_logs_are_json(gunicorn, sim, many_ten
         entry = json.loads(line)  # every line, gunicorn's own included
         assert API_SECRET not in line and not JWT_SHAPE.search(line.encode())
         assert {"ts", "level", "logger", "message"} <= set(entry)
-    assert any(json.loads(line).get("event") == "token_fetched" for line in lines)
+    # Fetched while serving a request: on that request's line (tests/test_audit.py).
+    assert any(event["event"] == "token_fetched" for line in lines for event in json.loads(line).get("events", ()))
+    assert not any(json.loads(line).get("event") in ("login", "embed_viewed", "token_fetched") for line in lines)
 
 
 def test_metrics_are_hidden_outside_the_allow_list(gunicorn):

@@ -71,6 +71,47 @@ def _without_breaks(line: str) -> str:
 
 # A string as JSON, quoted and escaped (the C function json.dumps uses with ensure_ascii=False).
 _quoted = json.encoder.encode_basestring
+# A value written bare in an event's text form; anything else is written as a JSON string.
+_BARE = re.compile(r"[A-Za-z0-9@._:/+-]+")
+
+
+def event_text(event: dict) -> str:
+    """An audit event in the text form: ``event=<name>`` then ``key=value`` per field, a value
+    bare when it is only ``[A-Za-z0-9@._:/+-]``, else a JSON string (``rule="email_domain
+    acme.example"``), so spaces, quotes and ``=`` in a value cannot start a field or an event."""
+    parts = []
+    for key, value in event.items():
+        text = value if type(value) is str else str(value)
+        parts.append(f"{key}={text}" if _BARE.fullmatch(text) else f"{key}={_quoted(text)}")
+    return " ".join(parts)
+
+
+class RequestLine:
+    """A request line's message with the audit events raised while serving the request.
+
+    ``str()`` (what ``getMessage`` and so any formatter's ``%(message)s`` prints) is the head,
+    then each event's text form on the same line; ``JsonFormatter`` writes the head as the
+    message and the events as an ``events`` list. Each form is made once, when a format asks.
+    """
+
+    __slots__ = ("fmt", "args", "events", "_head", "_text")
+
+    def __init__(self, fmt: str, args: tuple, events: list[dict]):
+        self.fmt, self.args, self.events = fmt, args, events
+        self._head = self._text = None
+
+    @property
+    def head(self) -> str:
+        if self._head is None:
+            self._head = self.fmt % self.args if self.args else self.fmt
+        return self._head
+
+    def __str__(self) -> str:
+        if self._text is None:
+            self._text = " ".join([self.head, *map(event_text, self.events)])
+        return self._text
+
+
 _BASE_KEYS = frozenset({"ts", "level", "logger", "request_id", "message", "exception"})
 
 
@@ -79,8 +120,8 @@ def _json_value(value) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, request_id, message, then an audit
-    event's fields and any exception.
+    """One JSON object per line: ts, level, logger, request_id, message, then a request line's
+    audit events (``events``, a list) or a lone audit event's fields, and any exception.
 
     Written out key by key, byte for byte what ``json.dumps`` makes of the same dict
     (tests/test_logs.py compares the two): ``JSONEncoder.encode`` builds a new C encoder
@@ -92,9 +133,12 @@ class JsonFormatter(logging.Formatter):
         exception = self.formatException(record.exc_info) if record.exc_info else record.exc_text
         if fields and not _BASE_KEYS.isdisjoint(fields):  # a field would replace a base key: as a dict does
             return _json_line(self._entry(record, fields, exception))
+        line = record.msg if type(record.msg) is RequestLine else None
         parts = ['{"ts": "', timestamp(record), '", "level": ', _quoted(record.levelname.lower()),
                  ', "logger": ', _quoted(record.name), ', "request_id": ', _json_value(getattr(record, "request_id", "-")),
-                 ', "message": ', _quoted(record.getMessage())]
+                 ', "message": ', _quoted(line.head if line else record.getMessage())]
+        if line:  # the request's audit events, one encoder call for the list
+            parts += (', "events": ', _JSON.encode(line.events))
         if fields:
             for key, value in fields.items():
                 parts += (", ", _quoted(str(key)), ": ", _json_value(value))

@@ -3,7 +3,8 @@
 ``GATEWAY_LOG_FORMAT=text`` for people, ``json`` for log pipelines (shapes in ``gateway.ops.logformat``);
 in both, one event is exactly one line, so no request can forge a line. The request id comes from
 ``X-Request-Id`` when a trusted proxy sent a sane one, otherwise it is generated; it is echoed in the
-response and on every error page. Access lines name the path, never the query string.
+response and on every error page. Access lines name the path, never the query string, and carry
+the audit events raised while serving the request (``gateway.ops.audit``): one line per request.
 
 One log path, public API only: the standard library's ``QueueHandler`` on the root logger formats
 each record and puts the line on a bounded ``queue.Queue``, and a ``QueueListener`` thread per
@@ -27,7 +28,7 @@ import time
 from flask import Blueprint, Flask, current_app, g, request
 
 from gateway.peers import peer_is_trusted
-from gateway.ops import metrics
+from gateway.ops import audit, metrics
 from gateway.ops.logformat import JsonFormatter, TextFormatter, path_for_line
 from gateway.ops.requestid import SANE_REQUEST_ID, RequestIdFilter, new_request_id
 
@@ -37,6 +38,7 @@ bp = Blueprint("logs", __name__)
 QUEUE_LINES = 50000  # at most this many lines wait for stdout; more are dropped and counted
 BATCH_SECONDS = 0.05
 STOP_SECONDS = 2.0  # at exit, queued lines are written within this, or counted as dropped
+REQUEST_LINE = "request method=%s path=%s endpoint=%s status=%s ms=%.1f"
 
 
 def new_queue() -> queue.Queue:
@@ -267,11 +269,13 @@ def init_app(app: Flask) -> None:
     if not app.config.get("TESTING"):
         configure(app.config["GATEWAY_LOG_LEVEL"], app.config["GATEWAY_LOG_FORMAT"])
     app.register_blueprint(bp)
+    app.teardown_request(audit.flush)
 
 
 @bp.before_app_request
 def assign_request_id() -> None:
     g.started = time.perf_counter()
+    audit.collect()
     incoming = request.headers.get("X-Request-Id")
     if incoming and SANE_REQUEST_ID.fullmatch(incoming) and peer_is_trusted(
             request.remote_addr, current_app.config["GATEWAY_TRUSTED_PROXIES"]):
@@ -289,6 +293,6 @@ def log_request(response):
         route = route or "unmatched"
         status = response.status_code
         metrics.count_request(route, status, elapsed)
-        logger.info("request method=%s path=%s endpoint=%s status=%s ms=%.1f",
-                    request.method, path_for_line(request.path), route, status, elapsed * 1000)
+        audit.request_line(logger, REQUEST_LINE, (request.method, path_for_line(request.path), route, status,
+                                                  elapsed * 1000))  # with the request's audit events
     return response
