@@ -171,7 +171,7 @@ def make_error(status, sim, servers):
         return servers(GATEWAY_PROXY_MAX_BODY="1000"), alice, "413", "too large", "Back to the dashboard"
     if status == 503:
         sim.fault(status=429, message="Rate limit exceeded. Try again in 42 seconds.", count=1)
-        return servers(ZIPTEAMS_RETRIES="0"), alice, "/", "Trying again by itself in 4", "Try again now"
+        return servers(ZIPTEAMS_RETRIES="0"), alice, "/", "Trying again by itself in 4", "Try again"
     if status == 502:
         sim.fault(status=500, count=1)
         return servers(ZIPTEAMS_RETRIES="0"), alice, "/", "dashboard is unavailable", "Try again"
@@ -245,17 +245,35 @@ def test_a_busy_page_counts_down_and_opens_the_dashboard_by_itself(browser, serv
         assert console.csp_violations() == []
 
 
+# A click on the element, and whether the page's own handler kept it from going anywhere.
+PREVENTED = """a => { let prevented = null;
+    a.addEventListener('click', e => { prevented = e.defaultPrevented; e.preventDefault(); }, {once: true});
+    a.click(); return prevented; }"""
+
+
 def test_the_countdown_can_be_stopped(browser, servers, sim):  # noqa: F811
     sim.fault(status=429, message="Rate limit exceeded. Try again in 2 seconds.", count=1)
     server = servers(ZIPTEAMS_RETRIES="0")
     with signed_in_page(browser, width="desktop") as page:
         page.context.clock.install()  # the page's timers run on a clock this test moves
         assert page.goto(server.url + "/").status == 503
+        again = page.get_by_role("link", name="Try again")
+        # "Try again once the wait is over": until then the button says it is unavailable, and is.
+        assert again.get_attribute("aria-disabled") == "true"
+        axe_check(page, "error-503-waiting-desktop")
+        assert again.evaluate(PREVENTED) is True  # a click goes nowhere
         page.get_by_role("button", name="Stop trying by itself").click()
-        assert "Not trying again by itself" in page.locator("main .wait").inner_text()
+        assert re.fullmatch(r"Not trying again by itself\. You can try again in [12] seconds?\.",
+                            page.locator("main .wait").inner_text())
+        assert again.get_attribute("aria-disabled") == "true"
         page.clock.run_for(10_000)  # well past the wait and its jitter: the page stayed
         assert page.locator("main").get_attribute("data-status") == "503"
+        assert page.locator("main .wait").inner_text() == \
+            "Not trying again by itself. Use \u201cTry again\u201d when you are ready."
+        assert again.get_attribute("aria-disabled") is None  # the wait is over: it works now
         axe_check(page, "error-503-stopped-desktop")
+        with page.expect_navigation():
+            again.click()
 
 
 def test_copy_puts_the_request_id_on_the_clipboard(browser, servers):  # noqa: F811
