@@ -103,6 +103,14 @@
     try { return framed && window.parent.document.body.getAttribute("data-page") === "embed"; } catch (e) { return false; }
   }
 
+  // Signing out on any of our pages ends the embed pages open in this browser's other tabs too
+  // (embed.js listens, and says the same for its own sign-out).
+  if (data.page !== "embed" && "BroadcastChannel" in window) {
+    Array.prototype.forEach.call(document.querySelectorAll("form.logout"), function (form) {
+      form.addEventListener("submit", function () { new BroadcastChannel("zipteams-gateway").postMessage("signed-out"); });
+    });
+  }
+
   if (data.page === "error") {
     if (inOurEmbedPage()) { return; }
     var status = Number(data.status);

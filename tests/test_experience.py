@@ -407,6 +407,29 @@ def test_signing_out_in_one_tab_ends_the_others(browser, servers, sim):  # noqa:
     context.close()
 
 
+@pytest.mark.parametrize("width", sorted(WIDTHS))
+def test_the_team_picker_says_who_is_signed_in_and_signs_out_every_tab(browser, servers, width):  # noqa: F811
+    server = servers()
+    with signed_in_page(browser, server.url + "/?team=acme%2Fsales-emea", email="bob@acme.example",
+                        width=width, groups="emea") as tab_a:
+        wait_ready(tab_a)
+        tab_b = tab_a.context.new_page()
+        console = Console(tab_b)
+        tab_b.goto(server.url + "/select")  # a user on the wrong account is not stuck here
+        header = tab_b.locator("header.bar")
+        # "Signed in as" is for screen readers; the email is what everyone sees, whole.
+        assert " ".join(header.locator(".user").inner_text().split()) == "Signed in as bob@acme.example"
+        email = header.locator(".user").bounding_box()
+        assert email["x"] >= 0 and email["x"] + email["width"] <= WIDTHS[width]["width"]
+        assert tab_b.evaluate("e => e.scrollWidth <= e.clientWidth", header.locator(".user").element_handle())
+        axe_check(tab_b, f"picker-account-{width}")
+        header.get_by_role("button", name="Sign out").click()
+        tab_b.get_by_role("heading", name="You are signed out").wait_for()
+        assert tab_b.locator("header.bar .account").count() == 0
+        tab_a.get_by_test_id("session-ended").wait_for(timeout=5000)  # the other tab heard it
+        assert console.csp_violations() == []
+
+
 def test_sso_session_gone_shows_session_ended_not_a_broken_frame(browser, servers):  # noqa: F811
     server = servers()
     with signed_in_page(browser, server.url + "/") as page:
