@@ -2,6 +2,7 @@
 WARNING naming ZIPTEAMS_DASHBOARD_URL; what the dashboard's scripts ask for passes as it was sent.
 (The same in Chromium: test_browser.py.)
 """
+import json
 import logging
 import re
 
@@ -129,3 +130,23 @@ def test_the_address_in_the_log_has_no_user_info_or_query():
     assert pages.where("https://user:pw@dash.example:8443/embed/?token=x", "a/b") == \
         "https://dash.example:8443/embed/a/b"
     assert re.fullmatch(r"http://\[::1\]/d/", pages.where("http://[::1]/d/", ""))
+
+
+def test_under_gunicorn_one_warning_line_names_the_setting_and_never_the_token(gunicorn, http, sim):
+    # The production defaults (gunicorn.conf.py, its worker and log format), a wrong dashboard path.
+    from test_gunicorn import log_once
+
+    server = gunicorn(workers=1, ZIPTEAMS_DASHBOARD_URL=sim.url + "/insights/")
+    page = http.get(server.url + "/", headers=ALICE, timeout=30)
+    placeholder = re.search(r'src="/dashboard/\?token=(zgtoken-[0-9a-f]{32})"', page.text).group(1)
+    frame = http.get(server.url + "/dashboard/?token=" + placeholder, headers={**ALICE, **FRAME}, timeout=30)
+    assert frame.status_code == 502 and frame.headers["X-Request-Id"] in frame.text
+    script = http.get(server.url + "/dashboard/api/summary", headers={**ALICE, **SCRIPT}, timeout=30)
+    assert script.status_code == 404 and script.text == "not found"
+    text = log_once(server, "ZIPTEAMS_DASHBOARD_URL")
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    [warning] = [line for line in lines if line["level"] == "warning"]
+    assert warning["request_id"] == frame.headers["X-Request-Id"]
+    assert "ZIPTEAMS_DASHBOARD_URL" in warning["message"] and "status=404" in warning["message"]
+    assert f"{sim.url}/insights/ " in warning["message"]  # the address tried; its query (the token's place) left out
+    assert placeholder not in text and not JWT_SHAPE.search(text.encode())
