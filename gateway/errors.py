@@ -123,7 +123,7 @@ class ServiceBusy(GatewayError):
     message = "The dashboard service asked us to slow down."
     hint = "Try again once the wait is over."
     action = "retry"
-    action_text = "Try again now"
+    action_text = "Try again"  # unavailable until the wait is over (gateway.js), as the hint says
 
 
 class UpstreamFailure(GatewayError):
@@ -169,8 +169,9 @@ _VENDOR_CODE = "zipteams_"
 # hand-off JWT): a link on a page never repeats them.
 _NO_REPEAT = ("auth.", "oidc.")
 # Answers a script reads, or that fill the embed page's frame: nobody opens them as a page,
-# so signing in again returns to the start page instead.
-_NOT_PAGES = _NO_REPEAT + ("proxy.", "embed.renew_frame", "embed.session_status")
+# so signing in again returns to the start page instead, and they carry no account header.
+_SCRIPTS = ("proxy.", "embed.renew_frame", "embed.session_status")
+_NOT_PAGES = _NO_REPEAT + _SCRIPTS
 
 
 def page_code(error: type[GatewayError]) -> str:
@@ -228,7 +229,8 @@ def render_error(status: int, code: str, title: str, message: str, hint: str,
         response = make_response(render_template(
             "error.html", status=status, code=public_code or code, title=title, message=message, hint=hint,
             retry_after=retry_after, auto_retry=retry_after is not None and kind == "retry"
-            and request.method == "GET", request_id=request_id, action=kind, action_url=url, action_text=text))
+            and request.method == "GET", request_id=request_id, action=kind, action_url=url, action_text=text,
+            account=not (request.endpoint or "").startswith(_SCRIPTS)))
     response.status_code = status
     response.headers["Cache-Control"] = "no-store"
     # The general code, for scripts that only see the headers: the embed page's probe of the

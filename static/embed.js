@@ -133,8 +133,11 @@
     return { status: r.status, requestId: r.headers.get("X-Request-Id"), retryAfter: Number(r.headers.get("Retry-After")) || null,
              byGateway: !!code, code: code || (r.status === 401 || r.status === 403 ? "dashboard_rejected" : "dashboard_unavailable") };
   }
+  // A dashboard that is not where the gateway is set up to look stays missing until someone
+  // changes the setting: the page says so and waits for the user instead of retrying forever.
+  var FINAL = ["dashboard_not_found"];
   function transient(p) {
-    return !p.final && ([429, 502, 503, 504].indexOf(p.status) >= 0 || p.code === "dashboard_rejected" ||
+    return !p.final && FINAL.indexOf(p.code) < 0 && ([429, 502, 503, 504].indexOf(p.status) >= 0 || p.code === "dashboard_rejected" ||
                         p.code === "dashboard_unavailable" || p.code === "network_error" || p.code === "renewing");
   }
   function problem(p) {

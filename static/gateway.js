@@ -103,6 +103,14 @@
     try { return framed && window.parent.document.body.getAttribute("data-page") === "embed"; } catch (e) { return false; }
   }
 
+  // Signing out on any of our pages ends the embed pages open in this browser's other tabs too
+  // (embed.js listens, and says the same for its own sign-out).
+  if (data.page !== "embed" && "BroadcastChannel" in window) {
+    Array.prototype.forEach.call(document.querySelectorAll("form.logout"), function (form) {
+      form.addEventListener("submit", function () { new BroadcastChannel("zipteams-gateway").postMessage("signed-out"); });
+    });
+  }
+
   if (data.page === "error") {
     if (inOurEmbedPage()) { return; }
     var status = Number(data.status);
@@ -117,37 +125,59 @@
     return;
   }
   // 429/503 pages: count the Retry-After wait down live, then open the page again by itself
-  // (GET requests only: the server leaves data-retry-after out otherwise).
+  // (GET requests only: the server leaves data-retry-after out otherwise). The words and the
+  // buttons say the same thing: "Try again" is unavailable until the wait is over (the page
+  // says "try again once the wait is over"), and "Stop trying by itself" leaves the choice to
+  // the user, once the wait is over.
   function countDownThenRetry() {
     var wait = document.querySelector(".wait[data-retry-after]");
     if (!wait) { return; }
     var deadline = Date.now() + Number(wait.getAttribute("data-retry-after")) * 1000;
     var target = wait.getAttribute("data-retry-url") || window.location.href;
     var stop = document.querySelector(".stop-retry");
+    var again = document.querySelector("main .actions a.button");
     var timer = null;
     var leaving = null;
+    var stopped = false;
+    var STOPPED = "Not trying again by itself. ";
+    var waiting = function (on) {
+      if (!again) { return; }
+      if (on) { again.setAttribute("aria-disabled", "true"); } else { again.removeAttribute("aria-disabled"); }
+    };
+    if (again) {
+      again.addEventListener("click", function (event) {
+        if (again.getAttribute("aria-disabled") === "true") { event.preventDefault(); }
+      });
+    }
     var tick = function () {
       // From the clock, not by counting ticks: a background tab's timers run late.
       var left = Math.max(0, Math.ceil((deadline - Date.now()) / 1000));
       if (left > 0) {
-        wait.textContent = "Trying again by itself in " + seconds(left) + ".";
+        wait.textContent = stopped ? STOPPED + "You can try again in " + seconds(left) + "."
+          : "Trying again by itself in " + seconds(left) + ".";
         return;
       }
       window.clearInterval(timer);
-      wait.textContent = "Trying again…";
+      waiting(false);
       if (stop) { stop.hidden = true; }
+      if (stopped) {
+        wait.textContent = STOPPED + "Use \u201cTry again\u201d when you are ready.";
+        return;
+      }
+      wait.textContent = "Trying again…";
       // Up to 2 s of jitter: pages that waited out the same limit do not all return at once.
       leaving = window.setTimeout(function () { window.location.replace(target); }, Math.random() * 2000);
     };
+    waiting(true);
     tick();
     timer = window.setInterval(tick, 1000);
     if (stop) {
       stop.hidden = false;
       stop.addEventListener("click", function () {
-        window.clearInterval(timer);
+        stopped = true;
         window.clearTimeout(leaving);
         stop.hidden = true;
-        wait.textContent = "Not trying again by itself. Use \u201cTry again now\u201d when you are ready.";
+        tick();
       });
     }
   }

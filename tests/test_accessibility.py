@@ -21,10 +21,14 @@ ZOOMED_SHORT = {"width": 320, "height": 200}  # 1280 x 800 at 400 %
 BOB = identity("bob@acme.example", "emea")  # two teams: the picker, and a switcher in the header
 
 
-def visit(page, server, state: str) -> None:
+def visit(page, server, state: str, sim=None) -> None:
     """Bring ``page`` to one of the states the gateway shows a person."""
     url = server.url
-    if state == "embed":
+    if state == "busy":  # the dashboard service's rate limit: a countdown, "Try again" waiting for it
+        sim.fault(status=429, message="Rate limit exceeded. Try again in 60 seconds.", count=1)
+        page.goto(url + "/?team=acme%2Fsales-emea")
+        page.locator("main .actions .button[aria-disabled=true]").wait_for()
+    elif state == "embed":
         page.goto(url + "/select")
         page.get_by_role("button", name="Sales EMEA").click()
         wait_ready(page)
@@ -47,7 +51,7 @@ def visit(page, server, state: str) -> None:
         raise AssertionError(state)
 
 
-STATES = ["embed", "picker", "error-404", "error-403", "signed-out"]
+STATES = ["embed", "picker", "error-404", "error-403", "busy", "signed-out"]
 
 
 # --------------------------------------------------------- the checker
@@ -66,11 +70,11 @@ def test_the_axe_check_reports_a_known_violation(browser, servers):  # noqa: F81
 # ------------------------------------------------------- the dark scheme
 @pytest.mark.parametrize("width", sorted(WIDTHS))
 @pytest.mark.parametrize("state", STATES)
-def test_every_page_in_the_dark_scheme(browser, servers, state, width):  # noqa: F811
-    server = servers()
+def test_every_page_in_the_dark_scheme(browser, servers, sim, state, width):  # noqa: F811
+    server = servers(ZIPTEAMS_RETRIES="0")
     context = browser.new_context(viewport=WIDTHS[width], color_scheme="dark", extra_http_headers=BOB)
     page = context.new_page()
-    visit(page, server, state)
+    visit(page, server, state, sim)
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(17, 20, 24)"
     assert page.locator("h1").count() == 1  # one h1 on every page (the embed page's is for screen readers)
@@ -96,13 +100,18 @@ def test_the_dashboard_keeps_three_quarters_of_the_screen_at_400_percent_zoom(br
     context.close()
 
 
-@pytest.mark.parametrize("state", ["picker", "error-404", "error-403", "signed-out"])
-def test_pages_reflow_at_400_percent_zoom(browser, servers, state):  # noqa: F811
-    server = servers()
+@pytest.mark.parametrize("state", ["picker", "error-404", "error-403", "busy", "signed-out"])
+def test_pages_reflow_at_400_percent_zoom(browser, servers, sim, state):  # noqa: F811
+    server = servers(ZIPTEAMS_RETRIES="0")
     context = browser.new_context(viewport=ZOOMED, extra_http_headers=BOB)
     page = context.new_page()
-    visit(page, server, state)
+    visit(page, server, state, sim)
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    account = page.locator("header .account")
+    if state != "signed-out":  # who is signed in, and the way out, fit the screen
+        for part in (account.locator(".user"), account.get_by_role("button", name="Sign out")):
+            box = part.bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= ZOOMED["width"], box
     if state.startswith("error"):
         assert page.locator("main code").evaluate("e => e.getClientRects().length") == 1  # the request id, whole
     axe_check(page, f"zoom400-{state}")
@@ -146,7 +155,7 @@ def contrast(a, b) -> float:
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("width, state", [("desktop", "embed"), ("phone", "embed"), ("desktop", "picker"),
-                                          ("phone", "error-403"), ("desktop", "signed-out")])
+                                          ("phone", "picker"), ("phone", "error-403"), ("desktop", "signed-out")])
 def test_the_focus_ring_stands_out_on_every_background(browser, servers, scheme, width, state):  # noqa: F811
     # A light brand colour (4.6:1 with white, just inside what config.py accepts) is the hardest case.
     server = servers(GATEWAY_HELP_URL="/help", GATEWAY_BRAND_COLOR="#757575")

@@ -35,9 +35,9 @@ def browser():
 def gateway_server(sim):
     servers = []
 
-    def start(mode):
+    def start(mode, **settings):
         app = create_app(base_config(sim, GATEWAY_AUTH_MODE="demo", GATEWAY_DEBUG="true",
-                                     GATEWAY_COOKIE_SECURE="false", GATEWAY_EMBED_MODE=mode))
+                                     GATEWAY_COOKIE_SECURE="false", GATEWAY_EMBED_MODE=mode, **settings))
         servers.append(ServerThread(app).start())
         return servers[-1]
 
@@ -143,4 +143,58 @@ def test_phone_width_and_error_page(browser, gateway_server):
     assert response.status == 404
     assert page.get_by_role("heading").inner_text() == "Page not found"
     axe_check(page, "error-404-phone")
+    context.close()
+
+
+# ------------------------------------------------ the dashboard failing its own page
+FETCH = """path => fetch(path, {headers: {Accept: 'application/json'}})
+    .then(r => r.text().then(body => [r.status, r.headers.get('X-Gateway-Error'), body]))"""
+
+
+def test_a_wrong_dashboard_url_shows_the_gateways_page_with_the_request_id(browser, gateway_server, sim):
+    server = gateway_server("proxy", ZIPTEAMS_DASHBOARD_URL=sim.url + "/insights/")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    rec = Recorder(page)
+    sign_in(page, server.url)
+    panel = page.get_by_test_id("failed")
+    panel.wait_for(timeout=15000)
+    assert panel.get_by_role("heading").inner_text() == "The dashboard could not be found"
+    assert "contact support and quote the request id" in panel.inner_text()
+    assert page.locator("iframe#dashboard").is_hidden()
+    # The frame's document is the gateway's page (a 502), and its request id is the one shown.
+    [frame] = [f for f in page.frames if f.url.startswith(server.url + "/dashboard/")]
+    [answer] = [r for r in rec.responses if r.frame == frame and r.request.is_navigation_request()]
+    assert answer.status == 502 and answer.headers["x-gateway-error"] == "dashboard_not_found"
+    request_id = frame.evaluate("document.body.dataset.requestId")
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id) and answer.headers["x-request-id"] == request_id
+    assert panel.locator("code").inner_text() == request_id
+    # The dashboard's own scripts, from inside that frame, get what the dashboard sent.
+    assert frame.evaluate(FETCH, "/dashboard/api/summary") == [404, None, "not found"]
+    axe_check(page, "dashboard-not-found-desktop")
+    # "Try again" asks again, and gets the same page (the setting is still wrong).
+    with page.expect_response(lambda r: r.request.is_navigation_request() and "/dashboard/" in r.url) as again:
+        panel.get_by_role("button", name="Try again").click()
+    assert again.value.status == 502
+    panel.wait_for(state="visible")
+    assert not [m for m in rec.console if "Content Security Policy" in m or m.startswith("pageerror")]
+    context.close()
+
+
+def test_a_failing_dashboard_page_reconnects_and_its_scripts_see_their_own_errors(browser, gateway_server, sim):
+    server = gateway_server("proxy")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    # The frame's page fails once (the gateway's "Reconnecting…" panel, which tries again by
+    # itself), then the dashboard's own data call fails once: that is the dashboard's to show.
+    sim.fault(dashboard_status=500, count=1)
+    sim.fault(dashboard_status=500, path="/dashboard/api/summary", count=1)
+    sign_in(page, server.url)
+    paused = page.get_by_test_id("paused")
+    paused.wait_for(timeout=15000)
+    assert re.fullmatch(r"[0-9a-f]{32}", paused.locator("code").inner_text())
+    frame = page.frame_locator("iframe#dashboard")
+    frame.locator("#app[data-state=error]").wait_for(timeout=15000)
+    assert frame.locator("#status").inner_text() == "Could not load data (HTTP 500)"  # the raw status
+    assert page.get_by_test_id("paused").is_hidden()
     context.close()

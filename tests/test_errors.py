@@ -78,7 +78,10 @@ def test_rate_limit_becomes_503_with_retry_after(client, sim):
     assert "about 42 seconds" in visible_text(page)
     # gateway.js counts these down, then opens the same page again by itself.
     assert 'data-retry-after="42" data-retry-url="/"' in page
-    assert links(page)["Try again now"] == "/"
+    # The words and the button agree: wait, then try again (gateway.js keeps the button
+    # unavailable until the wait is over); nothing offers to try "now".
+    assert "Try again once the wait is over." in visible_text(page)
+    assert links(page)["Try again"] == "/" and "now" not in visible_text(page)
 
 
 @pytest.mark.parametrize("fault, status", [({"status": 429}, 503), ({"status": 500}, 502),

@@ -171,7 +171,7 @@ def make_error(status, sim, servers):
         return servers(GATEWAY_PROXY_MAX_BODY="1000"), alice, "413", "too large", "Back to the dashboard"
     if status == 503:
         sim.fault(status=429, message="Rate limit exceeded. Try again in 42 seconds.", count=1)
-        return servers(ZIPTEAMS_RETRIES="0"), alice, "/", "Trying again by itself in 4", "Try again now"
+        return servers(ZIPTEAMS_RETRIES="0"), alice, "/", "Trying again by itself in 4", "Try again"
     if status == 502:
         sim.fault(status=500, count=1)
         return servers(ZIPTEAMS_RETRIES="0"), alice, "/", "dashboard is unavailable", "Try again"
@@ -245,17 +245,35 @@ def test_a_busy_page_counts_down_and_opens_the_dashboard_by_itself(browser, serv
         assert console.csp_violations() == []
 
 
+# A click on the element, and whether the page's own handler kept it from going anywhere.
+PREVENTED = """a => { let prevented = null;
+    a.addEventListener('click', e => { prevented = e.defaultPrevented; e.preventDefault(); }, {once: true});
+    a.click(); return prevented; }"""
+
+
 def test_the_countdown_can_be_stopped(browser, servers, sim):  # noqa: F811
     sim.fault(status=429, message="Rate limit exceeded. Try again in 2 seconds.", count=1)
     server = servers(ZIPTEAMS_RETRIES="0")
     with signed_in_page(browser, width="desktop") as page:
         page.context.clock.install()  # the page's timers run on a clock this test moves
         assert page.goto(server.url + "/").status == 503
+        again = page.get_by_role("link", name="Try again")
+        # "Try again once the wait is over": until then the button says it is unavailable, and is.
+        assert again.get_attribute("aria-disabled") == "true"
+        axe_check(page, "error-503-waiting-desktop")
+        assert again.evaluate(PREVENTED) is True  # a click goes nowhere
         page.get_by_role("button", name="Stop trying by itself").click()
-        assert "Not trying again by itself" in page.locator("main .wait").inner_text()
+        assert re.fullmatch(r"Not trying again by itself\. You can try again in [12] seconds?\.",
+                            page.locator("main .wait").inner_text())
+        assert again.get_attribute("aria-disabled") == "true"
         page.clock.run_for(10_000)  # well past the wait and its jitter: the page stayed
         assert page.locator("main").get_attribute("data-status") == "503"
+        assert page.locator("main .wait").inner_text() == \
+            "Not trying again by itself. Use \u201cTry again\u201d when you are ready."
+        assert again.get_attribute("aria-disabled") is None  # the wait is over: it works now
         axe_check(page, "error-503-stopped-desktop")
+        with page.expect_navigation():
+            again.click()
 
 
 def test_copy_puts_the_request_id_on_the_clipboard(browser, servers):  # noqa: F811
@@ -387,6 +405,29 @@ def test_signing_out_in_one_tab_ends_the_others(browser, servers, sim):  # noqa:
     # And the server agrees: the old session's next request is refused.
     assert tab_a.evaluate("fetch('/session/status').then(r => r.status)") == 401
     context.close()
+
+
+@pytest.mark.parametrize("width", sorted(WIDTHS))
+def test_the_team_picker_says_who_is_signed_in_and_signs_out_every_tab(browser, servers, width):  # noqa: F811
+    server = servers()
+    with signed_in_page(browser, server.url + "/?team=acme%2Fsales-emea", email="bob@acme.example",
+                        width=width, groups="emea") as tab_a:
+        wait_ready(tab_a)
+        tab_b = tab_a.context.new_page()
+        console = Console(tab_b)
+        tab_b.goto(server.url + "/select")  # a user on the wrong account is not stuck here
+        header = tab_b.locator("header.bar")
+        # "Signed in as" is for screen readers; the email is what everyone sees, whole.
+        assert " ".join(header.locator(".user").inner_text().split()) == "Signed in as bob@acme.example"
+        email = header.locator(".user").bounding_box()
+        assert email["x"] >= 0 and email["x"] + email["width"] <= WIDTHS[width]["width"]
+        assert tab_b.evaluate("e => e.scrollWidth <= e.clientWidth", header.locator(".user").element_handle())
+        axe_check(tab_b, f"picker-account-{width}")
+        header.get_by_role("button", name="Sign out").click()
+        tab_b.get_by_role("heading", name="You are signed out").wait_for()
+        assert tab_b.locator("header.bar .account").count() == 0
+        tab_a.get_by_test_id("session-ended").wait_for(timeout=5000)  # the other tab heard it
+        assert console.csp_violations() == []
 
 
 def test_sso_session_gone_shows_session_ended_not_a_broken_frame(browser, servers):  # noqa: F811

@@ -144,6 +144,12 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
             state.dashboard_paths.append(raw_path)
         if not request.path.startswith("/dashboard/"):
             return Response("not found", 404)
+        fault = state.next_dashboard_fault(request.path)
+        if fault:
+            # What a dashboard's server says when it fails, before it looks at the token.
+            status = int(fault["dashboard_status"])
+            return Response(f"<!doctype html><title>{status}</title><h1>Error {status}</h1>", status,
+                            mimetype="text/html")
         claims = verified_claims()
         if claims is None:
             return jsonify(error="invalid or expired token"), 401
@@ -161,7 +167,8 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
             return jsonify(token_requests=state.token_requests, by_subtenant=dict(state.by_subtenant),
                            statuses=dict(state.statuses),
                            dashboard_paths=list(state.dashboard_paths),
-                           pending_faults=[dict(f) for f in state.faults])
+                           pending_faults=[dict(f) for f in state.faults],
+                           pending_dashboard_faults=[dict(f) for f in state.dashboard_faults])
 
     @app.get("/_sim/requests")
     def journaled_requests():
@@ -179,6 +186,7 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
     def clear_faults():
         with state.lock:
             state.faults.clear()
+            state.dashboard_faults.clear()
         return jsonify(ok=True, pending=0)
 
     @app.post("/_sim/faults")
@@ -189,6 +197,16 @@ def create_sim_app(partners: dict[str, str], *, rate_limit: int | None = None,
         count = spec.get("count", 1)
         if not isinstance(count, int) or count < 1:
             return jsonify(error="count must be a positive integer"), 400
+        if "dashboard_status" in spec:
+            # The dashboard (not the token API) answers this status, for ``path`` or any path.
+            status, path = spec["dashboard_status"], spec.get("path", "/dashboard/")
+            if not isinstance(status, int) or not 400 <= status <= 599:
+                return jsonify(error="dashboard_status must be an HTTP error status (400-599)"), 400
+            if not isinstance(path, str) or not path.startswith("/dashboard/"):
+                return jsonify(error="path must start with /dashboard/"), 400
+            with state.lock:
+                state.dashboard_faults.append(dict(spec, path=path, count=count))
+            return jsonify(ok=True, pending=len(state.dashboard_faults))
         if "status" in spec:
             if spec["status"] not in SPEC_MESSAGES:
                 return jsonify(error="status must be one of 400, 403, 429, 500"), 400

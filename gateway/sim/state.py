@@ -48,6 +48,7 @@ class SimState:
             self.statuses: collections.Counter = collections.Counter()
             self.dashboard_paths: list[str] = []
             self.faults: list[dict] = []
+            self.dashboard_faults: list[dict] = []  # {"dashboard_status", "path"?, "count"}
             self.windows: dict[str, collections.deque] = {}
             self.minted: set[str] = self._Minted(self.mint_journal)
             self.revoked: set[str] = set()
@@ -85,6 +86,17 @@ class SimState:
             if fault["count"] <= 0:
                 self.faults.pop(0)
             return dict(fault)
+
+    def next_dashboard_fault(self, path: str) -> dict | None:
+        """The first pending dashboard fault for ``path`` (each names one; the entry page by default), used once."""
+        with self.lock:
+            for fault in self.dashboard_faults:
+                if fault.get("path", path) == path:
+                    fault["count"] -= 1
+                    if fault["count"] <= 0:
+                        self.dashboard_faults.remove(fault)
+                    return dict(fault)
+            return None
 
     def rate_limited(self, key: str, limit: int | None) -> int:
         """0 if the request may pass, else the seconds until it may."""

@@ -21,7 +21,7 @@ from gateway.tenancy.choice import NeedsChoice, current_subtenant, user_matches
 from gateway.tokens import cache as tokens
 from gateway.identity.auth import login_required
 from gateway.tokens.client import DashboardToken
-from gateway.delivery.proxy import policy, relay, scrub, streams
+from gateway.delivery.proxy import pages, policy, relay, scrub, streams
 from gateway.delivery.proxy.paths import raw_request_uri, upstream_path
 from gateway.delivery.proxy.placeholders import bound_match, placeholder_for
 from gateway.delivery.proxy.upstream import DashboardProxy, discard, forward, request_body
@@ -101,6 +101,12 @@ def dashboard(path: str):
         if upstream.status == 206:
             discard(upstream)
             raise UpstreamFailure("dashboard sent a slice of a text answer without a Range request")
+    if pages.failed_document(upstream.status, request.environ):
+        # The frame's own page failed: the user gets the gateway's page, never the raw error.
+        # Closed, not drained: a failing server's body is not worth waiting for.
+        upstream.close()
+        upstream.release_conn()
+        raise pages.refusal(upstream.status, proxy.base_url, rest)
     g.proxied = True
     # Every token we hold for this team that is still valid: the dashboard may echo an older one.
     pattern = scrub.pattern_for(cache.valid_values(sub.tenant, sub.id, token), ph)
