@@ -445,6 +445,10 @@
   var already = frameDocument();
   if (already && already.readyState === "complete" && already.URL !== "about:blank") {
     inspect();
+  } else if (!already && proxy) {
+    // Proxy mode: a same-origin frame is always readable, even before its page arrives (about:blank).
+    // Unreadable already means the browser refused it and its load event has come and gone.
+    inspect();
   } else if (!already && !proxy) {
     // Iframe mode, Zipteams' page already in the frame: its "ready" may have gone unheard; ask
     // again, and take it as ready (unverified) if it never says.

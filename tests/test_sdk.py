@@ -227,6 +227,34 @@ def test_a_dashboard_frame_the_browser_refuses_is_an_error_never_ready(open_cont
     context.close()
 
 
+def test_a_dashboard_frame_refused_before_the_pages_script_ran_is_still_an_error(open_context, gateways, hosts, sim):
+    """On a busy machine the refused frame's only load event can come before embed.js runs."""
+    gateway = gateways["proxy"]
+    context = open_context(viewport=DESKTOP)
+    sign_in(context, gateway, "alice@acme.example")
+    refused = []
+
+    def refuse_framing(route):
+        answer = route.fetch()
+        route.fulfill(response=answer, headers={**answer.headers, "content-security-policy": "frame-ancestors 'none'"})
+        refused.append(True)
+
+    def script_after_the_refusal(route):
+        answer = route.fetch()
+        page = route.request.frame.page
+        while not refused:
+            page.wait_for_timeout(50)  # gives Playwright's dispatcher the frame's request meanwhile
+        page.wait_for_timeout(500)  # and the refused frame its load event
+        route.fulfill(response=answer)
+
+    context.route(f"{gateway.url}/dashboard/?*", refuse_framing)
+    context.route(f"{gateway.url}/static/embed.js*", script_after_the_refusal)
+    page = open_host(context, hosts["listed"], gateway)
+    seen = wait_event(page, "error")
+    assert [e["type"] for e in seen] == ["loading", "error"] and seen[1]["code"] == "frame_blocked"
+    context.close()
+
+
 @pytest.fixture
 def gateway_with(sim):
     """A gateway of its own (a cold token cache, settings of the test's choosing)."""
