@@ -3,8 +3,11 @@
 Several workers on several instances share one Redis (``GATEWAY_CACHE_URL``) for:
 encrypted tokens, the fetch lock and the rate window (``gateway.tokens``), and the
 revoked sessions and single-use hand-off ids (``gateway.identity.revocations``). Keys are
-``zg:<hash of the partner's API URL and key>:<use>:...``, so partners sharing one Redis
-never see each other's entries. Tokens are stored encrypted with AES-GCM under a key
+``zg:<hash of the partner's API URL and key>:{<group>}:<use>``, so partners sharing one
+Redis never see each other's entries. The braces are Redis Cluster's hash tag: the keys of one
+(tenant, subtenant) pair (its token and its fetch lock) live in one slot, as do one budget's rate
+window and back-off, and no command or script touches more than one key, so nothing spans
+slots on a cluster. Tokens are stored encrypted with AES-GCM under a key
 derived from ``GATEWAY_SECRET_KEY``, bound to their Redis key, so a Redis reader learns
 nothing usable.
 
@@ -69,13 +72,13 @@ def derive_key(secret_key: str) -> bytes:
 class Shared:
     """The one Redis client: fail-soft for tokens, lock and window; strict for marks."""
 
-    def __init__(self, url: str, secret_key: str, *, namespace: str,
+    def __init__(self, url: str, secret_key: str, *, namespace: str, client=None,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
         import redis  # only needed when a Redis URL is configured
 
         self._where = redact_url(url)  # for reprs and log lines: never the password
-        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                           retry_on_timeout=False, health_check_interval=30)
+        self._redis = client if client is not None else redis.Redis.from_url(
+            url, socket_timeout=0.5, socket_connect_timeout=0.5, retry_on_timeout=False, health_check_interval=30)
         self._errors = (redis.RedisError, OSError)
         self._aead = AESGCM(derive_key(secret_key))
         # Partners sharing one Redis never see each other's entries.
@@ -132,8 +135,12 @@ class Shared:
         return bool(self.call("ping", self._redis.ping, False))
 
     # ------------------------------------------------------------ tokens
+    def key(self, group: str, use: str) -> str:
+        """The Redis key of ``use`` in ``group``; every key of one group hashes to one cluster slot."""
+        return f"{self._ns}{{{group}}}:{use}"
+
     def _token_key(self, tenant: str, subtenant: str) -> str:
-        return f"{self._ns}token:{tenant}/{subtenant}"
+        return self.key(f"{tenant}/{subtenant}", "token")
 
     def get_token(self, tenant: str, subtenant: str) -> str | None:
         key = self._token_key(tenant, subtenant)
@@ -171,7 +178,7 @@ class Shared:
         instead of stalling the team for a whole deadline. Also None when Redis is
         unreachable: callers then check ``available``.
         """
-        lock = self._redis.lock(f"{self._ns}lock:{tenant}/{subtenant}", timeout=LOCK_LEASE,
+        lock = self._redis.lock(self.key(f"{tenant}/{subtenant}", "lock"), timeout=LOCK_LEASE,
                                 blocking=False, thread_local=False)  # renewed from another thread
         if not self.call("lock", lambda: lock.acquire(blocking=False), False):
             return None
@@ -181,32 +188,32 @@ class Shared:
     def mark(self, key: str, ttl: float) -> bool:
         """Record ``key`` for ``ttl`` seconds; False if it was already recorded."""
         try:
-            return bool(self._redis.set(f"{self._ns}state:{key}", b"1", nx=True, px=max(1, int(ttl * 1000))))
+            return bool(self._redis.set(self.key(key, "mark"), b"1", nx=True, px=max(1, int(ttl * 1000))))
         except self._errors as exc:
             raise StoreUnavailable(f"{type(exc).__name__} from {self._where}") from None
 
     def marked(self, key: str) -> bool:
         try:
-            return bool(self._redis.exists(f"{self._ns}state:{key}"))
+            return bool(self._redis.exists(self.key(key, "mark")))
         except self._errors as exc:
             raise StoreUnavailable(f"{type(exc).__name__} from {self._where}") from None
 
     # -------------------------------------------------------- rate window
     def admit(self, name: str, limit: int) -> float | None:
         """0 if a request may go now, else seconds to wait; None when Redis cannot say."""
-        key = f"{self._ns}rate:{name}"
+        key = self.key(f"budget/{name}", "rate")
         now_ms = int(self._clock() * 1000)
         member = f"{now_ms}-{secrets.token_hex(4)}"
         result = self.call("rate", lambda: self._window(keys=[key], args=[now_ms, limit, member]))
         return None if result is None else int(result) / 1000.0
 
     def set_backoff(self, name: str, seconds: float) -> None:
-        key = f"{self._ns}backoff:{name}"
+        key = self.key(f"budget/{name}", "backoff")
         until = self._clock() + seconds
         self.call("backoff", lambda: self._redis.set(key, str(until), px=int(seconds * 1000)))
 
     def backoff_until(self, name: str) -> float:
-        raw = self.call("backoff", lambda: self._redis.get(f"{self._ns}backoff:{name}"))
+        raw = self.call("backoff", lambda: self._redis.get(self.key(f"budget/{name}", "backoff")))
         try:
             return float(raw) if raw else 0.0
         except ValueError:
