@@ -28,12 +28,13 @@ import os
 import secrets
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gateway import sharedtier
 from gateway.ops import metrics
 from gateway.config import redact_url
 
@@ -72,14 +73,12 @@ def derive_key(secret_key: str) -> bytes:
 class Shared:
     """The one Redis client: fail-soft for tokens, lock and window; strict for marks."""
 
-    def __init__(self, url: str, secret_key: str, *, namespace: str, client=None,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
-        import redis  # only needed when a Redis URL is configured
-
+    def __init__(self, url: str, secret_key: str, *, namespace: str, settings: Mapping[str, Any] | None = None,
+                 client=None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self._url, self._settings = url, settings or {}
         self._where = redact_url(url)  # for reprs and log lines: never the password
-        self._redis = client if client is not None else redis.Redis.from_url(
-            url, socket_timeout=0.5, socket_connect_timeout=0.5, retry_on_timeout=False, health_check_interval=30)
-        self._errors = (redis.RedisError, OSError)
+        self._client, self._window = client, None  # made at first use (RedisCluster connects when made)
         self._aead = AESGCM(derive_key(secret_key))
         # Partners sharing one Redis never see each other's entries.
         self._ns = PREFIX + hashlib.sha256(namespace.encode()).hexdigest()[:16] + ":"
@@ -87,31 +86,48 @@ class Shared:
         self._down_until = 0.0
         self._last_log = -LOG_EVERY
         self._was_down = False
+        self._healthy: bool | None = None  # what the gauge last said
         self._lock = threading.Lock()
-        self.lock_errors = (redis.exceptions.LockError,)
-        self._window = self._redis.register_script(_WINDOW)
+        self.lock_errors = sharedtier.LOCK_ERRORS
 
     def __repr__(self) -> str:
         return f"Shared({self._where!r}, namespace={self._ns!r})"
+
+    @property
+    def _redis(self):
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = sharedtier.connect(self._url, self._settings)
+        return self._client
 
     # ------------------------------------------------------------ health
     @property
     def available(self) -> bool:
         return self._monotonic() >= self._down_until
 
+    def _gauge(self, healthy: bool) -> None:
+        if self._healthy is not healthy:
+            self._healthy = healthy
+            metrics.SHARED_TIER_HEALTHY.set(1 if healthy else 0)
+
     def _failed(self, what: str, exc: Exception) -> None:
         metrics.REDIS_ERRORS.inc()
+        self._gauge(False)
         now = self._monotonic()
         with self._lock:
             self._down_until = now + RETRY_AFTER_ERROR
             self._was_down = True
             if now - self._last_log >= LOG_EVERY:
                 self._last_log = now
-                logger.warning("redis unavailable at %s (%s during %s): serving from the local cache and "
-                               "fetching directly; retrying Redis every %.0fs",
-                               self._where, type(exc).__name__, what, RETRY_AFTER_ERROR)
+                reason, misconfigured = sharedtier.describe(exc, self._url)
+                logger.log(logging.ERROR if misconfigured else logging.WARNING,
+                           "redis unavailable at %s (%s during %s): serving from the local cache and "
+                           "fetching directly; retrying Redis every %.0fs",
+                           self._where, reason, what, RETRY_AFTER_ERROR)
 
     def _ok(self) -> None:
+        self._gauge(True)
         if self._was_down:
             with self._lock:
                 if self._was_down:
@@ -125,7 +141,7 @@ class Shared:
             result = fn()
         except self.lock_errors:
             raise  # about that lock (not ours any more), not about Redis' health
-        except self._errors as exc:
+        except sharedtier.ERRORS as exc:
             self._failed(what, exc)
             return default
         self._ok()
@@ -178,25 +194,31 @@ class Shared:
         instead of stalling the team for a whole deadline. Also None when Redis is
         unreachable: callers then check ``available``.
         """
-        lock = self._redis.lock(self.key(f"{tenant}/{subtenant}", "lock"), timeout=LOCK_LEASE,
-                                blocking=False, thread_local=False)  # renewed from another thread
-        if not self.call("lock", lambda: lock.acquire(blocking=False), False):
+        lock = self.call("lock", lambda: self._redis.lock(
+            self.key(f"{tenant}/{subtenant}", "lock"), timeout=LOCK_LEASE, blocking=False,
+            thread_local=False))  # renewed from another thread
+        if lock is None or not self.call("lock", lambda: lock.acquire(blocking=False), False):
             return None
         return FetchLock(self, lock)
 
     # ------------------------------------------------------------- marks
     def mark(self, key: str, ttl: float) -> bool:
         """Record ``key`` for ``ttl`` seconds; False if it was already recorded."""
-        try:
-            return bool(self._redis.set(self.key(key, "mark"), b"1", nx=True, px=max(1, int(ttl * 1000))))
-        except self._errors as exc:
-            raise StoreUnavailable(f"{type(exc).__name__} from {self._where}") from None
+        return bool(self._strict(lambda: self._redis.set(self.key(key, "mark"), b"1", nx=True,
+                                                          px=max(1, int(ttl * 1000)))))
 
     def marked(self, key: str) -> bool:
+        return bool(self._strict(lambda: self._redis.exists(self.key(key, "mark"))))
+
+    def _strict(self, fn):
+        """For marks: the store's answer, or StoreUnavailable (their caller applies each use's policy)."""
         try:
-            return bool(self._redis.exists(self.key(key, "mark")))
-        except self._errors as exc:
+            result = fn()
+        except sharedtier.ERRORS as exc:
+            self._gauge(False)
             raise StoreUnavailable(f"{type(exc).__name__} from {self._where}") from None
+        self._gauge(True)
+        return result
 
     # -------------------------------------------------------- rate window
     def admit(self, name: str, limit: int) -> float | None:
@@ -204,8 +226,13 @@ class Shared:
         key = self.key(f"budget/{name}", "rate")
         now_ms = int(self._clock() * 1000)
         member = f"{now_ms}-{secrets.token_hex(4)}"
-        result = self.call("rate", lambda: self._window(keys=[key], args=[now_ms, limit, member]))
+        result = self.call("rate", lambda: self._script()(keys=[key], args=[now_ms, limit, member]))
         return None if result is None else int(result) / 1000.0
+
+    def _script(self):
+        if self._window is None:
+            self._window = self._redis.register_script(_WINDOW)
+        return self._window
 
     def set_backoff(self, name: str, seconds: float) -> None:
         key = self.key(f"budget/{name}", "backoff")
@@ -244,8 +271,13 @@ class FetchLock:
 
 
 def init_app(app) -> None:
-    """The instance's one client, or None with ``GATEWAY_CACHE_URL=memory://``."""
+    """The instance's one client, or None with ``GATEWAY_CACHE_URL=memory://``; the start-up line
+    names the tier's mode and round trip, or says exactly why it is not in use."""
     cfg = app.config
-    app.extensions["shared"] = None if cfg["GATEWAY_CACHE_URL"] == "memory://" else Shared(
-        cfg["GATEWAY_CACHE_URL"], cfg["GATEWAY_SECRET_KEY"],
+    if cfg["GATEWAY_CACHE_URL"] == "memory://":
+        app.extensions["shared"] = None
+        return
+    sharedtier.log_start(cfg)
+    app.extensions["shared"] = Shared(
+        cfg["GATEWAY_CACHE_URL"], cfg["GATEWAY_SECRET_KEY"], settings=cfg,
         namespace=cfg["ZIPTEAMS_API_URL"] + "|" + cfg["ZIPTEAMS_API_KEY"], clock=cfg.get("CLOCK", time.time))
