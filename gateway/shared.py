@@ -121,10 +121,11 @@ class Shared:
             if now - self._last_log >= LOG_EVERY:
                 self._last_log = now
                 reason, misconfigured = sharedtier.describe(exc, self._url)
+                # A wrong deployment, credential or CA is an operator's error, not an outage.
                 logger.log(logging.ERROR if misconfigured else logging.WARNING,
-                           "redis unavailable at %s (%s during %s): serving from the local cache and "
-                           "fetching directly; retrying Redis every %.0fs",
-                           self._where, reason, what, RETRY_AFTER_ERROR)
+                           "%s at %s (%s during %s): serving from the local cache and fetching directly; "
+                           "retrying Redis every %.0fs", "shared tier misconfigured" if misconfigured
+                           else "redis unavailable", self._where, reason, what, RETRY_AFTER_ERROR)
 
     def _ok(self) -> None:
         self._gauge(True)

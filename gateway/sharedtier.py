@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (AskError, AuthenticationError, LockError, MovedError, NoPermissionError,
                               RedisClusterException)
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from gateway.config import redact_url
@@ -42,7 +44,9 @@ def mode_of(url: str) -> str:
 def connect(url: str, settings: Mapping[str, Any]):
     """A redis-py client for ``url``; nothing is sent until it is first used."""
     target = split_redis_url(url)
-    timeouts = {"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT, "retry_on_timeout": False}
+    # No retries of our own asking: a failed call is failed soft at once (gateway.shared), and
+    # redis-py 6+ would otherwise retry with backoff by default.
+    timeouts = {"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT, "retry": Retry(NoBackoff(), 0)}
     auth = {}
     if settings.get("GATEWAY_REDIS_USERNAME"):
         auth["username"] = settings["GATEWAY_REDIS_USERNAME"]
@@ -76,8 +80,8 @@ def describe(exc: BaseException, url: str) -> tuple[str, bool]:
                 f"{CLUSTER_FIX}", True)
     if isinstance(exc, (AuthenticationError, NoPermissionError)) or text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")):
         return (f"the ACL user was refused ({type(exc).__name__}: {text}): check GATEWAY_REDIS_USERNAME, "
-                "GATEWAY_REDIS_PASSWORD and that the user may run get, set, exists, del, evalsha, script "
-                "and ping on keys zg:*", True)
+                "GATEWAY_REDIS_PASSWORD, and that the user may use keys zg:* with get, set, exists, del, "
+                "eval, evalsha, script load and ping (e.g. +@read +@write +@scripting +@connection)", True)
     if "certificate verify failed" in text or "CERTIFICATE_VERIFY_FAILED" in text:
         return (f"TLS: the server's certificate was not accepted ({text}): GATEWAY_REDIS_CA_FILE must hold "
                 "the CA that signed it", True)
@@ -102,7 +106,7 @@ class TierCheck:
     def line(self) -> str:
         if self.ok:
             return f"shared tier: {self.mode} Redis at {self.where}, round trip {self.round_trip_ms:.1f} ms"
-        return f"shared tier: {self.mode} Redis at {self.where}: " + "; ".join(self.problems)
+        return "shared tier NOT in use: " + "; ".join(self.problems)
 
 
 def check_shared_tier(config: Mapping[str, Any]) -> TierCheck | None:
@@ -117,6 +121,7 @@ def check_shared_tier(config: Mapping[str, Any]) -> TierCheck | None:
     client = None
     try:
         client = connect(url, config)
+        client.ping()  # the connection (and TLS handshake) first: the round trip is the second
         started = time.perf_counter()
         client.ping()
         check.round_trip_ms = (time.perf_counter() - started) * 1000
