@@ -271,3 +271,106 @@ def test_every_deployment_has_its_url(url, mode):
     from gateway.redisurl import split_redis_url
 
     assert split_redis_url(url).mode == mode
+
+
+# ------------------------------------------------------------------ failover under load
+USERS = ("alice@acme.example", "user1@us.acme.example", "user2@globex.example")  # three subtenants
+
+
+def signed_in_users(instances, count: int):
+    """``count`` users signed in by hand-off (on alternating instances), each with a client on
+    every instance carrying the same cookie."""
+    users = []
+    for i in range(count):
+        now = int(time.time())
+        token = jwt.encode({"iss": ISS, "aud": AUD, "iat": now, "exp": now + 120, "jti": f"load-{i}-{now}",
+                            "email": USERS[i % len(USERS)]}, HANDOFF_SECRET, algorithm="HS256")
+        first = instances[i % 2].test_client()
+        assert first.get("/sso/jwt", query_string={"jwt": token}).status_code == 302
+        cookie = first.get_cookie(COOKIE).value
+        clients = []
+        for app in instances:
+            client = app.test_client()
+            client.set_cookie(COOKIE, cookie)
+            clients.append(client)
+        users.append(clients)
+    return users
+
+
+def under_load(users, event, *, settle: float) -> tuple[dict[int, int], float]:
+    """Every user asks for the page on both instances in turn while ``event()`` runs, and for
+    ``settle`` seconds after it (past the gateway's pause before it asks Redis again); the
+    statuses seen and how long ``event`` took."""
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def user(clients):
+        turn = 0
+        while not stop.is_set():
+            statuses.append(clients[turn % 2].get("/").status_code)
+            turn += 1
+            time.sleep(0.02)  # about 50 pages a second per user
+
+    threads = [threading.Thread(target=user, args=(clients,)) for clients in users]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        started = time.monotonic()
+        event()
+        took = time.monotonic() - started
+        time.sleep(settle)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    return {s: statuses.count(s) for s in set(statuses)}, took
+
+
+def logout_is_honoured_everywhere(users) -> None:
+    """A logout on one instance, after the event, is refused on the other."""
+    mine, elsewhere = users[0]
+    page = mine.get("/").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    assert mine.post("/logout", data={"csrf_token": csrf}).status_code == 303
+    assert elsewhere.get("/").status_code == 401
+    assert all(clients[1].get("/").status_code == 200 for clients in users[1:])  # nobody else
+
+
+def redis_errors() -> float:
+    from gateway.ops import metrics
+
+    return metrics.REGISTRY.get_sample_value("gateway_redis_errors_total") or 0.0
+
+
+def state_unavailable() -> float:
+    from gateway.ops import metrics
+
+    return sum(s.value for f in metrics.REGISTRY.collect() if f.name == "gateway_state_unavailable"
+               for s in f.samples if s.name.endswith("_total"))
+
+
+@pytest.mark.parametrize("event", ["sentinel failover", "cluster master restart"])
+def test_a_failover_under_load_signs_no_one_out_and_keeps_token_requests_bounded(make_app, sim, event, request):
+    server = request.getfixturevalue("sentinel_redis" if event == "sentinel failover" else "cluster_redis")
+    server.flush()
+    instances = jwt_instances(make_app, server)
+    users = signed_in_users(instances, 12)
+    for clients in users:
+        assert [c.get("/").status_code for c in clients] == [200, 200]
+    before = sim.stats()["token_requests"]
+    assert before <= len(USERS) * len(instances)
+    if event == "sentinel failover":
+        action = server.failover
+    else:
+        # The master holding alice's session marks' slot... any master: each holds a third of them.
+        action = lambda: server.restart(server.ports[0])  # noqa: E731
+    errors_before, unavailable_before = redis_errors(), state_unavailable()
+    seen, took = under_load(users, action, settle=6.5)
+    during = sim.stats()["token_requests"] - before
+    print(f"\n{event}: {took:.1f}s, pages {seen}, token requests during it: {during}, failed Redis calls "
+          f"{redis_errors() - errors_before:.0f}, checks answered without the store "
+          f"{state_unavailable() - unavailable_before:.0f}")
+    assert set(seen) == {200}, seen  # no one signed out, no error page
+    assert during <= len(USERS) * len(instances)  # at most one per subtenant per instance: no herd
+    logout_is_honoured_everywhere(users)
