@@ -37,10 +37,6 @@ TLS_FILES = {"GATEWAY_REDIS_CA_FILE": "ssl_ca_certs", "GATEWAY_REDIS_CERT_FILE":
 CLUSTER_FIX = "give the cluster as redis+cluster://host:port,host:port (rediss+cluster:// with TLS)"
 
 
-def mode_of(url: str) -> str:
-    return split_redis_url(url).mode
-
-
 def connect(url: str, settings: Mapping[str, Any]):
     """A redis-py client for ``url``; nothing is sent until it is first used."""
     target = split_redis_url(url)
@@ -71,11 +67,11 @@ def connect(url: str, settings: Mapping[str, Any]):
     return RedisCluster(startup_nodes=nodes, **timeouts, **auth, **({"ssl": True, **tls} if target.tls else {}))
 
 
-def describe(exc: BaseException, url: str) -> tuple[str, bool]:
+def describe(exc: BaseException) -> tuple[str, bool]:
     """What went wrong, in words naming no secret, and whether it is a configuration error
     (a retry would not help: wrong deployment, credentials or certificate authority)."""
     text = redact_url(str(exc)).strip() or type(exc).__name__
-    if isinstance(exc, (MovedError, AskError)) or "MOVED" in text[:8] or "ASK" in text[:4]:
+    if isinstance(exc, (MovedError, AskError)):
         return (f"a Redis Cluster node answered with a redirection ({type(exc).__name__}): "
                 f"{CLUSTER_FIX}", True)
     if isinstance(exc, (AuthenticationError, NoPermissionError)) or text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")):
@@ -85,7 +81,11 @@ def describe(exc: BaseException, url: str) -> tuple[str, bool]:
     if "certificate verify failed" in text or "CERTIFICATE_VERIFY_FAILED" in text:
         return (f"TLS: the server's certificate was not accepted ({text}): GATEWAY_REDIS_CA_FILE must hold "
                 "the CA that signed it", True)
-    if "SSL" in text or "wrong version number" in text:
+    if "CERTIFICATE_REQUIRED" in text or "EOF occurred in violation of protocol" in text:
+        # TLS 1.3 servers refuse a missing client certificate after the handshake: a bare EOF.
+        return (f"TLS: the server ended the connection after the handshake ({text}): if it asks for a "
+                "client certificate, set GATEWAY_REDIS_CERT_FILE and GATEWAY_REDIS_KEY_FILE", True)
+    if "SSL" in text:
         return f"TLS failed ({type(exc).__name__}: {text})", True
     return f"{type(exc).__name__}: {text}", False
 
@@ -134,7 +134,7 @@ def check_shared_tier(config: Mapping[str, Any]) -> TierCheck | None:
         client.get(key)
         client.delete(key)
     except ERRORS as exc:
-        reason, _ = describe(exc, url)
+        reason, _ = describe(exc)
         check.problems.append(f"GATEWAY_CACHE_URL={where} ({check.mode}): {reason}")
     finally:
         if client is not None:

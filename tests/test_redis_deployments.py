@@ -111,13 +111,17 @@ def cold_herd(instances, size: int) -> list[int]:
 
 
 # ------------------------------------------------------------------ every deployment
-def test_the_check_names_the_mode_and_the_round_trip(deployment):
+def test_the_check_and_the_start_up_line_name_the_mode_and_the_round_trip(deployment, make_app, caplog):
     config = {**NO_REDIS_SETTINGS, **gateway_settings(deployment)}
     check = check_shared_tier(config)
     assert check.ok, check.problems
     mode = {"redis": "plain", "rediss": "TLS", "redis+sentinel": "Sentinel", "redis+cluster": "Cluster"}[
         deployment.url.split("://")[0]]
-    assert re.fullmatch(rf"shared tier: {re.escape(mode)} Redis at \S+, round trip \d+\.\d ms", check.line), check.line
+    line = rf"shared tier: {re.escape(mode)} Redis at \S+, round trip \d+\.\d ms"
+    assert re.fullmatch(line, check.line), check.line
+    with caplog.at_level(logging.INFO, logger="gateway.sharedtier"):
+        make_app(**gateway_settings(deployment))
+    assert [r.levelno for r in caplog.records if re.fullmatch(line, r.getMessage())] == [logging.INFO]
 
 
 def test_a_cold_herd_over_two_instances_makes_one_token_request_per_subtenant(make_app, sim, deployment):
@@ -199,7 +203,8 @@ def test_tls_failures_say_exactly_what_is_wrong(tls_redis):
     cases = {
         "GATEWAY_REDIS_CA_FILE": (dict(good, GATEWAY_REDIS_CA_FILE=tls_redis.certs["wrong-ca"]), "GATEWAY_REDIS_CA_FILE must hold"),
         "ACL": (dict(good, GATEWAY_REDIS_PASSWORD="not-the-password-0123"), "the ACL user was refused"),
-        "client certificate": (dict(good, GATEWAY_REDIS_CERT_FILE="", GATEWAY_REDIS_KEY_FILE=""), "TLS"),
+        "client certificate": (dict(good, GATEWAY_REDIS_CERT_FILE="", GATEWAY_REDIS_KEY_FILE=""),
+                               "set GATEWAY_REDIS_CERT_FILE and GATEWAY_REDIS_KEY_FILE"),
     }
     for name, (config, expected) in cases.items():
         check = check_shared_tier(config)
