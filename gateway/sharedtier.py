@@ -71,7 +71,8 @@ def describe(exc: BaseException) -> tuple[str, bool]:
     """What went wrong, in words naming no secret, and whether it is a configuration error
     (a retry would not help: wrong deployment, credentials or certificate authority)."""
     text = redact_url(str(exc)).strip() or type(exc).__name__
-    if isinstance(exc, (MovedError, AskError)):
+    # redis-py 5 raises a plain ResponseError for them outside RedisCluster; 6+ a MovedError/AskError.
+    if isinstance(exc, (MovedError, AskError)) or text.startswith(("MOVED ", "ASK ")):
         return (f"a Redis Cluster node answered with a redirection ({type(exc).__name__}): "
                 f"{CLUSTER_FIX}", True)
     if isinstance(exc, (AuthenticationError, NoPermissionError)) or text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")):

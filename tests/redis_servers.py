@@ -23,6 +23,11 @@ ADMIN_PASSWORD = "admin-pw-0123456789"
 GATEWAY_USER, GATEWAY_PASSWORD = "gateway", "gateway-pw-0123456789"
 DATA_PASSWORD, SENTINEL_PASSWORD = "data-pw-0123456789", "sentinel-pw-0123456789"
 MASTER = "zgmaster"
+# The default user off; an admin for the fixtures; the gateway's user on its own keys, with the
+# commands the docs list (CLUSTER SLOTS/SHARDS, READONLY and ASKING only matter on a cluster).
+ACL_LINES = ["user default off", f"user admin on >{ADMIN_PASSWORD} ~* &* +@all",
+             f"user {GATEWAY_USER} on >{GATEWAY_PASSWORD} ~zg:* resetchannels -@all +@read +@write +@scripting "
+             "+@connection -@dangerous +info +cluster|slots +cluster|shards +readonly +asking"]
 
 
 def free_ports(count: int) -> list[int]:
@@ -163,10 +168,7 @@ class TlsRedis:
         self.processes.start(self.port, [
             "port 0", f"tls-port {self.port}", f"tls-cert-file {self.certs['server-cert']}",
             f"tls-key-file {self.certs['server-key']}", f"tls-ca-cert-file {self.certs['ca']}",
-            "tls-auth-clients yes", "user default off",
-            f"user admin on >{ADMIN_PASSWORD} ~* &* +@all",
-            f"user {GATEWAY_USER} on >{GATEWAY_PASSWORD} ~zg:* resetchannels -@all +@read +@write +@scripting "
-            "+@connection +info -@dangerous +info"])
+            "tls-auth-clients yes", *ACL_LINES])
         wait_until(lambda: self.admin().ping(), "the TLS redis-server")
 
     def admin(self):
@@ -262,16 +264,20 @@ class Cluster:
 
     def start(self) -> None:
         for port in self.ports:
-            self.processes.start(port, self._node_lines())
+            self.processes.start(port, [line.replace("{port}", str(port)) for line in self._node_lines()])
         for port in self.ports:
             wait_until(lambda port=port: self.node(port).ping(), f"cluster node {port}")
-        subprocess.run([REDIS_CLI, "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
-                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        subprocess.run([REDIS_CLI, *self._cli_flags(), "--cluster", "create",
+                        *[f"127.0.0.1:{p}" for p in self.ports], "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
         self.wait_ok()
 
     def wait_ok(self) -> None:
         wait_until(lambda: all(self.node(p).cluster("info")["cluster_state"] == "ok" for p in self.ports),
                    "cluster_state:ok on every node", timeout=30)
+
+    def _cli_flags(self) -> list[str]:
+        return []
 
     def node(self, port: int):
         return redis_lib.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)
@@ -287,8 +293,37 @@ class Cluster:
         """Stop one master and start it again from its own nodes.conf (its data is gone)."""
         self.processes.stop(port)
         time.sleep(down_for)
-        self.processes.start(port, self._node_lines())
+        self.processes.start(port, [line.replace("{port}", str(port)) for line in self._node_lines()])
         self.wait_ok()
 
     def stop(self) -> None:
         self.processes.stop_all()
+
+
+class TlsCluster(Cluster):
+    """Three masters on TLS only (their bus too), with the default user off and the gateway's ACL
+    user, as ElastiCache runs cluster mode with in-transit encryption and RBAC."""
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        self.certs = make_certificates(workdir)
+        self.url = "rediss+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        self.settings = {"GATEWAY_REDIS_USERNAME": GATEWAY_USER, "GATEWAY_REDIS_PASSWORD": GATEWAY_PASSWORD,
+                         "GATEWAY_REDIS_CA_FILE": self.certs["ca"]}
+
+    def _node_lines(self) -> list[str]:
+        return super()._node_lines() + [
+            "port 0", "tls-port {port}", "tls-cluster yes", f"tls-cert-file {self.certs['server-cert']}",
+            f"tls-key-file {self.certs['server-key']}", f"tls-ca-cert-file {self.certs['ca']}",
+            "tls-auth-clients no", "masteruser admin", f"masterauth {ADMIN_PASSWORD}", *ACL_LINES]
+
+    def _cli_flags(self) -> list[str]:
+        return ["--tls", "--cacert", self.certs["ca"], "--user", "admin", "--pass", ADMIN_PASSWORD]
+
+    def node(self, port: int):
+        return redis_lib.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=self.certs["ca"],
+                               username="admin", password=ADMIN_PASSWORD, socket_timeout=5, decode_responses=True)
+
+    def admin(self):
+        return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in self.ports], ssl=True,
+                            ssl_ca_certs=self.certs["ca"], username="admin", password=ADMIN_PASSWORD, socket_timeout=5)

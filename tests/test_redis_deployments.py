@@ -1,6 +1,6 @@
 """The shared tier on the Redis deployments partners run, each against real redis-server processes:
 plain, TLS with an ACL user and a client certificate, a primary and replica behind three
-Sentinels, and a three-master Cluster.
+Sentinels, a three-master Cluster, and that Cluster on TLS with an ACL user.
 
 On each, two gateway instances (two apps, each with its own client and local token cache) make
 one token request per subtenant for a cold herd of first visits, a logout on one is refused on
@@ -38,7 +38,7 @@ def _need_redis():
 
 def _deployment(cls, tmp_path_factory):
     _need_redis()
-    if cls is rs.TlsRedis and not rs.tls_supported():
+    if cls in (rs.TlsRedis, rs.TlsCluster) and not rs.tls_supported():
         pytest.skip("this redis-server was built without TLS")
     server = cls(tmp_path_factory.mktemp(cls.__name__.lower()))
     try:
@@ -65,6 +65,11 @@ def cluster_redis(tmp_path_factory):
     yield from _deployment(rs.Cluster, tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def tls_cluster_redis(tmp_path_factory):
+    yield from _deployment(rs.TlsCluster, tmp_path_factory)
+
+
 class Plain:
     """conftest's redis-server, shaped like the others."""
 
@@ -72,11 +77,11 @@ class Plain:
         self.url, self.settings, self.flush = server.url, {}, server.flush
 
 
-@pytest.fixture(params=["plain", "tls", "sentinel", "cluster"])
+@pytest.fixture(params=["plain", "tls", "sentinel", "cluster", "tls-cluster"])
 def deployment(request):
     if request.param == "plain":
         return Plain(request.getfixturevalue("redis_server"))
-    server = request.getfixturevalue(f"{request.param}_redis")
+    server = request.getfixturevalue(f"{request.param.replace('-', '_')}_redis")
     server.flush()
     return server
 
@@ -115,7 +120,8 @@ def test_the_check_and_the_start_up_line_name_the_mode_and_the_round_trip(deploy
     config = {**NO_REDIS_SETTINGS, **gateway_settings(deployment)}
     check = check_shared_tier(config)
     assert check.ok, check.problems
-    mode = {"redis": "plain", "rediss": "TLS", "redis+sentinel": "Sentinel", "redis+cluster": "Cluster"}[
+    mode = {"redis": "plain", "rediss": "TLS", "redis+sentinel": "Sentinel", "redis+cluster": "Cluster",
+            "rediss+cluster": "Cluster (TLS)"}[
         deployment.url.split("://")[0]]
     line = rf"shared tier: {re.escape(mode)} Redis at \S+, round trip \d+\.\d ms"
     assert re.fullmatch(line, check.line), check.line
