@@ -78,6 +78,7 @@ class Shared:
                  monotonic: Callable[[], float] = time.monotonic):
         self._url, self._settings = url, settings or {}
         self._where = redact_url(url)  # for reprs and log lines: never the password
+        self._mode = sharedtier.split_redis_url(url).mode
         self._client, self._window = client, None  # made at first use (RedisCluster connects when made)
         self._aead = AESGCM(derive_key(secret_key))
         # Partners sharing one Redis never see each other's entries.
@@ -109,7 +110,7 @@ class Shared:
     def _gauge(self, healthy: bool) -> None:
         if self._healthy is not healthy:
             self._healthy = healthy
-            metrics.SHARED_TIER_HEALTHY.set(1 if healthy else 0)
+            metrics.SHARED_TIER_HEALTHY.labels(self._mode).set(1 if healthy else 0)
 
     def _failed(self, what: str, exc: Exception) -> None:
         metrics.REDIS_ERRORS.inc()

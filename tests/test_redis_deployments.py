@@ -236,7 +236,7 @@ def test_the_gauge_says_whether_the_shared_tier_answers(redis_server):
     from gateway.ops import metrics
 
     def gauge():
-        return metrics.REGISTRY.get_sample_value("gateway_shared_tier_healthy")
+        return metrics.REGISTRY.get_sample_value("gateway_shared_tier_healthy", {"mode": "plain"})
 
     clock = [100.0]
     shared = Shared(redis_server.url, SECRET_KEY, namespace="partner-a", monotonic=lambda: clock[0])
@@ -385,3 +385,21 @@ def test_a_failover_under_load_signs_no_one_out_and_keeps_token_requests_bounded
     assert set(seen) == {200}, seen  # no one signed out, no error page
     assert during <= len(USERS) * len(instances)  # at most one per subtenant per instance: no herd
     logout_is_honoured_everywhere(users)
+
+
+def test_under_gunicorn_the_log_names_the_tier_and_metrics_say_it_is_healthy(gunicorn, cluster_redis):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from conftest import recording_session
+
+    cluster_redis.flush()
+    server = gunicorn(workers=2, GATEWAY_CACHE_URL=cluster_redis.url)
+    with recording_session() as http:
+        for _ in range(4):  # both workers, most likely: each says what its own calls found
+            assert http.get(server.url + "/", headers=user_headers("bob@acme.example")).status_code == 200
+        text = http.get(server.url + "/metrics").text
+    [family] = [f for f in text_string_to_metric_families(text) if f.name == "gateway_shared_tier_healthy"]
+    # livemin: one value for the instance, the master (which never called Redis) not counted
+    assert [(s.labels, s.value) for s in family.samples] == [({"mode": "Cluster"}, 1.0)]
+    assert re.search(r'"shared tier: Cluster Redis at redis\+cluster://[^"]+, round trip [\d.]+ ms"',
+                     server.log.read_text())
