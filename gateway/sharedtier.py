@@ -21,7 +21,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (AskError, AuthenticationError, LockError, MovedError, NoPermissionError,
                               RedisClusterException)
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from gateway.config import redact_url
 from gateway.redisurl import split_redis_url
@@ -75,6 +75,11 @@ def describe(exc: BaseException) -> tuple[str, bool]:
     if isinstance(exc, (MovedError, AskError)) or text.startswith(("MOVED ", "ASK ")):
         return (f"a Redis Cluster node answered with a redirection ({type(exc).__name__}): "
                 f"{CLUSTER_FIX}", True)
+    if isinstance(exc, MasterNotFoundError):
+        # redis-py asks every Sentinel and reports only the name: a wrong Sentinel password, master
+        # name or address all end here.
+        return (f"no Sentinel named a primary ({text}): check the Sentinel addresses, the master name in "
+                "the URL and GATEWAY_REDIS_SENTINEL_PASSWORD", True)
     if isinstance(exc, (AuthenticationError, NoPermissionError)) or text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")):
         return (f"the ACL user was refused ({type(exc).__name__}: {text}): check GATEWAY_REDIS_USERNAME, "
                 "GATEWAY_REDIS_PASSWORD, and that the user may use keys zg:* with get, set, exists, del, "

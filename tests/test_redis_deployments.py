@@ -220,6 +220,22 @@ def test_tls_failures_say_exactly_what_is_wrong(tls_redis):
         assert "not-the-password" not in check.line and rs.GATEWAY_PASSWORD not in check.line
 
 
+@pytest.mark.parametrize("wrong", ["sentinel password", "master name", "data password"])
+def test_sentinel_failures_say_what_to_check(sentinel_redis, wrong):
+    config = {**NO_REDIS_SETTINGS, **gateway_settings(sentinel_redis)}
+    if wrong == "sentinel password":
+        config["GATEWAY_REDIS_SENTINEL_PASSWORD"] = "not-the-sentinel-pw"
+    elif wrong == "master name":
+        config["GATEWAY_CACHE_URL"] = sentinel_redis.url.replace(rs.MASTER, "nosuchmaster")
+    else:
+        config["GATEWAY_REDIS_PASSWORD"] = "not-the-data-pw-0123"
+    check = check_shared_tier(config)
+    assert not check.ok
+    expected = "the ACL user was refused" if wrong == "data password" else "GATEWAY_REDIS_SENTINEL_PASSWORD"
+    assert expected in check.problems[0] and "(Sentinel)" in check.problems[0], check.problems
+    assert "not-the-" not in check.line
+
+
 def test_the_acl_user_reaches_only_the_gateways_keys(tls_redis):
     """The ACL in the tests is as narrow as the docs say it may be: keys zg:* only."""
     import redis as redis_lib
