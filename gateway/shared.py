@@ -206,11 +206,22 @@ class Shared:
     # ------------------------------------------------------------- marks
     def mark(self, key: str, ttl: float) -> bool:
         """Record ``key`` for ``ttl`` seconds; False if it was already recorded."""
-        return bool(self._strict(lambda: self._redis.set(self.key(key, "mark"), b"1", nx=True,
-                                                          px=max(1, int(ttl * 1000)))))
+        def record() -> bool:
+            fresh = self._redis.set(self.key(key, "mark"), b"1", nx=True, px=max(1, int(ttl * 1000)))
+            legacy = self._legacy_key(key)
+            return bool(fresh) and not (legacy and self._redis.exists(legacy))
+        return self._strict(record)
 
     def marked(self, key: str) -> bool:
-        return bool(self._strict(lambda: self._redis.exists(self.key(key, "mark"))))
+        legacy = self._legacy_key(key)
+        keys = (self.key(key, "mark"),) + ((legacy,) if legacy else ())
+        return bool(self._strict(lambda: self._redis.exists(*keys)))
+
+    def _legacy_key(self, key: str) -> str | None:
+        """Where releases before the hash-tagged keys kept a mark. They still count while they live
+        (GATEWAY_SESSION_MAX at most), so an upgrade brings back no signed-out session; only on a
+        single server (plain or TLS), the one deployment those releases worked on."""
+        return f"{self._ns}state:{key}" if self._mode in ("plain", "TLS") else None
 
     def _strict(self, fn):
         """For marks: the store's answer, or StoreUnavailable (their caller applies each use's policy)."""

@@ -64,7 +64,9 @@ def every_operation(shared: Shared) -> dict[str, None]:
 def test_no_command_or_script_spans_slots_and_a_pairs_keys_share_one(redis_server):
     raw = redis_lib.Redis.from_url(redis_server.url)
     recording = Recording.from_url(redis_server.url)
-    shared = Shared(redis_server.url, SECRET_KEY, namespace="partner-a", client=recording)
+    # As on a cluster (its URL), through a plain client that can record what is sent.
+    shared = Shared(redis_server.url.replace("redis://", "redis+cluster://").rsplit("/", 1)[0], SECRET_KEY,
+                    namespace="partner-a", client=recording)
     slots_of: dict[str, set[int]] = {}
     for name in every_operation(shared):
         touched = keys_sent(raw, recording)
@@ -93,3 +95,14 @@ def test_keys_keep_the_partner_namespace_outside_the_tag():
     assert a.key("acme/sales", "token") != b.key("acme/sales", "token")
     assert a.key("acme/sales", "token").startswith("zg:") and "{acme/sales}:token" in a.key("acme/sales", "token")
     assert key_slot(a.key("acme/sales", "token").encode()) == key_slot(a.key("acme/sales", "lock").encode())
+
+
+def test_marks_from_before_the_hash_tags_still_count_on_a_single_server(redis_server):
+    """A session signed out, or a hand-off used, before the upgrade stays so after it."""
+    raw = redis_lib.Redis.from_url(redis_server.url)
+    shared = Shared(redis_server.url, SECRET_KEY, namespace="partner-a")
+    raw.set(shared.key("x", "y").split("{")[0] + "state:sid:old-session", b"1", px=60_000)
+    raw.set(shared.key("x", "y").split("{")[0] + "state:jti:iss|old-jti", b"1", px=60_000)
+    assert shared.marked("sid:old-session") and not shared.marked("sid:other")
+    assert shared.mark("jti:iss|old-jti", 60) is False
+    assert shared.mark("jti:iss|new-jti", 60) is True and shared.mark("jti:iss|new-jti", 60) is False
