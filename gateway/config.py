@@ -185,8 +185,19 @@ SETTINGS: tuple[Setting, ...] = (
             "probe, or a user's), and again after each failed probe. Users fail fast meanwhile.",
             parse_positive_float),
     Setting("GATEWAY_CACHE_URL", "memory://",
-            "Token cache shared by every worker and instance: memory:// (per process) or "
-            "redis://host:port/db.", parse_cache_url),
+            "Token cache shared by every worker and instance: memory:// (per process), redis://host:port/db, "
+            "unix:///path.sock, rediss://host:port/db (TLS), redis+sentinel://host:port,host:port/<master-name>/<db> "
+            "or redis+cluster://host:port,host:port (rediss+cluster:// with TLS).", parse_cache_url),
+    Setting("GATEWAY_REDIS_USERNAME", "", "Redis ACL user name (instead of the URL's user-info).", str, secret=True),
+    Setting("GATEWAY_REDIS_PASSWORD", "", "Redis password (instead of the URL's user-info).", str, secret=True),
+    Setting("GATEWAY_REDIS_SENTINEL_PASSWORD", "",
+            "redis+sentinel://: the Sentinels' own password, if they have one (the data password is separate).",
+            str, secret=True),
+    Setting("GATEWAY_REDIS_CA_FILE", "", "rediss://: PEM file with the CA that signed the Redis server's "
+            "certificate (empty: the system's CAs).", str),
+    Setting("GATEWAY_REDIS_CERT_FILE", "", "rediss://: PEM client certificate, when Redis asks for one "
+            "(with GATEWAY_REDIS_KEY_FILE).", str),
+    Setting("GATEWAY_REDIS_KEY_FILE", "", "rediss://: PEM private key of GATEWAY_REDIS_CERT_FILE.", str),
     Setting("GATEWAY_METRICS_ALLOW", "127.0.0.1/32,::1/128",
             "Comma-separated CIDRs allowed to read /metrics; everyone else gets 404.", parse_networks),
     Setting("GATEWAY_RULES_RELOAD", "5",
@@ -403,8 +414,39 @@ def _session(config: dict[str, Any]) -> None:
         raise ConfigError("GATEWAY_SESSION_IDLE must not be longer than GATEWAY_SESSION_MAX")
 
 
+def _redis(config: dict[str, Any]) -> None:
+    problems = redis_problems(config)
+    if problems:
+        raise ConfigProblems(problems)
+
+
+def redis_problems(config: dict[str, Any]) -> list[str]:
+    """The Redis settings that contradict GATEWAY_CACHE_URL or each other (every one, in order)."""
+    from gateway.redisurl import split_redis_url
+
+    url, problems = config["GATEWAY_CACHE_URL"], []
+    target = None if url == "memory://" else split_redis_url(url)
+    named = [n for n in ("GATEWAY_REDIS_USERNAME", "GATEWAY_REDIS_PASSWORD", "GATEWAY_REDIS_SENTINEL_PASSWORD",
+                         "GATEWAY_REDIS_CA_FILE", "GATEWAY_REDIS_CERT_FILE", "GATEWAY_REDIS_KEY_FILE") if config[n]]
+    if target is None:
+        return [f"{n} is set but GATEWAY_CACHE_URL is memory://: set a Redis URL or remove it" for n in named]
+    for name, part in (("GATEWAY_REDIS_USERNAME", target.username), ("GATEWAY_REDIS_PASSWORD", target.password)):
+        if config[name] and part is not None:
+            problems.append(f"{name} and the user-info of GATEWAY_CACHE_URL {redact_url(url)!r} are both set: keep one")
+    if config["GATEWAY_REDIS_SENTINEL_PASSWORD"] and target.mode != "Sentinel":
+        problems.append("GATEWAY_REDIS_SENTINEL_PASSWORD is only for redis+sentinel:// URLs")
+    for name in ("GATEWAY_REDIS_CA_FILE", "GATEWAY_REDIS_CERT_FILE", "GATEWAY_REDIS_KEY_FILE"):
+        if config[name] and not target.tls:
+            problems.append(f"{name} is only for TLS (rediss:// or rediss+cluster://), not {redact_url(url)!r}")
+        elif config[name] and not os.access(config[name], os.R_OK):
+            problems.append(f"{name}: cannot read {config[name]}")
+    if bool(config["GATEWAY_REDIS_CERT_FILE"]) != bool(config["GATEWAY_REDIS_KEY_FILE"]):
+        problems.append("GATEWAY_REDIS_CERT_FILE and GATEWAY_REDIS_KEY_FILE go together: set both or neither")
+    return problems
+
+
 # Settings that only make sense in combination; each runs only when its own settings are valid.
-_TOGETHER = (_body_buffer, _mode_needs, _oidc, _handoff, _assertion, _cookie, _session)
+_TOGETHER = (_body_buffer, _mode_needs, _oidc, _handoff, _assertion, _cookie, _session, _redis)
 
 
 def _check_private_key(path: str) -> None:

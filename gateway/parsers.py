@@ -10,6 +10,8 @@ import re
 from typing import Callable
 from urllib.parse import urlsplit
 
+from gateway.redisurl import split_redis_url
+
 
 class ConfigError(ValueError):
     """A setting is missing or invalid. The message is one line, safe to print."""
@@ -254,15 +256,8 @@ def parse_header_names(raw: str) -> tuple[str, ...]:
 
 def parse_cache_url(raw: str) -> str:
     value = raw.strip()
-    if value == "memory://":
-        return value
-    parts = urlsplit(value)
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
-    except ValueError:
-        raise ValueError("has an invalid port") from None
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ValueError("must be memory:// or redis://host:port/db (rediss:// for TLS)")
+    if value != "memory://":
+        split_redis_url(value)
     return value
 
 

@@ -3,8 +3,11 @@
 Several workers on several instances share one Redis (``GATEWAY_CACHE_URL``) for:
 encrypted tokens, the fetch lock and the rate window (``gateway.tokens``), and the
 revoked sessions and single-use hand-off ids (``gateway.identity.revocations``). Keys are
-``zg:<hash of the partner's API URL and key>:<use>:...``, so partners sharing one Redis
-never see each other's entries. Tokens are stored encrypted with AES-GCM under a key
+``zg:<hash of the partner's API URL and key>:{<group>}:<use>``, so partners sharing one
+Redis never see each other's entries. The braces are Redis Cluster's hash tag: the keys of one
+(tenant, subtenant) pair (its token and its fetch lock) live in one slot, as do one budget's rate
+window and back-off, and no command or script touches more than one key, so nothing spans
+slots on a cluster. Tokens are stored encrypted with AES-GCM under a key
 derived from ``GATEWAY_SECRET_KEY``, bound to their Redis key, so a Redis reader learns
 nothing usable.
 
@@ -18,25 +21,24 @@ One stated failure policy per use:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import secrets
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gateway import sharedtier
 from gateway.ops import metrics
 from gateway.config import redact_url
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "zg:"
 LOCK_SLACK = 5.0          # an instance's probe slot outlives the probe's deadline by this
 LOCK_LEASE = 6.0          # a fetch lock lives this long unless its holder renews it...
 LOCK_RENEW = 2.0          # ...which it does this often while its fetch runs
@@ -69,46 +71,63 @@ def derive_key(secret_key: str) -> bytes:
 class Shared:
     """The one Redis client: fail-soft for tokens, lock and window; strict for marks."""
 
-    def __init__(self, url: str, secret_key: str, *, namespace: str,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
-        import redis  # only needed when a Redis URL is configured
-
+    def __init__(self, url: str, secret_key: str, *, namespace: str, settings: Mapping[str, Any] | None = None,
+                 client=None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self._url, self._settings = url, settings or {}
         self._where = redact_url(url)  # for reprs and log lines: never the password
-        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                           retry_on_timeout=False, health_check_interval=30)
-        self._errors = (redis.RedisError, OSError)
+        self._mode = sharedtier.split_redis_url(url).mode
+        self._client, self._window = client, None  # made at first use (RedisCluster connects when made)
         self._aead = AESGCM(derive_key(secret_key))
         # Partners sharing one Redis never see each other's entries.
-        self._ns = PREFIX + hashlib.sha256(namespace.encode()).hexdigest()[:16] + ":"
+        self._ns = sharedtier.key_prefix(namespace)
         self._clock, self._monotonic = clock, monotonic
         self._down_until = 0.0
         self._last_log = -LOG_EVERY
         self._was_down = False
+        self._healthy: bool | None = None  # what the gauge last said
         self._lock = threading.Lock()
-        self.lock_errors = (redis.exceptions.LockError,)
-        self._window = self._redis.register_script(_WINDOW)
+        self.lock_errors = sharedtier.LOCK_ERRORS
 
     def __repr__(self) -> str:
         return f"Shared({self._where!r}, namespace={self._ns!r})"
+
+    @property
+    def _redis(self):
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = sharedtier.connect(self._url, self._settings)
+        return self._client
 
     # ------------------------------------------------------------ health
     @property
     def available(self) -> bool:
         return self._monotonic() >= self._down_until
 
+    def _gauge(self, healthy: bool) -> None:
+        if self._healthy is not healthy:
+            self._healthy = healthy
+            metrics.SHARED_TIER_HEALTHY.labels(self._mode).set(1 if healthy else 0)
+
     def _failed(self, what: str, exc: Exception) -> None:
         metrics.REDIS_ERRORS.inc()
+        self._gauge(False)
         now = self._monotonic()
         with self._lock:
             self._down_until = now + RETRY_AFTER_ERROR
             self._was_down = True
             if now - self._last_log >= LOG_EVERY:
                 self._last_log = now
-                logger.warning("redis unavailable at %s (%s during %s): serving from the local cache and "
-                               "fetching directly; retrying Redis every %.0fs",
-                               self._where, type(exc).__name__, what, RETRY_AFTER_ERROR)
+                reason, misconfigured = sharedtier.describe(exc)
+                # A wrong deployment, credential or CA is an operator's error, not an outage.
+                logger.log(logging.ERROR if misconfigured else logging.WARNING,
+                           "%s at %s (%s during %s): serving from the local cache and fetching directly; "
+                           "retrying Redis every %.0fs", "shared tier misconfigured" if misconfigured
+                           else "redis unavailable", self._where, reason, what, RETRY_AFTER_ERROR)
 
     def _ok(self) -> None:
+        self._gauge(True)
         if self._was_down:
             with self._lock:
                 if self._was_down:
@@ -122,7 +141,7 @@ class Shared:
             result = fn()
         except self.lock_errors:
             raise  # about that lock (not ours any more), not about Redis' health
-        except self._errors as exc:
+        except sharedtier.ERRORS as exc:
             self._failed(what, exc)
             return default
         self._ok()
@@ -131,25 +150,13 @@ class Shared:
     def ping(self) -> bool:
         return bool(self.call("ping", self._redis.ping, False))
 
-    def round_trip(self) -> None:
-        """Write, read back and delete a probe key in our namespace, then close the connections
-        (``gateway check`` and the start-up check, which runs before gunicorn forks).
-        Raises ``StoreUnavailable`` saying what failed; never the password."""
-        key = f"{self._ns}probe:{secrets.token_hex(8)}"
-        try:
-            self._redis.set(key, b"1", px=10000)
-            back = self._redis.get(key)
-            self._redis.delete(key)
-        except self._errors as exc:
-            raise StoreUnavailable(f"{type(exc).__name__} from {self._where}") from None
-        finally:
-            self._redis.connection_pool.disconnect()
-        if back != b"1":
-            raise StoreUnavailable(f"a probe key written to {self._where} did not read back")
-
     # ------------------------------------------------------------ tokens
+    def key(self, group: str, use: str) -> str:
+        """The Redis key of ``use`` in ``group``; every key of one group hashes to one cluster slot."""
+        return f"{self._ns}{{{group}}}:{use}"
+
     def _token_key(self, tenant: str, subtenant: str) -> str:
-        return f"{self._ns}token:{tenant}/{subtenant}"
+        return self.key(f"{tenant}/{subtenant}", "token")
 
     def get_token(self, tenant: str, subtenant: str) -> str | None:
         key = self._token_key(tenant, subtenant)
@@ -187,42 +194,64 @@ class Shared:
         instead of stalling the team for a whole deadline. Also None when Redis is
         unreachable: callers then check ``available``.
         """
-        lock = self._redis.lock(f"{self._ns}lock:{tenant}/{subtenant}", timeout=LOCK_LEASE,
-                                blocking=False, thread_local=False)  # renewed from another thread
-        if not self.call("lock", lambda: lock.acquire(blocking=False), False):
+        lock = self.call("lock", lambda: self._redis.lock(
+            self.key(f"{tenant}/{subtenant}", "lock"), timeout=LOCK_LEASE, blocking=False,
+            thread_local=False))  # renewed from another thread
+        if lock is None or not self.call("lock", lambda: lock.acquire(blocking=False), False):
             return None
         return FetchLock(self, lock)
 
     # ------------------------------------------------------------- marks
     def mark(self, key: str, ttl: float) -> bool:
         """Record ``key`` for ``ttl`` seconds; False if it was already recorded."""
-        try:
-            return bool(self._redis.set(f"{self._ns}state:{key}", b"1", nx=True, px=max(1, int(ttl * 1000))))
-        except self._errors as exc:
-            raise StoreUnavailable(f"{type(exc).__name__} from {self._where}") from None
+        def record() -> bool:
+            fresh = self._redis.set(self.key(key, "mark"), b"1", nx=True, px=max(1, int(ttl * 1000)))
+            legacy = self._legacy_key(key)
+            return bool(fresh) and not (legacy and self._redis.exists(legacy))
+        return self._strict(record)
 
     def marked(self, key: str) -> bool:
+        legacy = self._legacy_key(key)
+        keys = (self.key(key, "mark"),) + ((legacy,) if legacy else ())
+        return bool(self._strict(lambda: self._redis.exists(*keys)))
+
+    def _legacy_key(self, key: str) -> str | None:
+        """Where releases before the hash-tagged keys kept a mark. They still count while they live
+        (GATEWAY_SESSION_MAX at most), so an upgrade brings back no signed-out session; only on a
+        single server (plain or TLS), the one deployment those releases worked on."""
+        return f"{self._ns}state:{key}" if self._mode in ("plain", "TLS") else None
+
+    def _strict(self, fn):
+        """For marks: the store's answer, or StoreUnavailable (their caller applies each use's policy)."""
         try:
-            return bool(self._redis.exists(f"{self._ns}state:{key}"))
-        except self._errors as exc:
+            result = fn()
+        except sharedtier.ERRORS as exc:
+            self._gauge(False)
             raise StoreUnavailable(f"{type(exc).__name__} from {self._where}") from None
+        self._gauge(True)
+        return result
 
     # -------------------------------------------------------- rate window
     def admit(self, name: str, limit: int) -> float | None:
         """0 if a request may go now, else seconds to wait; None when Redis cannot say."""
-        key = f"{self._ns}rate:{name}"
+        key = self.key(f"budget/{name}", "rate")
         now_ms = int(self._clock() * 1000)
         member = f"{now_ms}-{secrets.token_hex(4)}"
-        result = self.call("rate", lambda: self._window(keys=[key], args=[now_ms, limit, member]))
+        result = self.call("rate", lambda: self._script()(keys=[key], args=[now_ms, limit, member]))
         return None if result is None else int(result) / 1000.0
 
+    def _script(self):
+        if self._window is None:
+            self._window = self._redis.register_script(_WINDOW)
+        return self._window
+
     def set_backoff(self, name: str, seconds: float) -> None:
-        key = f"{self._ns}backoff:{name}"
+        key = self.key(f"budget/{name}", "backoff")
         until = self._clock() + seconds
         self.call("backoff", lambda: self._redis.set(key, str(until), px=int(seconds * 1000)))
 
     def backoff_until(self, name: str) -> float:
-        raw = self.call("backoff", lambda: self._redis.get(f"{self._ns}backoff:{name}"))
+        raw = self.call("backoff", lambda: self._redis.get(self.key(f"budget/{name}", "backoff")))
         try:
             return float(raw) if raw else 0.0
         except ValueError:
@@ -253,13 +282,13 @@ class FetchLock:
 
 
 def init_app(app) -> None:
-    """The instance's one client, or None with ``GATEWAY_CACHE_URL=memory://``."""
+    """The instance's one client, or None with ``GATEWAY_CACHE_URL=memory://``; the start-up line
+    names the tier's mode and round trip, or says exactly why it is not in use."""
     cfg = app.config
-    app.extensions["shared"] = None if cfg["GATEWAY_CACHE_URL"] == "memory://" else Shared(
-        cfg["GATEWAY_CACHE_URL"], cfg["GATEWAY_SECRET_KEY"], namespace=namespace(cfg),
-        clock=cfg.get("CLOCK", time.time))
-
-
-def namespace(cfg) -> str:
-    """What a partner's keys are scoped by: its API URL and key (hashed into the prefix)."""
-    return cfg["ZIPTEAMS_API_URL"] + "|" + cfg["ZIPTEAMS_API_KEY"]
+    if cfg["GATEWAY_CACHE_URL"] == "memory://":
+        app.extensions["shared"] = None
+        return
+    sharedtier.log_start(cfg)
+    app.extensions["shared"] = Shared(
+        cfg["GATEWAY_CACHE_URL"], cfg["GATEWAY_SECRET_KEY"], settings=cfg,
+        namespace=sharedtier.namespace(cfg), clock=cfg.get("CLOCK", time.time))

@@ -98,9 +98,9 @@ def test_the_cycle_check_finds_a_cycle():
 # Lowest first. A module may import from its own layer or a lower one, never from a higher one
 # (docs/architecture.md, "How a request flows", shows the same table).
 LAYERS = (
-    ("gateway.memo", "gateway.parsers", "gateway.redirects", "gateway.peers", "gateway.sim"),
+    ("gateway.memo", "gateway.parsers", "gateway.redirects", "gateway.peers", "gateway.sim", "gateway.redisurl"),
     ("gateway.config", "gateway.errors", "gateway.security", "gateway.statedir"),
-    ("gateway.ops", "gateway.shared"),
+    ("gateway.ops", "gateway.shared", "gateway.sharedtier"),
     ("gateway.identity", "gateway.tenancy"),
     ("gateway.tokens",),
     ("gateway.delivery",),
@@ -201,7 +201,7 @@ def test_one_log_path():
 
 def test_one_redis_client():
     assert len(grep(r"redis\.Redis(\.from_url)?\(")) == 1
-    assert in_files(grep(r"^\s*import redis|from redis")) == {"gateway/shared.py"}
+    assert in_files(grep(r"^\s*import redis|from redis")) == {"gateway/sharedtier.py"}
 
 
 def test_one_jwt_library():

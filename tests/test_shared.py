@@ -20,7 +20,7 @@ def test_tokens_round_trip_and_are_encrypted_at_rest(redis_server):
     raw = redis_lib.Redis.from_url(redis_server.url)
     values = [raw.get(k) for k in raw.keys("*")]
     assert values and all(TOKEN.encode() not in v and not JWT_SHAPE.search(v) for v in values)
-    assert all(b"acme" not in k or b"token:" in k for k in raw.keys("*"))
+    assert all(b"acme" not in k or k.endswith(b"}:token") for k in raw.keys("*"))
 
 
 def test_entries_expire_with_the_token(redis_server):
@@ -35,7 +35,7 @@ def test_an_entry_moved_to_another_key_or_another_secret_does_not_decrypt(redis_
     shared = make(redis_server.url)
     shared.put_token("acme", "sales", TOKEN, expires_at=FakeClock().now + 60)
     raw = redis_lib.Redis.from_url(redis_server.url)
-    [key] = raw.keys("*token:acme/sales")
+    [key] = raw.keys("*{acme/sales}:token")
     raw.set(key.replace(b"acme/sales", b"acme/other"), raw.get(key))
     assert shared.get_token("acme", "other") is None
     other_secret = Shared(redis_server.url, SECRET_KEY + "-rotated", namespace="partner-a")
@@ -73,7 +73,7 @@ def test_a_live_holder_keeps_its_lock_past_the_lease_and_a_dead_one_loses_it(red
     assert b.acquire("acme", "sales") is None
     held.release()
     # A holder that died mid-fetch (its process killed: nobody renews) loses the lock with its lease.
-    redis.Redis.from_url(redis_server.url).set(f"{b._ns}lock:acme/sales", "dead-holder", px=1000)
+    redis.Redis.from_url(redis_server.url).set(b.key("acme/sales", "lock"), "dead-holder", px=1000)
     assert b.acquire("acme", "sales") is None
     time.sleep(1.2)
     assert b.acquire("acme", "sales")

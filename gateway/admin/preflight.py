@@ -217,17 +217,17 @@ def idp(cfg, timeout: float) -> list[Finding]:
 
 
 def redis(cfg) -> Finding:
-    from gateway.shared import Shared, StoreUnavailable, namespace
+    """The shared tier as the gateway connects to it (gateway.sharedtier: its mode, a round trip,
+    a probe key written, read back and deleted in the gateway's key space)."""
+    from gateway.sharedtier import check_shared_tier
 
-    url = cfg["GATEWAY_CACHE_URL"]
-    try:
-        Shared(url, cfg["GATEWAY_SECRET_KEY"], namespace=namespace(cfg)).round_trip()
-    except StoreUnavailable as exc:
-        return Finding("shared cache (Redis)", False, str(exc), setting="GATEWAY_CACHE_URL", url=url,
-                       fix="check the host, port, password and database number in GATEWAY_CACHE_URL (rediss:// for "
-                           "TLS) and that this host can reach Redis; meanwhile every process fetches tokens for "
-                           "itself and sign-outs are not shared")
-    return Finding("shared cache (Redis)", True, f"ok (a probe key written, read back and deleted at {redact_url(url)})")
+    check = check_shared_tier(cfg)
+    if check.ok:
+        return Finding("shared cache (Redis)", True, f"ok ({check.line.removeprefix('shared tier: ')}; a probe "
+                                                     "key written, read back and deleted)")
+    # Each problem names GATEWAY_CACHE_URL (redacted), the mode and its fix already.
+    return Finding("shared cache (Redis)", False, "; ".join(check.problems) + " (meanwhile every process fetches "
+                   "tokens for itself and sign-outs are not shared)")
 
 
 # --------------------------------------------------------------------- all of it

@@ -41,6 +41,13 @@ LOG_LINES_DROPPED = Counter("gateway_log_lines_dropped_total",
 BREAKER_STATE = Gauge("gateway_breaker_state", "Circuit breaker toward Zipteams: 0 closed, 1 half-open, 2 open.",
                       multiprocess_mode="livemax")
 REDIS_ERRORS = Counter("gateway_redis_errors_total", "Failed calls to the shared Redis cache.")
+# Each worker says what its last call to the shared tier found; the instance shows the worst live one.
+# Labelled, so a process that never called Redis (gunicorn's master) has no value: an unlabelled
+# gauge would hold 0 in every process and livemin would always say unhealthy.
+SHARED_TIER_HEALTHY = Gauge("gateway_shared_tier_healthy",
+                            "1 while the shared Redis tier (GATEWAY_CACHE_URL) answers, 0 while the gateway falls "
+                            "back without it, by mode (plain, TLS, Sentinel, Cluster); absent with memory:// "
+                            "or before the first call.", ["mode"], multiprocess_mode="livemin")
 CLIENTS_READING = Gauge("gateway_clients_reading", "Requests whose body is still arriving, read before the request "
                         "takes one of the worker's places (gateway/serving/admission.py).", multiprocess_mode="livesum")
 BODIES_REFUSED = Counter("gateway_bodies_refused_total",

@@ -1,0 +1,181 @@
+"""Which Redis the shared tier is on, how to reach it, and whether it answers.
+
+``GATEWAY_CACHE_URL`` names the deployment (``gateway.redisurl``): plain (redis://, unix://),
+TLS (rediss://), Sentinel (redis+sentinel://) or Cluster (redis+cluster://, rediss+cluster://).
+The client is always one of redis-py's own: ``Redis``, ``Sentinel(...).master_for(...)`` or
+``RedisCluster``, so failover and MOVED/ASK redirections are theirs to follow. This is the only
+module that imports redis-py (``gateway.shared`` takes its error classes from here).
+``check_shared_tier`` is what start-up and ``gateway check`` report.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (AskError, AuthenticationError, LockError, MovedError, NoPermissionError,
+                              RedisClusterException)
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel
+
+from gateway.config import redact_url
+from gateway.redisurl import split_redis_url
+
+logger = logging.getLogger(__name__)
+
+TIMEOUT = 0.5  # seconds for a connection or an answer: Redis is an optimisation, never worth a wait
+ERRORS = (redis.RedisError, RedisClusterException, OSError)
+LOCK_ERRORS = (LockError,)
+# The settings (gateway.config) besides GATEWAY_CACHE_URL that shape the connection.
+TLS_FILES = {"GATEWAY_REDIS_CA_FILE": "ssl_ca_certs", "GATEWAY_REDIS_CERT_FILE": "ssl_certfile",
+             "GATEWAY_REDIS_KEY_FILE": "ssl_keyfile"}
+CLUSTER_FIX = "give the cluster as redis+cluster://host:port,host:port (rediss+cluster:// with TLS)"
+
+
+def connect(url: str, settings: Mapping[str, Any]):
+    """A redis-py client for ``url``; nothing is sent until it is first used."""
+    target = split_redis_url(url)
+    # No retries of our own asking: a failed call is failed soft at once (gateway.shared), and
+    # redis-py 6+ would otherwise retry with backoff by default.
+    timeouts = {"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT, "retry": Retry(NoBackoff(), 0)}
+    auth = {}
+    if settings.get("GATEWAY_REDIS_USERNAME"):
+        auth["username"] = settings["GATEWAY_REDIS_USERNAME"]
+    if settings.get("GATEWAY_REDIS_PASSWORD"):
+        auth["password"] = settings["GATEWAY_REDIS_PASSWORD"]
+    tls = {arg: settings[name] for name, arg in TLS_FILES.items() if settings.get(name)} if target.tls else {}
+    if target.mode in ("plain", "TLS"):
+        # URL user-info wins in redis-py's from_url; config refuses both at once.
+        return redis.Redis.from_url(url, health_check_interval=30, **timeouts, **auth, **tls)
+    if target.username:
+        auth["username"] = target.username
+    if target.password is not None:
+        auth["password"] = target.password
+    if target.mode == "Sentinel":
+        sentinel_kwargs = dict(timeouts)
+        if settings.get("GATEWAY_REDIS_SENTINEL_PASSWORD"):
+            sentinel_kwargs["password"] = settings["GATEWAY_REDIS_SENTINEL_PASSWORD"]
+        sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs,
+                            db=target.db, **timeouts, **auth)
+        return sentinel.master_for(target.master)
+    nodes = [ClusterNode(host, port) for host, port in target.nodes]
+    return RedisCluster(startup_nodes=nodes, **timeouts, **auth, **({"ssl": True, **tls} if target.tls else {}))
+
+
+def describe(exc: BaseException) -> tuple[str, bool]:
+    """What went wrong, in words naming no secret, and whether it is a configuration error
+    (a retry would not help: wrong deployment, credentials or certificate authority)."""
+    text = redact_url(str(exc)).strip() or type(exc).__name__
+    # redis-py 5 raises a plain ResponseError for them outside RedisCluster; 6+ a MovedError/AskError.
+    if isinstance(exc, (MovedError, AskError)) or text.startswith(("MOVED ", "ASK ")):
+        return (f"a Redis Cluster node answered with a redirection ({type(exc).__name__}): "
+                f"{CLUSTER_FIX}", True)
+    if isinstance(exc, MasterNotFoundError):
+        # redis-py asks every Sentinel and reports only the name: a wrong Sentinel password, master
+        # name or address all end here.
+        return (f"no Sentinel named a primary ({text}): check the Sentinel addresses, the master name in "
+                "the URL and GATEWAY_REDIS_SENTINEL_PASSWORD", True)
+    if isinstance(exc, (AuthenticationError, NoPermissionError)) or text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")):
+        return (f"the ACL user was refused ({type(exc).__name__}: {text}): check GATEWAY_REDIS_USERNAME, "
+                "GATEWAY_REDIS_PASSWORD, and that the user may use keys zg:* with get, set, exists, del, "
+                "eval, evalsha, script load and ping (e.g. +@read +@write +@scripting +@connection)", True)
+    if "certificate verify failed" in text or "CERTIFICATE_VERIFY_FAILED" in text:
+        return (f"TLS: the server's certificate was not accepted ({text}): GATEWAY_REDIS_CA_FILE must hold "
+                "the CA that signed it", True)
+    if "CERTIFICATE_REQUIRED" in text or "EOF occurred in violation of protocol" in text:
+        # TLS 1.3 servers refuse a missing client certificate after the handshake: a bare EOF.
+        return (f"TLS: the server ended the connection after the handshake ({text}): if it asks for a "
+                "client certificate, set GATEWAY_REDIS_CERT_FILE and GATEWAY_REDIS_KEY_FILE", True)
+    if "SSL" in text:
+        return f"TLS failed ({type(exc).__name__}: {text})", True
+    return f"{type(exc).__name__}: {text}", False
+
+
+@dataclass
+class TierCheck:
+    """One look at the shared tier: its mode, where it is, its round trip, what is wrong."""
+    mode: str
+    where: str
+    round_trip_ms: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def line(self) -> str:
+        if self.ok:
+            return f"shared tier: {self.mode} Redis at {self.where}, round trip {self.round_trip_ms:.1f} ms"
+        return "shared tier NOT in use: " + "; ".join(self.problems)
+
+
+def namespace(config: Mapping[str, Any]) -> str:
+    """What a partner's keys are scoped by: its API URL and key (hashed into the prefix)."""
+    return config.get("ZIPTEAMS_API_URL", "") + "|" + config.get("ZIPTEAMS_API_KEY", "")
+
+
+def key_prefix(namespace: str) -> str:
+    """``zg:<hash of the namespace>:``, the start of every key of one partner."""
+    return "zg:" + hashlib.sha256(namespace.encode()).hexdigest()[:16] + ":"
+
+
+def check_shared_tier(config: Mapping[str, Any]) -> TierCheck | None:
+    """Connect as the gateway would, send a PING, and write, read and delete one key in the
+    gateway's key space; None with ``GATEWAY_CACHE_URL=memory://``. Problems are lines that
+    name the setting, the redacted URL and the fix."""
+    url = config["GATEWAY_CACHE_URL"]
+    if url == "memory://":
+        return None
+    where = redact_url(url)
+    check = TierCheck(split_redis_url(url).mode, where)
+    client = None
+    try:
+        client = connect(url, config)
+        client.ping()  # the connection (and TLS handshake) first: the round trip is the second
+        started = time.perf_counter()
+        client.ping()
+        check.round_trip_ms = (time.perf_counter() - started) * 1000
+        if check.mode in ("plain", "TLS") and _is_cluster_node(client):
+            check.problems.append(f"GATEWAY_CACHE_URL={where} is a node of a Redis Cluster (cluster_enabled:1), "
+                                  f"given as a single server: {CLUSTER_FIX}")
+            return check
+        key = f"{key_prefix(namespace(config))}{{probe-{secrets.token_hex(8)}}}:probe"  # the gateway's own key space
+        client.set(key, b"1", px=10_000)
+        client.get(key)
+        client.delete(key)
+    except ERRORS as exc:
+        reason, _ = describe(exc)
+        check.problems.append(f"GATEWAY_CACHE_URL={where} ({check.mode}): {reason}")
+    finally:
+        if client is not None:
+            try:
+                client.close()
+            except ERRORS:
+                pass
+    return check
+
+
+def _is_cluster_node(client) -> bool:
+    try:
+        return bool(client.info("cluster").get("cluster_enabled"))
+    except ERRORS:  # INFO refused to this ACL user: the probe key below may still meet a MOVED
+        return False
+
+
+def log_start(config: Mapping[str, Any]) -> TierCheck | None:
+    """The start-up line: the mode and round trip, or an ERROR line saying exactly what is wrong."""
+    check = check_shared_tier(config)
+    if check is not None:
+        if check.ok:
+            logger.info("%s", check.line)
+        else:
+            logger.error("%s; until this is fixed every instance serves from its own cache and fetches "
+                         "directly (see the shared tier's failure policy)", check.line)
+    return check
