@@ -204,6 +204,18 @@ def test_a_cluster_node_given_as_redis_url_is_a_configuration_error_naming_redis
                          and "redis+cluster://" in r.getMessage() for r in lines), [r.getMessage() for r in lines]
 
 
+def test_gateway_check_reports_a_cluster_node_given_as_redis_url_as_a_configuration_error(cluster_redis, sim):
+    from test_ops import flask_cli
+
+    plain = f"redis://127.0.0.1:{cluster_redis.ports[0]}/0"
+    result = flask_cli(sim, "check", GATEWAY_CACHE_URL=plain)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "shared cache (Redis): FAILED" in line]
+    assert len(lines) == 1, result.stdout + result.stderr
+    [line] = lines
+    assert "redis+cluster://" in line and "unavailable" not in line, line
+
+
 def test_tls_failures_say_exactly_what_is_wrong(tls_redis):
     good = {**NO_REDIS_SETTINGS, **gateway_settings(tls_redis)}
     cases = {
