@@ -56,7 +56,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gateway-spy-"))
     servers = Servers(tmp, 2, 8)
     try:
-        _, sim_url = servers.gunicorn("sim", f"gateway.sim:create_sim_app({{{KEY!r}: {SECRET!r}}})", {}, workers=1)
+        _, sim_url = servers.gunicorn("sim", f"gateway.sim:create_sim_app({{{KEY!r}: {SECRET!r}}})",
+                                      {"GATEWAY_WORKER": "gthread"}, workers=1)  # as bench/run.py's
         env = {**workloads.gateway_settings(tmp, sim_url, KEY, SECRET, SECRET_KEY), "WEB_CONCURRENCY": "2"}
         gateway, url = servers.reuse_port("gateway", "wsgi:app", env)
         emails = workloads.user_emails()
