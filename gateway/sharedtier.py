@@ -24,6 +24,7 @@ from redis.exceptions import (AskError, AuthenticationError, LockError, MovedErr
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
+from gateway import bounded
 from gateway.config import redact_url
 from gateway.redisurl import split_redis_url
 
@@ -169,9 +170,19 @@ def _is_cluster_node(client) -> bool:
         return False
 
 
+START_LIMIT = 5.0  # seconds in all for the start-up look (a Redis that trickles its answers resets each read's)
+
+
 def log_start(config: Mapping[str, Any]) -> TierCheck | None:
-    """The start-up line: the mode and round trip, or an ERROR line saying exactly what is wrong."""
-    check = check_shared_tier(config)
+    """The start-up line: the mode and round trip, or an ERROR line saying exactly what is wrong.
+    Never holds the start longer than START_LIMIT (gateway.bounded)."""
+    try:
+        check = bounded.call(START_LIMIT, check_shared_tier, config)
+    except bounded.TimedOut:
+        url = config["GATEWAY_CACHE_URL"]
+        check = TierCheck(split_redis_url(url).mode, redact_url(url), problems=[
+            f"GATEWAY_CACHE_URL={redact_url(url)}: no complete answer within {START_LIMIT:g} s in all: check that it "
+            "points at a healthy Redis"])
     if check is not None:
         if check.ok:
             logger.info("%s", check.line)

@@ -98,7 +98,8 @@ def test_the_cycle_check_finds_a_cycle():
 # Lowest first. A module may import from its own layer or a lower one, never from a higher one
 # (docs/architecture.md, "How a request flows", shows the same table).
 LAYERS = (
-    ("gateway.memo", "gateway.parsers", "gateway.redirects", "gateway.peers", "gateway.sim", "gateway.redisurl"),
+    ("gateway.memo", "gateway.parsers", "gateway.redirects", "gateway.peers", "gateway.sim", "gateway.redisurl",
+     "gateway.bounded"),
     ("gateway.config", "gateway.errors", "gateway.security", "gateway.statedir"),
     ("gateway.ops", "gateway.shared", "gateway.sharedtier"),
     ("gateway.identity", "gateway.tenancy"),

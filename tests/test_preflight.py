@@ -374,6 +374,89 @@ def test_a_silent_zipteams_delays_start_up_by_its_timeout_only(gunicorn, sim, si
     assert 1 <= took < 2.5
 
 
+@pytest.fixture
+def trickler():
+    """Servers that answer every connection a byte at a time, one every 0.2 s, for ever (after
+    ``prefix``): each read's time-out starts again at every byte, so only a deadline in all ends
+    a call to one."""
+    import threading
+
+    stop, listeners = threading.Event(), []
+
+    def start(prefix: bytes) -> int:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listeners.append(listener)
+
+        def serve(conn):
+            with conn:
+                conn.settimeout(0.2)
+                try:
+                    conn.recv(65536)
+                except OSError:
+                    pass
+                for n in range(10 ** 6):
+                    if stop.wait(0.2):
+                        return
+                    try:
+                        conn.sendall(prefix[n:n + 1] or b"a")
+                    except OSError:
+                        return
+
+        def accept():
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        return listener.getsockname()[1]
+
+    yield start
+    stop.set()
+    for listener in listeners:
+        listener.close()
+
+
+HTTP_HEAD = b"HTTP/1.1 200 OK\r\nX-Slow: "
+REDIS_BULK = b"$100000000\r\n"  # a bulk string of 100 MB, to come a byte at a time
+
+
+def test_a_trickling_zipteams_fails_the_check_within_its_deadline_in_all(sim, trickler):
+    import time as clock
+
+    url = f"http://127.0.0.1:{trickler(HTTP_HEAD)}/api/v1"
+    started = clock.monotonic()
+    result = flask_cli(sim, "check", ZIPTEAMS_API_URL=url, ZIPTEAMS_TIMEOUT="1")
+    took = clock.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED: ZIPTEAMS_API_URL: no complete answer within 3 s in all" in result.stdout + result.stderr
+    assert took < 10, took  # 3 s and the CLI's own start, not for ever
+
+
+def test_a_trickling_dashboard_or_redis_does_not_hold_up_the_start(gunicorn, sim, trickler):
+    import time as clock
+
+    started = clock.monotonic()
+    server = gunicorn(workers=1, ZIPTEAMS_DASHBOARD_URL=f"http://127.0.0.1:{trickler(HTTP_HEAD)}/dashboard/",
+                      GATEWAY_CACHE_URL=f"redis://127.0.0.1:{trickler(REDIS_BULK)}/0", ZIPTEAMS_TIMEOUT="1",
+                      GATEWAY_LOG_FORMAT="text", GATEWAY_STARTUP_CHECK="true")
+    assert clock.monotonic() - started < 15
+    log = server.log.read_text()
+    assert "no complete answer within 5 s in all" in log, log  # the shared tier's start-up line
+    assert "dashboard: FAILED: ZIPTEAMS_DASHBOARD_URL: no complete answer within 3 s in all" in log, log
+    assert requests_get(server.url + "/healthz").status_code == 200
+
+
+def requests_get(url):
+    import requests
+
+    return requests.get(url, timeout=5)
+
+
 def test_a_start_up_check_that_breaks_is_one_warning_and_nothing_more(make_app, caplog):
     from gateway.admin.preflight import check_at_start
 

@@ -31,11 +31,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit, urlunsplit
 
-import jwt
-import requests
 
+from gateway import bounded
 from gateway.admin import sanity
 from gateway.admin.findings import Finding
+from gateway.admin.services import REACH, idp, jwks, redis
 from gateway.config import BY_NAME, redact_url
 from gateway.errors import GatewayError
 from gateway.tokens import client as zipteams
@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT = 3.0  # seconds per connect and per answer at start-up (ZIPTEAMS_TIMEOUT if shorter)
 API_DEFAULT = BY_NAME["ZIPTEAMS_API_URL"].default
 DASHBOARD_DEFAULT = BY_NAME["ZIPTEAMS_DASHBOARD_URL"].default
-REACH = "and that this host can reach it (DNS, firewall, outbound proxy)"
 
 
 # ------------------------------------------------------------------ Zipteams
@@ -146,107 +145,62 @@ def dashboard(app, found_token: zipteams.DashboardToken, timeout: float) -> Find
 
 
 def zipteams_path(app, subtenant, timeout: float) -> tuple[list[Finding], zipteams.DashboardToken | None]:
-    found, got = token(app.config, subtenant, timeout)
+    """The token, then the dashboard's page with it: each hop within its own deadline in all."""
+    cfg, limit = app.config, CHECK_BUDGET * timeout
+    try:
+        found, got = bounded.call(limit, token, cfg, subtenant, timeout)
+    except bounded.TimedOut:
+        return [too_slow(f"token request for {subtenant.key}", "ZIPTEAMS_API_URL", cfg["ZIPTEAMS_API_URL"], limit)], None
     if got is None:
         return [found], None
-    return [found, dashboard(app, got, timeout)], got
-
-
-# ----------------------------------------------------------- IdP, JWKS, Redis
-class _Unusable(Exception):
-    """A URL did not give the JSON document expected; the message says how."""
-
-
-def _json(url: str, timeout: float) -> dict:
     try:
-        response = requests.get(url, timeout=(timeout, timeout), headers={"Accept": "application/json"})
-    except requests.Timeout:
-        raise _Unusable(f"no answer within {timeout:g} s") from None
-    except requests.RequestException as exc:
-        raise _Unusable(f"connection failed ({type(exc).__name__})") from None
-    if response.status_code != 200:
-        raise _Unusable(f"answered {response.status_code}")
-    try:
-        document = response.json()
-    except ValueError:
-        raise _Unusable("answered something that is not JSON") from None
-    if not isinstance(document, dict):
-        raise _Unusable("answered JSON that is not an object")
-    return document
+        return [found, bounded.call(limit, dashboard, app, got, timeout)], got
+    except bounded.TimedOut:
+        return [found, too_slow("dashboard", "ZIPTEAMS_DASHBOARD_URL", cfg["ZIPTEAMS_DASHBOARD_URL"], limit)], got
 
 
-def jwks(what: str, setting: str, url: str, timeout: float) -> Finding:
-    try:
-        keys = jwt.PyJWKSet.from_dict(_json(url, timeout)).keys
-    except _Unusable as exc:
-        return Finding(what, False, str(exc), setting=setting, url=url,
-                       fix=f"check {setting} {REACH}; it must serve the signing keys as a JWKS")
-    except jwt.PyJWKSetError as exc:
-        return Finding(what, False, f"no usable signing key ({exc})", setting=setting, url=url,
-                       fix=f"{setting} must serve a JWKS ({{\"keys\": [...]}}) with the public signing keys")
-    return Finding(what, True, f"ok ({len(keys)} key{'s' if len(keys) != 1 else ''} at {redact_url(url)})")
+def too_slow(what: str, setting: str, url: str, limit: float) -> Finding:
+    """A hop that answered, but not completely within ``limit`` seconds in all (gateway.bounded)."""
+    return Finding(what, False, f"no complete answer within {limit:g} s in all (a server that answers, but too "
+                                "slowly to finish)", setting=setting, url=url,
+                   fix=f"check that {setting} points at the right service and that it is healthy")
 
 
-def idp(cfg, timeout: float) -> list[Finding]:
-    from gateway.identity.idp import auth_method_problem
-
-    issuer = cfg["OIDC_ISSUER"]
-    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-    try:
-        meta = _json(url, timeout)
-    except _Unusable as exc:
-        return [Finding("IdP discovery", False, str(exc), setting="OIDC_ISSUER", url=url,
-                        fix=f"OIDC_ISSUER is the IdP's issuer URL, under which {url[len(issuer.rstrip('/')):]} "
-                            f"is served; check it {REACH}")]
-    missing = [k for k in ("authorization_endpoint", "token_endpoint", "jwks_uri") if not meta.get(k)]
-    if str(meta.get("issuer", "")).rstrip("/") != issuer.rstrip("/") or missing:
-        why = f"it lacks {', '.join(missing)}" if missing else f"it names the issuer {meta.get('issuer')!r}"
-        return [Finding("IdP discovery", False, f"not this IdP's discovery document: {why}", setting="OIDC_ISSUER",
-                        url=url, fix="set OIDC_ISSUER to exactly the issuer your IdP's discovery document names")]
-    found = []
-    problem = auth_method_problem(meta, cfg["OIDC_CLIENT_AUTH_METHOD"])
-    if problem:
-        found.append(Finding("IdP client authentication", False, problem, label="MISMATCH", url=url,
-                             fix="set OIDC_CLIENT_AUTH_METHOD to a method the IdP offers and register the client "
-                                 "with it"))
-    else:
-        iss = "checked" if meta.get("authorization_response_iss_parameter_supported") else "not offered"
-        found.append(Finding("IdP", True, f"ok ({meta.get('issuer')}, client authentication "
-                                          f"{cfg['OIDC_CLIENT_AUTH_METHOD']}, RFC 9207 iss {iss})"))
-    return found + [jwks("IdP JWKS", "OIDC_ISSUER", meta["jwks_uri"], timeout)]
-
-
-def redis(cfg) -> Finding:
-    """The shared tier as the gateway connects to it (gateway.sharedtier: its mode, a round trip,
-    a probe key written, read back and deleted in the gateway's key space)."""
-    from gateway.sharedtier import check_shared_tier
-
-    check = check_shared_tier(cfg)
-    if check.ok:
-        return Finding("shared cache (Redis)", True, f"ok ({check.line.removeprefix('shared tier: ')}; a probe "
-                                                     "key written, read back and deleted)")
-    # Each problem names GATEWAY_CACHE_URL (redacted), the mode and its fix already.
-    return Finding("shared cache (Redis)", False, "; ".join(check.problems) + " (meanwhile every process fetches "
-                   "tokens for itself and sign-outs are not shared)")
-
-
+# ----------------------------------------------------------- IdP, JWKS, Redis: gateway.admin.services
 # --------------------------------------------------------------------- all of it
+# A check makes at most two requests one after the other (discovery, then the JWKS), each with
+# ``timeout`` per read and per connect: in all it gets this many times that.
+CHECK_BUDGET = 3
+
+
 def network(app, subtenant, timeout: float, *, zipteams_too: bool = True
             ) -> tuple[list[Finding], zipteams.DashboardToken | None]:
-    """Every network check, side by side; all have finished (and closed their connections) on return."""
+    """Every network check, side by side; on return each has finished (its connections closed) or
+    been given up after CHECK_BUDGET times ``timeout`` in all (gateway.bounded)."""
     cfg = app.config
+    limit = CHECK_BUDGET * timeout
+
+    def bounded_check(what: str, setting: str, url: str, fn, *args):
+        try:
+            return bounded.call(limit, fn, *args)
+        except bounded.TimedOut:
+            return [too_slow(what, setting, url, limit)]
+
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="preflight") as pool:
         jobs = []
         if cfg["GATEWAY_AUTH_MODE"] == "oidc":
-            jobs.append(pool.submit(idp, cfg, timeout))
+            jobs.append(pool.submit(bounded_check, "IdP", "OIDC_ISSUER", cfg["OIDC_ISSUER"], idp, cfg, timeout))
         if cfg["GATEWAY_ASSERTION_HEADER"]:
-            jobs.append(pool.submit(lambda: [jwks("assertion JWKS", "GATEWAY_ASSERTION_JWKS_URL",
-                                                  cfg["GATEWAY_ASSERTION_JWKS_URL"], timeout)]))
+            url = cfg["GATEWAY_ASSERTION_JWKS_URL"]
+            jobs.append(pool.submit(bounded_check, "assertion JWKS", "GATEWAY_ASSERTION_JWKS_URL", url,
+                                    lambda: [jwks("assertion JWKS", "GATEWAY_ASSERTION_JWKS_URL", url, timeout)]))
         if cfg["GATEWAY_AUTH_MODE"] == "jwt" and cfg["GATEWAY_HANDOFF_JWKS_URL"]:
-            jobs.append(pool.submit(lambda: [jwks("hand-off JWKS", "GATEWAY_HANDOFF_JWKS_URL",
-                                                  cfg["GATEWAY_HANDOFF_JWKS_URL"], timeout)]))
+            url = cfg["GATEWAY_HANDOFF_JWKS_URL"]
+            jobs.append(pool.submit(bounded_check, "hand-off JWKS", "GATEWAY_HANDOFF_JWKS_URL", url,
+                                    lambda: [jwks("hand-off JWKS", "GATEWAY_HANDOFF_JWKS_URL", url, timeout)]))
         if cfg["GATEWAY_CACHE_URL"] != "memory://":
-            jobs.append(pool.submit(lambda: [redis(cfg)]))
+            jobs.append(pool.submit(bounded_check, "shared cache (Redis)", "GATEWAY_CACHE_URL",
+                                    cfg["GATEWAY_CACHE_URL"], lambda: [redis(cfg)]))
         path = pool.submit(zipteams_path, app, subtenant, timeout) if zipteams_too else None
         found = [f for job in jobs for f in job.result()]
         if path is None:

@@ -1,0 +1,50 @@
+"""A call with a deadline in all, not per read: a server that trickles its answer (a byte now
+and then) resets every per-read time-out of requests, urllib3 and redis-py, so only a limit on
+the whole call bounds it. For the checks at start-up and in ``gateway check``.
+
+Under gevent (gunicorn.conf.py patches the process for the default worker) the call runs in the
+caller's greenlet under ``gevent.Timeout``, which raises at its next wait on a socket: nothing is
+left running. Under real threads nothing can stop a thread, so the call runs in a daemon thread
+that the caller stops waiting for; it ends at its own next time-out or with the process.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+
+class TimedOut(Exception):
+    """The call did not finish within its deadline."""
+
+
+def under_gevent() -> bool:
+    """Whether gevent has patched this process (gunicorn.conf.py does, first, for the gevent worker):
+    the one test for "greenlets, not threads"."""
+    from gevent import monkey
+
+    return monkey.is_module_patched("socket")
+
+
+def call(seconds: float, fn: Callable[..., Any], *args) -> Any:
+    """``fn(*args)``'s result, or TimedOut once ``seconds`` have passed in all."""
+    if under_gevent():
+        import gevent
+
+        with gevent.Timeout(seconds, TimedOut(f"not finished within {seconds:g} s")):
+            return fn(*args)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller as it is
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="bounded-call", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimedOut(f"not finished within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
