@@ -51,6 +51,9 @@ def connect(url: str, settings: Mapping[str, Any]):
     if settings.get("GATEWAY_REDIS_PASSWORD"):
         auth["password"] = settings["GATEWAY_REDIS_PASSWORD"]
     tls = {arg: settings[name] for name, arg in TLS_FILES.items() if settings.get(name)} if target.tls else {}
+    if target.tls:
+        # Said, not left to the default: the certificate must be the CA's and name this host.
+        tls.update(ssl_cert_reqs="required", ssl_check_hostname=True)
     if target.mode in ("plain", "TLS"):
         # URL user-info wins in redis-py's from_url; config refuses both at once.
         return redis.Redis.from_url(url, health_check_interval=30, **timeouts, **auth, **tls)
@@ -86,6 +89,9 @@ def describe(exc: BaseException) -> tuple[str, bool]:
         return (f"the ACL user was refused ({type(exc).__name__}: {text}): check GATEWAY_REDIS_USERNAME, "
                 "GATEWAY_REDIS_PASSWORD, and that the user may use keys zg:* with get, set, exists, del, "
                 "eval, evalsha, script load and ping (e.g. +@read +@write +@scripting +@connection)", True)
+    if "mismatch" in text and ("certificate verify failed" in text or "CERTIFICATE_VERIFY_FAILED" in text):
+        return (f"TLS: the server's certificate does not name the host in GATEWAY_CACHE_URL ({text}): use a "
+                "host name the certificate carries", True)
     if "certificate verify failed" in text or "CERTIFICATE_VERIFY_FAILED" in text:
         return (f"TLS: the server's certificate was not accepted ({text}): GATEWAY_REDIS_CA_FILE must hold "
                 "the CA that signed it", True)

@@ -232,6 +232,15 @@ def test_tls_failures_say_exactly_what_is_wrong(tls_redis):
         assert "not-the-password" not in check.line and rs.GATEWAY_PASSWORD not in check.line
 
 
+def test_a_tls_server_whose_certificate_names_another_host_is_refused(tls_redis):
+    # "127.1" reaches 127.0.0.1, which the certificate names; "127.1" it does not name. Any certificate
+    # of the trusted CA would otherwise do, for any name (redis-py 5's cluster client checked none).
+    url = tls_redis.url.replace("127.0.0.1", "127.1")
+    check = check_shared_tier({**NO_REDIS_SETTINGS, **gateway_settings(tls_redis), "GATEWAY_CACHE_URL": url})
+    assert not check.ok
+    assert "does not name the host in GATEWAY_CACHE_URL" in check.problems[0], check.problems
+
+
 @pytest.mark.parametrize("wrong", ["sentinel password", "master name", "data password"])
 def test_sentinel_failures_say_what_to_check(sentinel_redis, wrong):
     config = {**NO_REDIS_SETTINGS, **gateway_settings(sentinel_redis)}
