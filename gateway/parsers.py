@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from gateway.redisurl import split_redis_url
 
@@ -23,12 +23,17 @@ _USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?.*@", re.DOTALL)
 
 
 def redact_url(value: str) -> str:
-    """``value`` with any user-info (``user:password@``) replaced by ``***@``.
+    """``value`` with any user-info (``user:password@``) replaced by ``***@`` and any query or
+    fragment by ``?***``.
 
-    For every URL that goes into an error message, a log line or a repr: a
-    Redis URL's password, or credentials someone put where they do not belong.
+    For every URL that goes into an error message, a log line or a repr: a Redis URL's password
+    (in its user-info, or in its query, which redis-py reads too), a signed JWKS address, or
+    credentials someone put where they do not belong.
     """
-    return _USERINFO.sub(lambda m: (m.group(1) or "") + "***@", value, count=1) if "@" in value else value
+    if "@" in value:
+        value = _USERINFO.sub(lambda m: (m.group(1) or "") + "***@", value, count=1)
+    cut = min((i for i in (value.find("?"), value.find("#")) if i >= 0), default=-1)
+    return value if cut < 0 else value[:cut] + "?***"
 
 
 def parse_bool(raw: str) -> bool:
@@ -258,6 +263,12 @@ def parse_cache_url(raw: str) -> str:
     value = raw.strip()
     if value != "memory://":
         split_redis_url(value)
+        query = urlsplit(value).query
+        # redis-py reads a query too: a password there would be shown wherever the URL is, and
+        # ssl_cert_reqs=none would turn the certificate check off unseen. Only unix://'s db.
+        if query and not (value.startswith("unix://") and all(k == "db" for k, _ in parse_qsl(query))):
+            raise ValueError("must not have a query (unix:// may have ?db=N): give the password, user "
+                             "and TLS files as GATEWAY_REDIS_* settings")
     return value
 
 

@@ -99,9 +99,20 @@ def test_a_refused_url_setting_is_shown_without_its_password(name, value):
     ("rediss://u:p/a?ss@word@host/0", "rediss://***@host/0"),  # unescaped characters in the password
     ("https://host.example/path", "https://host.example/path"),
     ("memory://", "memory://"),
+    ("rediss://host:6380/0?password=secret", "rediss://host:6380/0?***"),  # redis-py reads a query too
+    ("https://jwks.example/keys?sig=secret#x", "https://jwks.example/keys?***"),
 ])
-def test_redact_url_hides_user_info(value, shown):
+def test_redact_url_hides_user_info_and_the_query(value, shown):
     assert config.redact_url(value) == shown
+
+
+@pytest.mark.parametrize("query", ["password=RPW-secret-777", "ssl_cert_reqs=none", "ssl_check_hostname=false"])
+def test_a_cache_url_with_a_query_is_refused_without_showing_it(query):
+    # redis-py would read a password from it (shown wherever the URL is) or turn TLS checks off.
+    with pytest.raises(ConfigError) as info:
+        config.load({**REQUIRED, "GATEWAY_CACHE_URL": f"rediss://127.0.0.1:6380/0?{query}"})
+    assert "GATEWAY_CACHE_URL" in str(info.value) and query not in str(info.value)
+    assert config.load({**REQUIRED, "GATEWAY_CACHE_URL": "unix:///run/redis.sock?db=2"})["GATEWAY_CACHE_URL"]
 
 
 def test_logout_url_takes_a_path_or_an_http_url_only():
