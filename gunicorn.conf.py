@@ -103,6 +103,15 @@ def when_ready(server):
         # the worker's copy of this process's writer.
         logs.stop_writer()
         logs.start_writer()
+        from gateway.bounded import under_gevent
+
+        if under_gevent():
+            import gevent
+
+            # Under gevent the stopped writer's end and the new one's start are callbacks still
+            # queued in the hub: run them here, not in each forked worker's copy of the hub
+            # (gevent 24.10 fails them there with an AssertionError and a traceback per worker).
+            gevent.sleep(0)
 
 
 def post_fork(server, worker):
