@@ -11,7 +11,8 @@ if worker_choice == "gevent":
 
     monkey.patch_all()
 
-import shutil  # after gevent's patching
+import atexit  # after gevent's patching
+import shutil
 import sys
 
 from gateway.config import ConfigError, env_int, env_seconds
@@ -32,6 +33,14 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     except ConfigError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(3) from None
+
+    def _remove_ours(path=os.environ["PROMETHEUS_MULTIPROC_DIR"], master=os.getpid()):
+        # A start refused while the app loads never reaches on_exit; a forked worker's exit is
+        # not the master's.
+        if os.getpid() == master:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(_remove_ours)
 
 bind = f"0.0.0.0:{env_int('PORT', 8000)}"
 # gevent: slow clients hold greenlets (up to worker_connections each); gthread is for a

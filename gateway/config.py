@@ -370,12 +370,13 @@ def _mode_needs(config: dict[str, Any]) -> None:
     mode = config["GATEWAY_AUTH_MODE"]
     need = {
         "oidc": ("OIDC_ISSUER", "OIDC_CLIENT_ID", "GATEWAY_PUBLIC_URL",
-                 "OIDC_CLIENT_KEY_FILE" if config["OIDC_CLIENT_AUTH_METHOD"] == "private_key_jwt"
+                 "OIDC_CLIENT_KEY_FILE" if config.get("OIDC_CLIENT_AUTH_METHOD") == "private_key_jwt"
                  else "OIDC_CLIENT_SECRET"),
         "jwt": ("GATEWAY_HANDOFF_AUDIENCE", "GATEWAY_HANDOFF_ISSUER"),
     }.get(mode, ())
+    # A setting missing from ``config`` was invalid and is named already; the others are still checked.
     missing = [f"{name} is required when GATEWAY_AUTH_MODE={mode}: {BY_NAME[name].help}"
-               for name in need if not config[name]]
+               for name in need if name in config and not config[name]]
     if missing:
         raise ConfigProblems(missing)
 

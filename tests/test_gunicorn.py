@@ -258,6 +258,22 @@ def test_a_reload_drops_no_request_keeps_the_instance_ready_and_folds_dead_worke
     server.stop()
 
 
+def test_a_start_refused_while_the_app_loads_leaves_no_metrics_directory(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "GATEWAY_STATE_DIR": str(state),
+           "ZIPTEAMS_TIMEOUT": "-1"}  # and every required setting missing: refused at load, exit 3
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "wsgi:app"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert "gateway: cannot start:" in done.stderr, done.stderr
+    assert not [p.name for p in state.iterdir() if p.name.startswith("metrics-")]
+
+
 def test_the_metrics_directory_gunicorn_conf_made_is_removed_on_exit_even_after_a_reload(gunicorn, tmp_path):
     import signal
     import stat

@@ -51,6 +51,14 @@ def test_one_check_run_lists_every_missing_and_invalid_setting_without_echoing_s
     assert "short-but-secret" not in result.stderr + result.stdout and API_SECRET not in result.stderr
 
 
+def test_an_invalid_setting_does_not_hide_what_the_sign_in_mode_still_needs():
+    result = bare_flask("check", env={"GATEWAY_AUTH_MODE": "oidc", "GATEWAY_PUBLIC_URL": "http://u:p@x/"})
+    assert result.returncode == 3
+    for name in ("GATEWAY_PUBLIC_URL", "OIDC_ISSUER is required", "OIDC_CLIENT_ID is required",
+                 "OIDC_CLIENT_SECRET is required"):
+        assert name in result.stderr, (name, result.stderr)
+
+
 def test_the_tenants_file_is_checked_in_the_same_run_as_the_settings(tmp_path):
     bad = tmp_path / "tenants.toml"
     bad.write_text('[[subtenant]]\ntenant = "t"\nid = "s"\nname = "n"\nemails = ["nope"]\n')
@@ -144,6 +152,8 @@ def odd_dashboard():
     def serve(request):
         if request.path == "/json/":
             return Response('{"ok": true}', mimetype="application/json")
+        if request.path == "/in-path/":
+            return Response("", 302, headers={"Location": f"https://login.example/login/{request.args['token']}/start"})
         return Response("", 302, headers={"Location": "https://login.example/start?token=" + request.args["token"]})
 
     server = ServerThread(serve).start()
@@ -158,11 +168,13 @@ def test_a_dashboard_answer_that_is_not_an_html_page_fails(sim, odd_dashboard):
     assert "ZIPTEAMS_DASHBOARD_URL: answered 200 with application/json, not an HTML page" in line
 
 
-def test_a_dashboard_redirect_is_named_without_the_token_it_echoes(sim, odd_dashboard):
-    result = flask_cli(sim, "check", ZIPTEAMS_DASHBOARD_URL=odd_dashboard.url + "/moved/")
+@pytest.mark.parametrize("where", ["moved", "in-path"])
+def test_a_dashboard_redirect_is_named_without_the_token_it_echoes(sim, odd_dashboard, where):
+    # In its query or in its path: only the redirect's scheme and host are shown.
+    result = flask_cli(sim, "check", ZIPTEAMS_DASHBOARD_URL=f"{odd_dashboard.url}/{where}/")
     assert result.returncode == 1
     [line] = failures(result, "dashboard")
-    assert "answered 302, a redirect to https://login.example/start (tried" in line
+    assert "answered 302, a redirect to https://login.example/… (tried" in line
     assert not JWT_SHAPE.search((result.stdout + result.stderr).encode()) and "token=" not in result.stderr
 
 

@@ -92,9 +92,11 @@ def token_fix(exc: zipteams.ZipteamsError, api_url: str) -> tuple[str, str]:
 
 
 def _without_query(url: str) -> str:
-    # A Location can echo the token in its query: only the scheme, host and path are shown.
+    # A Location can echo the token anywhere, in its path as well as its query: only the scheme
+    # and host are shown (an allow-list, not a search for the token).
     parts = urlsplit(url)
-    return redact_url(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
+    shown = redact_url(urlunsplit((parts.scheme, parts.netloc, "", "", "")))
+    return shown + ("/…" if (parts.path not in ("", "/") or parts.query) else "/") if shown else ""
 
 
 def dashboard(app, found_token: zipteams.DashboardToken, timeout: float) -> Finding:
