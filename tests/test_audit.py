@@ -114,11 +114,15 @@ def test_a_returning_page_view_carries_its_view(client, lines):
     assert ' event=embed_viewed email=alice@acme.example tenant=acme subtenant=sales-emea rule=' in text
 
 
-def test_a_team_switch_is_on_the_line_of_the_choice(client, lines):
+def choose(client, subtenant: str):
+    """Bob (in the emea group) picks ``subtenant`` on the team picker, as a browser would."""
     headers = user_headers("bob@acme.example", "emea")
     picker = client.get("/select", headers=headers)
-    response = client.post("/select", data={"subtenant": "acme/sales-emea", "csrf_token": csrf_from(picker)},
-                           headers=headers)
+    return client.post("/select", data={"subtenant": subtenant, "csrf_token": csrf_from(picker)}, headers=headers)
+
+
+def test_a_team_switch_is_on_the_line_of_the_choice(client, lines):
+    response = choose(client, "acme/sales-emea")
     assert response.status_code == 303
     entry, text = one_request_line(lines, response)
     assert entry["events"] == [{"event": "subtenant_resolved", "email": "bob@acme.example",
@@ -166,10 +170,7 @@ def test_a_hand_off_sign_in_and_its_refused_replay_are_on_their_request_lines(ma
 
 
 def test_a_team_not_matched_is_refused_on_its_request_line(client, lines):
-    headers = user_headers("bob@acme.example", "emea")
-    picker = client.get("/select", headers=headers)
-    response = client.post("/select", data={"subtenant": "globex/ops", "csrf_token": csrf_from(picker)},
-                           headers=headers)
+    response = choose(client, "globex/ops")
     assert response.status_code == 403
     entry, _ = one_request_line(lines, response)
     assert entry["events"] == [{"event": "subtenant_denied", "email": "bob@acme.example",
