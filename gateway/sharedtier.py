@@ -16,14 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import redis
-from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import (AskError, AuthenticationError, LockError, MovedError, NoPermissionError,
-                              RedisClusterException)
-from redis.retry import Retry
-from redis.sentinel import MasterNotFoundError, Sentinel
-
 from gateway import bounded
 from gateway.config import redact_url
 from gateway.redisurl import split_redis_url
@@ -31,16 +23,43 @@ from gateway.redisurl import split_redis_url
 logger = logging.getLogger(__name__)
 
 TIMEOUT = 0.5  # seconds for a connection or an answer: Redis is an optimisation, never worth a wait
-ERRORS = (redis.RedisError, RedisClusterException, OSError)
-LOCK_ERRORS = (LockError,)
+
+
+def __getattr__(name: str):
+    """``ERRORS`` and ``LOCK_ERRORS``, redis-py's classes, imported on first use: redis-py weighs
+    about 10 MB per worker, and a gateway without Redis (memory://, the default) never needs it."""
+    if name == "ERRORS":
+        import redis
+        from redis.exceptions import RedisClusterException
+
+        # ValueError: redis-py 6.0's cluster pipeline reads a connection closed under it while a
+        # master restarts ("I/O operation on closed file"); a failed call like any other (seen as a
+        # 500 in test_a_failover_under_load_... at the lowest version).
+        return (redis.RedisError, RedisClusterException, OSError, ValueError)
+    if name == "LOCK_ERRORS":
+        from redis.exceptions import LockError
+
+        return (LockError,)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 # The settings (gateway.config) besides GATEWAY_CACHE_URL that shape the connection.
 TLS_FILES = {"GATEWAY_REDIS_CA_FILE": "ssl_ca_certs", "GATEWAY_REDIS_CERT_FILE": "ssl_certfile",
              "GATEWAY_REDIS_KEY_FILE": "ssl_keyfile"}
 CLUSTER_FIX = "give the cluster as redis+cluster://host:port,host:port (rediss+cluster:// with TLS)"
 
 
+def _errors() -> tuple:
+    return __getattr__("ERRORS")
+
+
 def connect(url: str, settings: Mapping[str, Any]):
     """A redis-py client for ``url``; nothing is sent until it is first used."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.cluster import ClusterNode, RedisCluster
+    from redis.retry import Retry
+    from redis.sentinel import Sentinel
+
     target = split_redis_url(url)
     # No retries of our own asking: a failed call is failed soft at once (gateway.shared), and
     # redis-py 6+ would otherwise retry with backoff by default.
@@ -75,6 +94,9 @@ def connect(url: str, settings: Mapping[str, Any]):
 def describe(exc: BaseException) -> tuple[str, bool]:
     """What went wrong, in words naming no secret, and whether it is a configuration error
     (a retry would not help: wrong deployment, credentials or certificate authority)."""
+    from redis.exceptions import AskError, AuthenticationError, MovedError, NoPermissionError
+    from redis.sentinel import MasterNotFoundError
+
     text = redact_url(str(exc)).strip() or type(exc).__name__
     # redis-py 5 raises a plain ResponseError for them outside RedisCluster; 6+ a MovedError/AskError.
     if isinstance(exc, (MovedError, AskError)) or text.startswith(("MOVED ", "ASK ")):
@@ -157,14 +179,14 @@ def check_shared_tier(config: Mapping[str, Any]) -> TierCheck | None:
         client.set(key, b"1", px=10_000)
         client.get(key)
         client.delete(key)
-    except ERRORS as exc:
+    except _errors() as exc:
         reason, _ = describe(exc)
         check.problems.append(f"GATEWAY_CACHE_URL={where} ({check.mode}): {reason}")
     finally:
         if client is not None:
             try:
                 client.close()
-            except ERRORS:
+            except _errors():
                 pass
     return check
 
@@ -172,7 +194,7 @@ def check_shared_tier(config: Mapping[str, Any]) -> TierCheck | None:
 def _is_cluster_node(client) -> bool:
     try:
         return bool(client.info("cluster").get("cluster_enabled"))
-    except ERRORS:  # INFO refused to this ACL user: the probe key below may still meet a MOVED
+    except _errors():  # INFO refused to this ACL user: the probe key below may still meet a MOVED
         return False
 
 
