@@ -29,10 +29,6 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from gateway import sharedtier
 from gateway.ops import metrics
 from gateway.config import redact_url
@@ -64,6 +60,11 @@ class StoreUnavailable(Exception):
 
 
 def derive_key(secret_key: str) -> bytes:
+    # cryptography here and in Shared, not at the top: a gateway without Redis never loads its
+    # bindings, about 6 MB a worker (docs/performance.md, "Memory").
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"zipteams-gateway",
                 info=b"token cache v1").derive(secret_key.encode())
 
@@ -78,6 +79,8 @@ class Shared:
         self._where = redact_url(url)  # for reprs and log lines: never the password
         self._mode = sharedtier.split_redis_url(url).mode
         self._client, self._window = client, None  # made at first use (RedisCluster connects when made)
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(derive_key(secret_key))
         # Partners sharing one Redis never see each other's entries.
         self._ns = sharedtier.key_prefix(namespace)

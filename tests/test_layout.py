@@ -205,8 +205,9 @@ def test_one_redis_client():
     assert in_files(grep(r"^\s*import redis|from redis")) == {"gateway/sharedtier.py"}
 
 
-def test_a_gateway_without_redis_does_not_load_redis_py(tmp_path):
-    """redis-py weighs about 8 MB per worker (docs/performance.md): loaded only for a Redis URL."""
+def test_a_gateway_without_redis_or_jwt_sign_in_loads_neither_redis_py_nor_cryptography(tmp_path):
+    """redis-py weighs about 8 MB per worker and PyJWT's cryptography about 9 (docs/performance.md,
+    "Memory"): loaded only for a Redis URL, or a sign-in mode that verifies JWTs."""
     import os
     import subprocess
     import sys
@@ -217,7 +218,8 @@ def test_a_gateway_without_redis_does_not_load_redis_py(tmp_path):
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "ZIPTEAMS_API_KEY": API_KEY,
            "ZIPTEAMS_API_SECRET": API_SECRET, "GATEWAY_SECRET_KEY": SECRET_KEY, "GATEWAY_STATE_DIR": str(state),
            "GATEWAY_TENANTS_FILE": str(DATA / "tenants.toml"), "GATEWAY_LOG_LEVEL": "warning"}
-    code = "import sys, wsgi; print(sorted(m for m in sys.modules if m == 'redis' or m.startswith('redis.')))"
+    code = ("import sys, wsgi; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('redis', 'jwt', 'cryptography', 'authlib')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -156,3 +156,51 @@ def test_no_secret_or_token_in_repr_str_or_errors(client, sim, caplog):
         client.fetch_token("acme", "sales-us")
     assert API_SECRET not in repr(info.value) and API_SECRET not in str(info.value)
     assert API_SECRET not in caplog.text and token.value not in caplog.text
+
+
+def _segment(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _token_corpus() -> list[tuple[str, bool]]:
+    """Real tokens and every way a token can fail to read that we could think of, each with
+    whether only PyJWT >= 2.10's canonical base64url check refuses it (2.9 reads it)."""
+    import jwt as pyjwt
+
+    good = pyjwt.encode({"tenantId": "acme", "subTenantId": "team01", "iat": 1, "exp": 2}, "k" * 32)
+    head, body, sig = good.split(".")
+    odd = [b"[]", b"1", b'"x"', b"null", b"{", b"\xff\xfe", b'{"a":1}x', b"{}", b'{"kid": 1}', b'{"b64": false}',
+           '{"é": "\u00e9"}'.encode(), b"[" * 100000, b'{"a": NaN}', b'{"a": "\\ud800"}']
+    corpus = [(good, False), (pyjwt.encode({"a": [1, {"b": None}]}, "k" * 64, algorithm="HS512"), False),
+              (head + "." + body + ".", False), (head + "." + body, False), (good + ".", False), ("..", False),
+              ("", False), ("a.b.c", False), (head + ".." + sig, False), (head + "." + body + "." + sig + "=", False),
+              (head + "." + body[:-1] + "." + sig, False)]
+    corpus += [(value, True) for value in (
+        head + "." + body + "." + sig + "==", head + "=." + body + "." + sig, head + "." + body + ".!!!",
+        head + "." + body + "." + sig[:-1], head + ".é." + sig, head + "." + body + "." + "\u00e9" + sig,
+        head + ". " + body + "." + sig, head + "." + body + "." + sig[:-1] + "R")]
+    for raw in odd:
+        corpus += [(_segment(raw) + "." + body + "." + sig, False), (head + "." + _segment(raw) + "." + sig, False)]
+    return corpus
+
+
+@pytest.mark.parametrize("value,strict_only", _token_corpus())
+def test_a_token_is_read_as_pyjwt_reads_it_without_a_signature_check(value, strict_only):
+    """The claims reader (no PyJWT in a worker: docs/performance.md, "Memory") agrees with PyJWT's
+    unverified decode on every token of the corpus: the same claims, or refused by both; never
+    claims PyJWT would not read (at 2.9 too, which reads more)."""
+    import jwt as pyjwt
+
+    from gateway.tokens.claims import unverified_claims
+
+    try:
+        pyjwt.get_unverified_header(value)
+        expected = pyjwt.decode(value, options={"verify_signature": False})
+    except pyjwt.PyJWTError:
+        expected = None
+    ours = unverified_claims(value)
+    assert ours is None or ours == expected
+    if not strict_only:
+        assert ours == expected

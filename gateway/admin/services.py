@@ -3,7 +3,6 @@ JWKS, a JWKS of its own (assertions, hand-offs), and the shared tier (gateway.ad
 runs them, each within its deadline in all)."""
 from __future__ import annotations
 
-import jwt
 import requests
 
 from gateway.admin.findings import Finding
@@ -35,6 +34,8 @@ def _json(url: str, timeout: float) -> dict:
 
 
 def jwks(what: str, setting: str, url: str, timeout: float) -> Finding:
+    import jwt  # only where a JWKS is configured: PyJWT loads cryptography (docs/performance.md, "Memory")
+
     try:
         keys = jwt.PyJWKSet.from_dict(_json(url, timeout)).keys
     except _Unusable as exc:

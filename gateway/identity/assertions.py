@@ -22,17 +22,11 @@ import logging
 import time
 from typing import Any, Callable
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-
 from gateway.memo import Memo
 
 logger = logging.getLogger(__name__)
 
 ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
-# The key type each algorithm family verifies with; a JWKS key of another type is refused.
-_KEY_TYPES = {"RS": RSAPublicKey, "PS": RSAPublicKey, "ES": EllipticCurvePublicKey}
 LEEWAY = 30
 MAX_TOKEN = 65536  # a hand-off with hundreds of groups is POSTed; anything longer is refused unread
 
@@ -46,6 +40,9 @@ class AssertionRejected(Exception):
 
 
 class JwtVerifier:
+    """PyJWT, and with it cryptography's bindings (about 9 MB a worker), is imported when a
+    verifier is made: only the sign-in modes that verify JWTs pay for it (docs/performance.md)."""
+
     def __init__(self, *, audience: str, issuer: str, secret: str = "", jwks_url: str = "",
                  max_lifetime: float | None = None, clock: Callable[[], float] = time.time,
                  remember: float = 0.0, monotonic: Callable[[], float] = time.monotonic):
@@ -54,6 +51,12 @@ class JwtVerifier:
         self.audience, self.issuer, self.max_lifetime, self._clock = audience, issuer, max_lifetime, clock
         self._secret = secret
         self.algorithms = ("HS256",) if secret else ASYMMETRIC
+        import jwt
+        from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+        from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+        # The key type each algorithm family verifies with; a JWKS key of another type is refused.
+        self._key_types = {"RS": RSAPublicKey, "PS": RSAPublicKey, "ES": EllipticCurvePublicKey}
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=5) if jwks_url else None
         self._verified = Memo(2048, ttl=remember, clock=monotonic) if remember > 0 else None
 
@@ -72,6 +75,8 @@ class JwtVerifier:
         return dict(claims)
 
     def _verify(self, token: str) -> dict[str, Any]:
+        import jwt  # loaded by __init__: a dictionary lookup here
+
         if not token or len(token) > MAX_TOKEN:
             raise AssertionRejected("missing or oversized token")
         try:
@@ -87,7 +92,7 @@ class JwtVerifier:
             raise AssertionRejected(f"no usable signing key ({type(exc).__name__})") from None
         except Exception as exc:  # noqa: BLE001 - a JWKS that is not JSON, an unknown key type...
             raise AssertionRejected(f"no usable signing key ({type(exc).__name__})") from None
-        if self._jwks is not None and not isinstance(key, _KEY_TYPES[alg[:2]]):
+        if self._jwks is not None and not isinstance(key, self._key_types[alg[:2]]):
             # An ES256 header naming an RSA key (or the converse): PyJWT would fail with a
             # TypeError from cryptography; it is simply a token no key of ours signed.
             raise AssertionRejected(f"{alg} token names a key of another type")
