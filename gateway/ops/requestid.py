@@ -14,7 +14,8 @@ SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")  # what a trusted proxy'
 
 
 class _RequestIds:
-    """Unique ids without a system call per request: a random per-process prefix and a counter."""
+    """Unique ids without reading randomness per request: a random per-process prefix and a counter
+    (the pid is compared on each, so a forked worker, however forked, starts its own sequence)."""
 
     def __init__(self):
         self._lock = threading.Lock()

@@ -83,7 +83,10 @@ class Match:
         return self.subtenant.key
 
 
-MEMO_SIZE = 10_000
+# Users whose matches a process remembers: as many as the cookies and identity headers remembered
+# (gateway.identity); each entry is a few hundred bytes, and more users than this in a few minutes
+# per worker only costs a re-match, a few dict look-ups (docs/performance.md, "Memory").
+MEMO_SIZE = 4096
 
 
 class Rules:

@@ -50,7 +50,8 @@ def init_app(app) -> None:
         slots=streams.Slots(cfg["GATEWAY_DOWNLOADS_PER_WORKER"] or max(1, cfg["GATEWAY_THREADS"] // 2),
                             cfg["GATEWAY_DOWNLOADS_PER_USER"]))
     # Each (user, subtenant) placeholder, derived once: every page and proxied call asks again.
-    app.extensions["placeholders"] = Memo(16384)
+    # As many as the users remembered elsewhere (gateway.tenancy.rules.MEMO_SIZE); a miss is one HMAC.
+    app.extensions["placeholders"] = Memo(4096)
     app.register_blueprint(bp)
 
 
