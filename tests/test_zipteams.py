@@ -198,7 +198,7 @@ def test_a_token_is_read_as_pyjwt_reads_it_without_a_signature_check(value, stri
     try:
         pyjwt.get_unverified_header(value)
         expected = pyjwt.decode(value, options={"verify_signature": False})
-    except pyjwt.PyJWTError:
+    except (pyjwt.PyJWTError, RecursionError):  # PyJWT 2.9 lets a too-deep segment's RecursionError out
         expected = None
     ours = unverified_claims(value)
     assert ours is None or ours == expected
