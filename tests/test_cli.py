@@ -170,3 +170,23 @@ def test_the_readme_documents_the_demo_options_as_help_prints_them():
     section = readme.split("Its options, as `python -m gateway demo --help` prints them:", 1)[1].lstrip("\n").split("\n\n", 1)[0]
     from_readme = dict(re.findall(r"^\| `([^`]+)` \| (.+?) \|$", section, flags=re.MULTILINE))
     assert from_readme == from_help
+
+
+def test_check_shows_a_tokens_claims_cut_to_a_readable_length(capsys):
+    """A token's claims are the vendor's: a 20 MB token must not print 20 MB (review of #24)."""
+    import base64
+    import json
+
+    from gateway.admin.cli import CLAIMS_SHOWN, _describe
+    from gateway.tokens.client import parse_token
+
+    def segment(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    claims = {"tenantId": "acme", "subTenantId": "t1", "iat": 1700000000, "exp": 1700086400, "pad": "x" * 100000}
+    token = parse_token(f"{segment({'alg': 'HS256'})}.{segment(claims)}.c2ln", "acme", "t1", now=1700000001)
+    _describe(token)
+    shown = capsys.readouterr().out
+    claims_line = next(line for line in shown.splitlines() if line.strip().startswith("claims:"))
+    assert len(claims_line) < CLAIMS_SHOWN + 100 and "characters)" in claims_line
+    assert "expires: 2023-11-15" in shown

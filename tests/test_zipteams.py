@@ -177,6 +177,11 @@ def _token_corpus() -> list[tuple[str, bool]]:
               (head + "." + body + ".", False), (head + "." + body, False), (good + ".", False), ("..", False),
               ("", False), ("a.b.c", False), (head + ".." + sig, False), (head + "." + body + "." + sig + "=", False),
               (head + "." + body[:-1] + "." + sig, False)]
+    # "crit" (RFC 7515, 4.1.11): PyJWT 2.10+ reads only "b64", named in the header; 2.9 ignores it.
+    for raw, strict in ((b'{"alg": "HS256", "crit": ["exp"], "exp": 1}', True), (b'{"crit": []}', True),
+                        (b'{"crit": "b64", "b64": true}', True), (b'{"crit": [1]}', True), (b'{"crit": ["b64"]}', True),
+                        (b'{"crit": ["b64"], "b64": true}', False), (b'{"crit": null}', True)):
+        corpus.append((_segment(raw) + "." + body + "." + sig, strict))
     corpus += [(value, True) for value in (
         head + "." + body + "." + sig + "==", head + "=." + body + "." + sig, head + "." + body + ".!!!",
         head + "." + body + "." + sig[:-1], head + ".é." + sig, head + "." + body + "." + "\u00e9" + sig,
@@ -204,3 +209,44 @@ def test_a_token_is_read_as_pyjwt_reads_it_without_a_signature_check(value, stri
     assert ours is None or ours == expected
     if not strict_only:
         assert ours == expected
+
+
+def _token_with(claims: bytes) -> str:
+    return _segment(b'{"alg": "HS256", "typ": "JWT"}') + "." + _segment(claims) + "." + _segment(b"sig")
+
+
+@pytest.mark.parametrize("answer", [
+    _token_with(b'{"tenantId": "acme", "subTenantId": "t1", "iat": 1700000000, "exp": NaN}'),
+    _token_with(b'{"tenantId": "acme", "subTenantId": "t1", "iat": NaN}'),
+    _token_with(b'{"tenantId": "acme", "subTenantId": "t1", "exp": Infinity}'),
+    _token_with(b'{"tenantId": "acme", "subTenantId": "t1", "exp": 1e308}'),
+    _token_with(b'{"tenantId": "acme", "subTenantId": "t1", "exp": 1' + b"0" * 400 + b"}"),
+    _token_with(b'{"tenantId": "acme", "subTenantId": "t1", "iat": -1' + b"0" * 400 + b"}"),
+    _token_with(b'{"alg": "none", "crit": ["exp"], "exp": 1}'),
+])
+def test_a_token_whose_times_no_clock_reaches_is_refused_not_served_for_ever(answer):
+    """A NaN exp never compares as expired (served, never renewed, a 500 for every later page); an
+    integer too large for a float raised OverflowError, a 500. Each is a token we cannot use: 502."""
+    @Request.application
+    def token_api(request):
+        return Response(json.dumps({"code": "RESPONSE_SUCCESS", "data": {"token": answer}}),
+                        mimetype="application/json")
+
+    with ServerThread(token_api) as server:
+        client = ZipteamsClient(server.url + "/api/v1", "k", "s", timeout=2)
+        with pytest.raises(ZipteamsInvalidToken) as info:
+            client.fetch_token("acme", "t1")
+    assert info.value.status_code == 502
+
+
+def test_an_answer_nested_deeper_than_the_json_reader_goes_is_malformed_not_a_500():
+    @Request.application
+    def token_api(request):
+        return Response('{"code": "RESPONSE_SUCCESS", "data": ' + "[" * 100000 + "]" * 100000 + "}",
+                        mimetype="application/json")
+
+    with ServerThread(token_api) as server:
+        client = ZipteamsClient(server.url + "/api/v1", "k", "s", timeout=2)
+        with pytest.raises(ZipteamsMalformedResponse) as info:
+            client.fetch_token("acme", "t1")
+    assert info.value.status_code == 502

@@ -24,6 +24,8 @@ from gateway.tokens.claims import unverified_claims
 from gateway.tokens.client import ZipteamsError
 from gateway.tokens.protection import CONFIG_HINTS
 
+CLAIMS_SHOWN = 500
+
 gateway_cli = AppGroup("gateway", help="Check the configuration and explain the tenant rules.")
 
 
@@ -138,9 +140,11 @@ def check_command(key: str | None, every: bool):
 
 
 def _describe(token) -> None:
-    claims = unverified_claims(token.value)
+    claims = str({k: v for k, v in unverified_claims(token.value).items() if k not in ("jti",)})
+    if len(claims) > CLAIMS_SHOWN:  # a token's claims are the vendor's: a few hundred characters, or anything
+        claims = f"{claims[:CLAIMS_SHOWN]}... ({len(claims)} characters)"
     expires = datetime.datetime.fromtimestamp(token.expires_at, datetime.timezone.utc)
-    click.echo(f"  claims: { {k: v for k, v in claims.items() if k not in ('jti',)} }")
+    click.echo(f"  claims: {claims}")
     click.echo(f"  expires: {expires:%Y-%m-%d %H:%M:%S} UTC "
                f"(in {(token.expires_at - token.issued_at) / 3600:.1f} h from issue)")
     click.echo(f"  fingerprint: {token.fingerprint}")

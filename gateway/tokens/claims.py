@@ -13,6 +13,7 @@ import json
 import re
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+_SUPPORTED_CRITICAL = frozenset({"b64"})
 
 
 def unverified_claims(value: str) -> dict | None:
@@ -29,7 +30,17 @@ def unverified_claims(value: str) -> dict | None:
         return None
     if header.get("b64", True) is False or not isinstance(header.get("kid", ""), str):
         return None  # a detached payload is none to read; PyJWT refuses a kid that is not a string
+    if "crit" in header and not _critical_understood(header):
+        return None
     return claims
+
+
+def _critical_understood(header: dict) -> bool:
+    """RFC 7515, 4.1.11, as PyJWT applies it: ``crit`` a non-empty list of extensions we support
+    ("b64", which PyJWT knows, and a detached payload is refused above), each present in the header."""
+    crit = header["crit"]
+    return isinstance(crit, list) and bool(crit) and all(
+        isinstance(name, str) and name in _SUPPORTED_CRITICAL and name in header for name in crit)
 
 
 def _segment(part: str) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -141,18 +142,34 @@ def parse_token(value: object, tenant: str, subtenant: str, now: float,
         if claim in claims and str(claims[claim]) != expected:
             raise ZipteamsInvalidToken(f"token claim {claim} names another {claim[:-2].lower()}",
                                        tenant=tenant, subtenant=subtenant)
-    issued_at = _number(claims.get("iat"), now)
-    expires_at = _number(claims.get("exp"), issued_at + default_lifetime)
+    try:
+        issued_at = _time(claims, "iat", now)
+        expires_at = _time(claims, "exp", issued_at + default_lifetime)
+    except ValueError as exc:
+        raise ZipteamsInvalidToken(f"token claim {exc} is not a usable time", tenant=tenant, subtenant=subtenant) from None
     if expires_at <= now:
         raise ZipteamsInvalidToken("token is already expired (check this server's clock)",
                                    tenant=tenant, subtenant=subtenant)
     return DashboardToken(value, tenant, subtenant, issued_at, expires_at)
 
 
-def _number(value: object, fallback: float) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return fallback
+# Seconds since 1970 a token's times may name: up to the year 9999 (datetime's, and the CLI's, limit).
+_LATEST = 253402300799.0
+
+
+def _time(claims: dict, name: str, fallback: float) -> float:
+    """Claim ``name`` as a time; ``fallback`` if absent or not a number. ValueError (naming the claim,
+    not its value) for a number no clock reaches: NaN or an infinity (JSON's reader takes them) or
+    past the year 9999. A NaN never compares as expired: the token would be served, never renewed."""
+    value = claims.get(name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return fallback
+    if isinstance(value, int) and abs(value) > _LATEST:  # float() of a 400-digit integer overflows
+        raise ValueError(name)
+    number = float(value)
+    if not math.isfinite(number) or abs(number) > _LATEST:
+        raise ValueError(name)
+    return number
 
 
 def retry_after_from(response: requests.Response, payload: object) -> int:
@@ -245,7 +262,7 @@ class ZipteamsClient:
         status = response.status_code
         try:
             payload = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             payload = None
         if status == 200:
             if not isinstance(payload, dict):
