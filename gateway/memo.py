@@ -4,9 +4,17 @@ Used where the same question comes again and again (a verified session cookie, t
 matches of a user, a rendered page, a placeholder, a verified assertion) and for the
 token cache's entries. Single dict operations are atomic under the GIL, so no lock is
 needed: a racing reader sees an entry or a miss, never half of one. When full, the
-oldest entry goes first (insertion order), so a burst of new keys pushes out old ones
-one at a time instead of wiping the memo. Entries expire ``ttl`` seconds after they
-were put, or at the time ``put`` names (``until``), by the memo's clock.
+oldest entry goes first (insertion order; ``OrderedDict.popitem``, constant time, where
+deleting a plain dict's first key scans the slots already emptied: 2 µs per put at 4,096
+entries, 8 at 16,384), so a burst of new keys pushes out old ones one at a time instead
+of wiping the memo. Entries expire ``ttl`` seconds after they were put, or at the time
+``put`` names (``until``), by the memo's clock.
+
+A memo of per-user answers can ask for a second sighting (``admit_on_repeat``): ``get_or_make``
+then remembers a key's answer only the second time it is made within the last ``maxsize``
+first sightings (only the key's hash is kept until then). A flood of one-time visitors (a crawl,
+a burst of new users) then pushes no regular user out; a returning user is remembered from
+the second visit on (docs/performance.md, "Issue #24").
 
 Why not cachetools (a dependency already): its caches need a lock for threads, and on
 the per-request path the lock and the bookkeeping of an LRU order cost more than the
@@ -15,19 +23,23 @@ answers they keep (profiled with bench/app_cost.py --profile).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Hashable, Iterator
 
 _FOREVER = float("inf")
 
 
 class Memo:
-    __slots__ = ("_data", "_maxsize", "_ttl", "_clock")
+    __slots__ = ("_data", "_maxsize", "_ttl", "_clock", "_seen_once")
 
-    def __init__(self, maxsize: int, ttl: float | None = None, clock: Callable[[], float] = time.monotonic):
-        self._data: dict = {}  # key -> (value, expires at)
+    def __init__(self, maxsize: int, ttl: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 admit_on_repeat: bool = False):
+        self._data: OrderedDict = OrderedDict()  # key -> (value, expires at), oldest first
         self._maxsize = max(1, maxsize)
         self._ttl = ttl  # seconds an entry is used for, or None: until pushed out or ``until``
         self._clock = clock
+        # Hashes of keys made once and not yet remembered (``admit_on_repeat``), oldest first.
+        self._seen_once: OrderedDict | None = OrderedDict() if admit_on_repeat else None
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The remembered value, or ``default``."""
@@ -44,18 +56,34 @@ class Memo:
         value = self.get(key)
         if value is None:
             value = make()
-            if value is not None:
+            if value is not None and self._admit(key):
                 self.put(key, value)
         return value
+
+    def _admit(self, key: Hashable) -> bool:
+        """Whether to remember ``key``'s answer now: always, or on its second sighting."""
+        seen = self._seen_once
+        if seen is None:
+            return True
+        mark = hash(key)  # a collision only admits a key one sighting early
+        if seen.pop(mark, None) is not None:
+            return True
+        seen[mark] = True
+        if len(seen) > self._maxsize:
+            try:
+                seen.popitem(last=False)
+            except KeyError:  # emptied by another thread meanwhile
+                pass
+        return False
 
     def put(self, key: Hashable, value: Any, until: float | None = None) -> None:
         data = self._data
         if key not in data:
             while len(data) >= self._maxsize:
                 try:
-                    del data[next(iter(data))]  # the oldest
-                except (KeyError, RuntimeError, StopIteration):
-                    break  # another thread changed it meanwhile: good enough, the bound is loose by one
+                    data.popitem(last=False)  # the oldest
+                except KeyError:
+                    break  # another thread emptied it meanwhile
         if until is None:
             until = _FOREVER if self._ttl is None else self._clock() + self._ttl
         data[key] = (value, until)

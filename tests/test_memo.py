@@ -60,3 +60,42 @@ def test_get_or_make_makes_once_and_never_remembers_a_miss():
     assert memo.get_or_make("b", lambda: make(False)) is False  # a falsy answer is an answer
     assert memo.get_or_make("b", lambda: make("never")) is False
     assert made == ["A", None, False]
+
+
+def test_with_admit_on_repeat_an_answer_is_remembered_from_its_second_making():
+    made = []
+    memo = Memo(10, admit_on_repeat=True)
+
+    def make(key):
+        made.append(key)
+        return f"v{key}"
+
+    assert memo.get_or_make("a", lambda: make("a")) == "va" and len(memo) == 0  # first sighting: not kept
+    assert memo.get_or_make("a", lambda: make("a")) == "va" and len(memo) == 1  # second: kept
+    assert memo.get_or_make("a", lambda: make("a")) == "va"
+    assert made == ["a", "a"]
+
+
+def test_a_flood_of_one_time_keys_pushes_no_regular_out():
+    """The per-user memos' point: a crawl or a burst of new users must not evict the regulars
+    (without admit_on_repeat the flood takes every place; the second half shows it)."""
+    for admit_on_repeat, regulars_kept in ((True, True), (False, False)):
+        memo = Memo(10, admit_on_repeat=admit_on_repeat)
+        for _ in range(2):
+            for n in range(5):
+                memo.get_or_make(("regular", n), lambda n=n: n)
+        for n in range(1000):
+            memo.get_or_make(("once", n), lambda n=n: n)
+        assert all(memo.get(("regular", n)) == n for n in range(5)) is regulars_kept
+        assert len(memo) <= 10
+
+
+def test_the_keys_seen_once_are_bounded_too():
+    memo = Memo(10, admit_on_repeat=True)
+    memo.get_or_make("early", lambda: 1)
+    for n in range(10):  # ten newer first sightings push "early" out of the ones remembered
+        memo.get_or_make(n, lambda: 1)
+    memo.get_or_make("early", lambda: 1)
+    assert memo.get("early") is None  # counted as a first sighting again
+    memo.get_or_make("early", lambda: 1)
+    assert memo.get("early") == 1

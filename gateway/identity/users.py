@@ -50,7 +50,8 @@ def user_from_claims(claims: dict, email_claims: Iterable[str], groups_claim: st
     raise ClaimsRejected(f"no well-formed email in the claims {', '.join(names)}")
 
 
-_from_headers = Memo(4096)
+# Remembered from a user's second request on: a flood of one-time visitors pushes no one out.
+_from_headers = Memo(4096, admit_on_repeat=True)
 
 
 def user_from_headers(email_header: str, groups_header: str) -> User | None:

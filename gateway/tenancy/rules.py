@@ -97,7 +97,7 @@ class Rules:
     """
 
     def __init__(self, subtenants: Iterable[Subtenant]):
-        self._memo = Memo(MEMO_SIZE)
+        self._memo = Memo(MEMO_SIZE, admit_on_repeat=True)  # a one-time visitor pushes no one out
         self.subtenants: tuple[Subtenant, ...] = tuple(subtenants)
         self._order = {s.key: i for i, s in enumerate(self.subtenants)}
         self._by_key = {s.key: s for s in self.subtenants}

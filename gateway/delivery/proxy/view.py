@@ -51,7 +51,7 @@ def init_app(app) -> None:
                             cfg["GATEWAY_DOWNLOADS_PER_USER"]))
     # Each (user, subtenant) placeholder, derived once: every page and proxied call asks again.
     # As many as the users remembered elsewhere (gateway.tenancy.rules.MEMO_SIZE); a miss is one HMAC.
-    app.extensions["placeholders"] = Memo(4096)
+    app.extensions["placeholders"] = Memo(4096, admit_on_repeat=True)
     app.register_blueprint(bp)
 
 
