@@ -82,12 +82,10 @@ def main() -> int:
         for _ in range(args.rounds):
             for name, (app, envs) in cases.items():
                 results[name].append(per_request_us(app, envs, args.requests, clock=time.process_time))
-        print(f"CPU µs per request, medians of {args.rounds} rounds of {args.requests}:", file=report)
-        for name, values in results.items():
-            print(f"  {name:24s} {statistics.median(values):7.1f}", file=report)
+        report.write("\n".join([f"CPU µs per request, medians of {args.rounds} rounds of {args.requests}:"] + [
+            f"  {name:24s} {statistics.median(values):7.1f}" for name, values in results.items()]) + "\n")
     finally:
-        sim.terminate()
-        sim.wait(timeout=30)
+        workloads.stop(sim)
     return 0
 
 

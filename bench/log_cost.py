@@ -130,8 +130,7 @@ def measure(args) -> dict[str, float]:
             off.append(per_visit_us(app, visits, args.requests))
         gateway.setLevel(logging.INFO)
     finally:
-        sim.terminate()
-        sim.wait(timeout=30)
+        workloads.stop(sim)
     out[ROWS[4]], out[ROWS[5]] = statistics.median(on), statistics.median(off)
     out[ROWS[6]] = out[ROWS[4]] - out[ROWS[5]]
     return out

@@ -164,8 +164,7 @@ def main() -> int:
                         print(line, file=report)
                 print(f"-- profile kept in {out} (python -m pstats {out})", file=report)
     finally:
-        sim.terminate()
-        sim.wait(timeout=30)
+        workloads.stop(sim)
     return 0
 
 

@@ -55,6 +55,12 @@ def in_process_settings(tmp: Path, key: str, secret: str, secret_key: str) -> tu
     return sim, {**gateway_settings(tmp, sim_url, key, secret, secret_key), "GATEWAY_LOG_FORMAT": "json"}
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """A stand-in started by ``in_process_settings``, stopped and waited for."""
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
 def user_emails(users: int = USERS, teams: int = TEAMS) -> list[str]:
     """``users`` returning users, spread evenly over the ``teams`` subtenants."""
     return [f"user{n:04d}@{DOMAIN.format(n % teams)}" for n in range(users)]
