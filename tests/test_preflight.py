@@ -239,6 +239,16 @@ def test_the_hand_off_jwks_is_fetched_in_jwt_mode(sim, keys):
         "hand-off JWKS: FAILED: GATEWAY_HANDOFF_JWKS_URL: connection failed")
 
 
+def test_an_assertion_and_a_hand_off_jwks_are_each_checked_at_their_own_url(sim, keys):
+    """Both set at once: each check reads its own setting's URL (they run side by side)."""
+    wrong = f"http://127.0.0.1:{free_port()}/jwks.json"
+    result = flask_cli(sim, "check", GATEWAY_AUTH_MODE="jwt", GATEWAY_HANDOFF_AUDIENCE="gateway",
+                       GATEWAY_HANDOFF_ISSUER="app", GATEWAY_HANDOFF_JWKS_URL=wrong, **assertion_env(keys.url))
+    assert f"assertion JWKS: ok ({published(keys.url)} keys at {keys.url})" in result.stdout, result.stdout
+    [line] = failures(result, "hand-off JWKS")
+    assert f"GATEWAY_HANDOFF_JWKS_URL: connection failed (ConnectionError) (tried {wrong})" in line
+
+
 def test_iframe_mode_checks_the_dashboard_page_the_browser_would_load(sim):
     result = flask_cli(sim, "check", GATEWAY_EMBED_MODE="iframe", GATEWAY_PROXY_TOKEN_IN="header:Authorization")
     assert result.returncode == 0, result.stderr

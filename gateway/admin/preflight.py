@@ -188,18 +188,19 @@ def network(app, subtenant, timeout: float, *, zipteams_too: bool = True
         except bounded.TimedOut:
             return [too_slow(what, setting, url, limit)]
 
+    def jwks_check(what: str, setting: str):
+        # Its own scope per JWKS: the URL is bound here, never read later from a shared variable.
+        url = cfg[setting]
+        return bounded_check(what, setting, url, lambda: [jwks(what, setting, url, timeout)])
+
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="preflight") as pool:
         jobs = []
         if cfg["GATEWAY_AUTH_MODE"] == "oidc":
             jobs.append(pool.submit(bounded_check, "IdP", "OIDC_ISSUER", cfg["OIDC_ISSUER"], idp, cfg, timeout))
         if cfg["GATEWAY_ASSERTION_HEADER"]:
-            url = cfg["GATEWAY_ASSERTION_JWKS_URL"]
-            jobs.append(pool.submit(bounded_check, "assertion JWKS", "GATEWAY_ASSERTION_JWKS_URL", url,
-                                    lambda: [jwks("assertion JWKS", "GATEWAY_ASSERTION_JWKS_URL", url, timeout)]))
+            jobs.append(pool.submit(jwks_check, "assertion JWKS", "GATEWAY_ASSERTION_JWKS_URL"))
         if cfg["GATEWAY_AUTH_MODE"] == "jwt" and cfg["GATEWAY_HANDOFF_JWKS_URL"]:
-            url = cfg["GATEWAY_HANDOFF_JWKS_URL"]
-            jobs.append(pool.submit(bounded_check, "hand-off JWKS", "GATEWAY_HANDOFF_JWKS_URL", url,
-                                    lambda: [jwks("hand-off JWKS", "GATEWAY_HANDOFF_JWKS_URL", url, timeout)]))
+            jobs.append(pool.submit(jwks_check, "hand-off JWKS", "GATEWAY_HANDOFF_JWKS_URL"))
         if cfg["GATEWAY_CACHE_URL"] != "memory://":
             jobs.append(pool.submit(bounded_check, "shared cache (Redis)", "GATEWAY_CACHE_URL",
                                     cfg["GATEWAY_CACHE_URL"], lambda: [redis(cfg)]))
