@@ -133,7 +133,7 @@ def post_fork(server, worker):
 def post_worker_init(worker):
     """SIGTERM drains first, a reload does not (gateway/serving/stopping.py); under gevent a stalled
     stdout costs log lines, not the worker (gateway/serving/output.py)."""
-    from gateway.serving import under_gevent
+    from gateway.bounded import under_gevent
     from gateway.serving.output import make_own_nonblocking
     from gateway.serving.stopping import install
 

@@ -1,5 +1,2 @@
 """Serving HTTP under gunicorn: admission to the app (bounded body reads, places per worker) and the
 graceful stop and reload through gunicorn's public hooks."""
-
-
-from gateway.bounded import under_gevent  # noqa: F401 - the one test, kept where serving asks it

@@ -36,7 +36,7 @@ from flask import request
 
 from gateway.errors import ServiceBusy
 from gateway.ops import metrics
-from gateway.serving import under_gevent
+from gateway.bounded import under_gevent
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import signal
 import threading
 
 from gateway.admin import health
-from gateway.serving import under_gevent
+from gateway.bounded import under_gevent
 
 logger = logging.getLogger(__name__)
 
