@@ -35,8 +35,8 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         raise SystemExit(3) from None
 
     def _remove_ours(path=os.environ["PROMETHEUS_MULTIPROC_DIR"], master=os.getpid()):
-        # A start refused while the app loads never reaches on_exit; a forked worker's exit is
-        # not the master's.
+        # At the master's exit, however it ends (a start refused while the app loads never reaches
+        # gunicorn's on_exit hook); a forked worker's exit is not the master's.
         if os.getpid() == master:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -83,7 +83,7 @@ def on_starting(server):
 
 
 def _remove_left_behind(state):
-    """The metrics directories of masters that ended without their on_exit (killed): a directory
+    """The metrics directories of masters that ended without their exit handler (killed): a directory
     of a master still running (another gateway on this state directory) is left alone."""
     for name in os.listdir(state):
         pid = name.removeprefix("metrics-")
@@ -155,9 +155,3 @@ def child_exit(server, worker):
     from gateway.ops.metrics import retire_process
 
     retire_process(worker.pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
-
-
-def on_exit(server):
-    created = os.environ.get("GATEWAY_METRICS_DIR_CREATED")
-    if created and created == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        shutil.rmtree(created, ignore_errors=True)

@@ -280,7 +280,7 @@ def test_the_metrics_directory_gunicorn_conf_made_is_removed_on_exit_even_after_
 
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    (state / "metrics-999999999").mkdir(mode=0o700)  # a master killed before its on_exit: no such pid
+    (state / "metrics-999999999").mkdir(mode=0o700)  # a master killed before its exit handler: no such pid
     alive = state / f"metrics-{os.getpid()}"  # another gateway's, still running (this process)
     alive.mkdir(mode=0o700)
     server = gunicorn(workers=1, GATEWAY_STATE_DIR=str(state))
