@@ -366,6 +366,15 @@ def test_a_good_start_up_check_is_one_info_line(gunicorn, sim):
     assert sim.stats()["token_requests"] == 1  # the check's one, in the master before the fork
 
 
+def test_the_start_up_check_leaves_redis_to_the_shared_tiers_own_start_up_line(gunicorn, sim):
+    """Making the app probes the shared tier (one line, its fix named); the start-up check asks no second time."""
+    server = gunicorn(workers=1, GATEWAY_LOG_FORMAT="text", GATEWAY_STARTUP_CHECK="true",
+                      GATEWAY_CACHE_URL=f"redis://127.0.0.1:{free_port()}/0")
+    log = server.log.read_text()
+    assert len([x for x in log.splitlines() if "GATEWAY_CACHE_URL" in x]) == 1, log
+    assert "start-up check: shared cache" not in log and re.search(r"start-up check: (\d+) of \1 passed", log)
+
+
 def test_the_start_up_check_can_be_turned_off(gunicorn, sim):
     server = gunicorn(workers=1, GATEWAY_LOG_FORMAT="text", GATEWAY_STARTUP_CHECK="false")
     assert "start-up check" not in server.log.read_text() and sim.stats()["token_requests"] == 0

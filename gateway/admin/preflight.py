@@ -175,7 +175,7 @@ def too_slow(what: str, setting: str, url: str, limit: float) -> Finding:
 CHECK_BUDGET = 3
 
 
-def network(app, subtenant, timeout: float, *, zipteams_too: bool = True
+def network(app, subtenant, timeout: float, *, zipteams_too: bool = True, shared_tier_too: bool = True
             ) -> tuple[list[Finding], zipteams.DashboardToken | None]:
     """Every network check, side by side; on return each has finished (its connections closed) or
     been given up after CHECK_BUDGET times ``timeout`` in all (gateway.bounded)."""
@@ -201,7 +201,7 @@ def network(app, subtenant, timeout: float, *, zipteams_too: bool = True
             jobs.append(pool.submit(jwks_check, "assertion JWKS", "GATEWAY_ASSERTION_JWKS_URL"))
         if cfg["GATEWAY_AUTH_MODE"] == "jwt" and cfg["GATEWAY_HANDOFF_JWKS_URL"]:
             jobs.append(pool.submit(jwks_check, "hand-off JWKS", "GATEWAY_HANDOFF_JWKS_URL"))
-        if cfg["GATEWAY_CACHE_URL"] != "memory://":
+        if shared_tier_too and cfg["GATEWAY_CACHE_URL"] != "memory://":
             jobs.append(pool.submit(bounded_check, "shared cache (Redis)", "GATEWAY_CACHE_URL",
                                     cfg["GATEWAY_CACHE_URL"], lambda: [redis(cfg)]))
         path = pool.submit(zipteams_path, app, subtenant, timeout) if zipteams_too else None
@@ -224,7 +224,8 @@ def check_at_start(app) -> None:
         rules = app.extensions["rules"].current()
         if not len(rules):
             return
-        found, _ = network(app, rules.subtenants[0], min(cfg["ZIPTEAMS_TIMEOUT"], START_TIMEOUT))
+        # Not the shared tier: making the app probed it already, with its own line (gateway.sharedtier.log_start).
+        found, _ = network(app, rules.subtenants[0], min(cfg["ZIPTEAMS_TIMEOUT"], START_TIMEOUT), shared_tier_too=False)
         found = sanity.findings(cfg) + found
     except Exception as exc:  # noqa: BLE001 - a check that breaks must not stop the start
         logger.warning("start-up check could not run (%s): run flask --app wsgi gateway check", type(exc).__name__)
