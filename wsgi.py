@@ -5,7 +5,7 @@ import click
 
 from gateway import create_app
 from gateway.config import ConfigError
-from gateway.serving.admission import Admission, answer_refused_body
+from gateway.serving import admission
 from gateway.tenancy.rules import RulesError
 
 try:
@@ -22,10 +22,5 @@ except (ConfigError, RulesError) as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(3) from None
 else:
-    # Flask's documented place for WSGI middleware: bodies read under a deadline, places per worker.
-    app.wsgi_app = Admission(app.wsgi_app, places=app.config["GATEWAY_THREADS"],
-                             body_timeout=app.config["GATEWAY_BODY_TIMEOUT"],
-                             client_timeout=app.config["GATEWAY_CLIENT_TIMEOUT"],
-                             max_body=app.config["GATEWAY_PROXY_MAX_BODY"],
-                             body_buffer=app.config["GATEWAY_BODY_BUFFER"])
-    app.before_request(answer_refused_body)
+    # Bodies read under a deadline, places per worker, a turn per request (gateway/serving/admission.py).
+    admission.install(app)

@@ -19,6 +19,12 @@ This floor's requests per second over its bare baseline's, in the same run, is w
 production Flask app would measure; the targets are stated against it, the bare ratios
 reported beside them. bench/run.py checks that a floor writes the same lines, of the same
 shape, and sets the same headers as the gateway for the same request (``check_floor``).
+
+With ``BENCH_ADMISSION=1`` as well, the floor also runs behind the gateway's own server-side
+middleware (``gateway.serving.admission.install``: the turn each request gives the worker's other
+connections, places, the body read ahead). It is no target: it shows what of the gap to the
+floor is the server model's fairness, which any app on gunicorn's gevent worker would need for the
+gateway's tail latency, and what is the gateway's own work.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from flask import Flask, Response, g
 from gateway import config as settings, security
 from gateway.delivery.proxy.upstream import frame_headers
 from gateway.ops import logs
+from gateway.serving import admission
 
 
 def add_to(app: Flask) -> None:
@@ -37,6 +44,8 @@ def add_to(app: Flask) -> None:
     logs.init_app(app)
     security.init_app(app)
     app.extensions["frame_headers"] = frame_headers(app.config["GATEWAY_FRAME_ANCESTORS"])
+    if os.environ.get("BENCH_ADMISSION") == "1":
+        admission.install(app)
 
 
 def proxied(app: Flask, response: Response) -> Response:

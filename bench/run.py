@@ -363,11 +363,21 @@ def main() -> int:
                                                                {**floor, "BENCH_PAGE_BYTES": str(page_bytes)})
         proxy_floor_master, proxy_floor_url = servers.reuse_port("bare_proxy_floor", "bench.bare_proxy_urllib3:app",
                                                                  floor)
+        # The same floors behind the gateway's Admission (its per-request turn): no target, a guide to
+        # what of the gap is the server model's fairness (bench/obligations.py).
+        admitted = {**floor, "BENCH_ADMISSION": "1"}
+        page_adm_master, page_adm_url = servers.reuse_port("bare_page_floor_admission", "bench.bare_page:app",
+                                                           {**admitted, "BENCH_PAGE_BYTES": str(page_bytes)})
+        proxy_adm_master, proxy_adm_url = servers.reuse_port("bare_proxy_floor_admission",
+                                                             "bench.bare_proxy_urllib3:app", admitted)
         gw_log = tmp / "gateway.log"
         check_floor([
             (page_floor_url + "/", tmp / "bare_page_floor.log", gw_url + "/", gw_log, "first visit"),
             (page_floor_url + "/", tmp / "bare_page_floor.log", gw_url + "/", gw_log, "returning user"),
             (proxy_floor_url + "/dashboard/api/summary", tmp / "bare_proxy_floor.log",
+             gw_url + "/dashboard/api/summary", gw_log, "proxied call"),
+            (page_adm_url + "/", tmp / "bare_page_floor_admission.log", gw_url + "/", gw_log, "first visit"),
+            (proxy_adm_url + "/dashboard/api/summary", tmp / "bare_proxy_floor_admission.log",
              gw_url + "/dashboard/api/summary", gw_log, "proxied call")])
         if args.floor_check:
             print("floor check: the floors write the same lines and headers as the gateway")
@@ -428,6 +438,7 @@ def main() -> int:
             "first_visit": {
                 "bare_flask": (page_master, page_url + "/", "first_visit.lua", first_visits()),
                 "floor": (page_floor_master, page_floor_url + "/", "first_visit.lua", first_visits()),
+                "floor_admission": (page_adm_master, page_adm_url + "/", "first_visit.lua", first_visits()),
                 "gateway": (gateway, gw_url + "/", "first_visit.lua", first_visits())},
             "returning_users": {
                 "bare_flask": (page_master, page_url + "/", "users.lua",
@@ -435,12 +446,16 @@ def main() -> int:
                 # The same secret key: the bare page's cookies are the floor's.
                 "floor": (page_floor_master, page_floor_url + "/", "users.lua",
                           same(BENCH_USERS=str(bare_users), BENCH_PATH="/")),
+                "floor_admission": (page_adm_master, page_adm_url + "/", "users.lua",
+                                    same(BENCH_USERS=str(bare_users), BENCH_PATH="/")),
                 "gateway": (gateway, gw_url + "/", "users.lua", gw_many("/"))},
             "proxied_json": {
                 "direct": (sim_master, f"{sim_url}/dashboard/api/summary?token={token}", "report.lua", dict),
                 "bare_proxy_requests": (proxy_master, proxy_url + "/dashboard/api/summary", "users.lua", many_json),
                 "bare_proxy_urllib3": (proxy3_master, proxy3_url + "/dashboard/api/summary", "users.lua", many_json),
                 "floor": (proxy_floor_master, proxy_floor_url + "/dashboard/api/summary", "users.lua", many_json),
+                "floor_admission": (proxy_adm_master, proxy_adm_url + "/dashboard/api/summary", "users.lua",
+                                    many_json),
                 "gateway": (gateway, gw_url + "/dashboard/api/summary", "users.lua", gw_many("/dashboard/api/summary"))},
             "one_user_page": {
                 "bare_flask": (page_master, page_url + "/", "report.lua", bare_user),

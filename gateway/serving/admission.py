@@ -251,3 +251,15 @@ class Admission:
             metrics.CLIENTS_READING.dec()
         environ["wsgi.input"] = io.BufferedReader(_Replay(b"".join(parts), error))
         return True
+
+
+def install(app) -> None:
+    """``app`` behind Admission, with the gateway's settings, and its refusals answered as pages.
+
+    Flask's documented place for WSGI middleware (``app.wsgi_app``). wsgi.py does this for the
+    gateway; bench/obligations.py for a floor measured with the gateway's server model."""
+    cfg = app.config
+    app.wsgi_app = Admission(app.wsgi_app, places=cfg["GATEWAY_THREADS"], body_timeout=cfg["GATEWAY_BODY_TIMEOUT"],
+                             client_timeout=cfg["GATEWAY_CLIENT_TIMEOUT"], max_body=cfg["GATEWAY_PROXY_MAX_BODY"],
+                             body_buffer=cfg["GATEWAY_BODY_BUFFER"])
+    app.before_request(answer_refused_body)
