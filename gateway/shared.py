@@ -291,7 +291,8 @@ def init_app(app) -> None:
     if cfg["GATEWAY_CACHE_URL"] == "memory://":
         app.extensions["shared"] = None
         return
-    sharedtier.log_start(cfg)
+    # Kept: ``gateway check``, which makes the app moments before, reports it instead of probing again.
+    app.extensions["shared_tier_check"] = sharedtier.log_start(cfg)
     app.extensions["shared"] = Shared(
         cfg["GATEWAY_CACHE_URL"], cfg["GATEWAY_SECRET_KEY"], settings=cfg,
         namespace=sharedtier.namespace(cfg), clock=cfg.get("CLOCK", time.time))

@@ -189,6 +189,18 @@ def test_redis_is_checked_with_a_round_trip_in_the_gateways_namespace(sim, redis
     assert not redis.Redis.from_url(redis_server.url).keys("zg:*")  # cleaned up
 
 
+def test_gateway_check_probes_redis_once(sim, redis_server):
+    """Loading the app probes the shared tier; the check reports that probe instead of a second."""
+    import redis
+
+    server = redis.Redis.from_url(redis_server.url)
+    server.config_resetstat()
+    result = flask_cli(sim, "check", GATEWAY_CACHE_URL=redis_server.url)
+    assert result.returncode == 0, result.stderr
+    assert "shared cache (Redis): ok" in result.stdout
+    assert server.info("commandstats")["cmdstat_set"]["calls"] == 1  # the probe key, written once
+
+
 def test_an_unreachable_redis_fails_the_check_without_showing_its_password(sim):
     url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
     result = flask_cli(sim, "check", GATEWAY_CACHE_URL=url)

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 from gateway import bounded
 from gateway.admin import sanity
 from gateway.admin.findings import Finding
-from gateway.admin.services import REACH, idp, jwks, redis
+from gateway.admin.services import REACH, idp, jwks, redis_finding
 from gateway.config import BY_NAME, redact_url
 from gateway.errors import GatewayError
 from gateway.tokens import client as zipteams
@@ -201,9 +201,11 @@ def network(app, subtenant, timeout: float, *, zipteams_too: bool = True, shared
             jobs.append(pool.submit(jwks_check, "assertion JWKS", "GATEWAY_ASSERTION_JWKS_URL"))
         if cfg["GATEWAY_AUTH_MODE"] == "jwt" and cfg["GATEWAY_HANDOFF_JWKS_URL"]:
             jobs.append(pool.submit(jwks_check, "hand-off JWKS", "GATEWAY_HANDOFF_JWKS_URL"))
-        if shared_tier_too and cfg["GATEWAY_CACHE_URL"] != "memory://":
-            jobs.append(pool.submit(bounded_check, "shared cache (Redis)", "GATEWAY_CACHE_URL",
-                                    cfg["GATEWAY_CACHE_URL"], lambda: [redis(cfg)]))
+        probed = app.extensions.get("shared_tier_check")  # None with memory://
+        if shared_tier_too and probed is not None:
+            # Making the app probed it moments ago, within its own time limit (gateway.shared.init_app):
+            # reported, not asked again.
+            jobs.append(pool.submit(lambda: [redis_finding(probed)]))
         path = pool.submit(zipteams_path, app, subtenant, timeout) if zipteams_too else None
         found = [f for job in jobs for f in job.result()]
         if path is None:

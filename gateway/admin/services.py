@@ -76,12 +76,10 @@ def idp(cfg, timeout: float) -> list[Finding]:
     return found + [jwks("IdP JWKS", "OIDC_ISSUER", meta["jwks_uri"], timeout)]
 
 
-def redis(cfg) -> Finding:
-    """The shared tier as the gateway connects to it (gateway.sharedtier: its mode, a round trip,
-    a probe key written, read back and deleted in the gateway's key space)."""
-    from gateway.sharedtier import check_shared_tier
-
-    check = check_shared_tier(cfg)
+def redis_finding(check) -> Finding:
+    """The shared tier as the gateway connects to it, as a finding: ``check`` is
+    ``gateway.sharedtier.check_shared_tier``'s (its mode, a round trip, a probe key written, read
+    back and deleted in the gateway's key space), made when the app was (gateway.shared.init_app)."""
     if check.ok:
         return Finding("shared cache (Redis)", True, f"ok ({check.line.removeprefix('shared tier: ')}; a probe "
                                                      "key written, read back and deleted)")
