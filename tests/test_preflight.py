@@ -379,12 +379,15 @@ def test_a_good_start_up_check_is_one_info_line(gunicorn, sim):
 
 
 def test_the_start_up_check_leaves_redis_to_the_shared_tiers_own_start_up_line(gunicorn, sim):
-    """Making the app probes the shared tier (one line, its fix named); the start-up check asks no second time."""
+    """Making the app probes the shared tier (one line, its fix named); the start-up check asks no
+    second time, and its summary counts that probe's failure."""
     server = gunicorn(workers=1, GATEWAY_LOG_FORMAT="text", GATEWAY_STARTUP_CHECK="true",
                       GATEWAY_CACHE_URL=f"redis://127.0.0.1:{free_port()}/0")
     log = server.log.read_text()
     assert len([x for x in log.splitlines() if "GATEWAY_CACHE_URL" in x]) == 1, log
-    assert "start-up check: shared cache" not in log and re.search(r"start-up check: (\d+) of \1 passed", log)
+    assert "start-up check: shared cache" not in log, log
+    summary = re.search(r"start-up check: (\d+) of (\d+) passed", log)
+    assert summary and int(summary[1]) == int(summary[2]) - 1, log  # not "all passed" with Redis down
 
 
 def test_the_start_up_check_can_be_turned_off(gunicorn, sim):
@@ -478,6 +481,18 @@ def test_a_trickling_zipteams_fails_the_check_within_its_deadline_in_all(sim, tr
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAILED: ZIPTEAMS_API_URL: no complete answer within 3 s in all" in result.stdout + result.stderr
     assert took < 10, took  # 3 s and the CLI's own start, not for ever
+
+
+def test_a_trickling_redis_fails_the_check_within_five_seconds_in_all(sim, trickler):
+    import time as clock
+
+    started = clock.monotonic()
+    result = flask_cli(sim, "check", GATEWAY_CACHE_URL=f"redis://127.0.0.1:{trickler(REDIS_BULK)}/0")
+    took = clock.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = failures(result, "shared cache (Redis)")
+    assert "no complete answer within 5 s in all" in line, line
+    assert took < 12, took  # 5 s and the CLI's own start, not for ever
 
 
 def test_a_trickling_dashboard_or_redis_does_not_hold_up_the_start(gunicorn, sim, trickler):

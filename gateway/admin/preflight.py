@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 from gateway import bounded
 from gateway.admin import sanity
 from gateway.admin.findings import Finding
-from gateway.admin.services import REACH, idp, jwks, redis_finding
+from gateway.admin.services import REACH, SHARED_TIER, idp, jwks, redis_finding
 from gateway.config import BY_NAME, redact_url
 from gateway.errors import GatewayError
 from gateway.tokens import client as zipteams
@@ -175,7 +175,7 @@ def too_slow(what: str, setting: str, url: str, limit: float) -> Finding:
 CHECK_BUDGET = 3
 
 
-def network(app, subtenant, timeout: float, *, zipteams_too: bool = True, shared_tier_too: bool = True
+def network(app, subtenant, timeout: float, *, zipteams_too: bool = True
             ) -> tuple[list[Finding], zipteams.DashboardToken | None]:
     """Every network check, side by side; on return each has finished (its connections closed) or
     been given up after CHECK_BUDGET times ``timeout`` in all (gateway.bounded)."""
@@ -201,13 +201,13 @@ def network(app, subtenant, timeout: float, *, zipteams_too: bool = True, shared
             jobs.append(pool.submit(jwks_check, "assertion JWKS", "GATEWAY_ASSERTION_JWKS_URL"))
         if cfg["GATEWAY_AUTH_MODE"] == "jwt" and cfg["GATEWAY_HANDOFF_JWKS_URL"]:
             jobs.append(pool.submit(jwks_check, "hand-off JWKS", "GATEWAY_HANDOFF_JWKS_URL"))
-        probed = app.extensions.get("shared_tier_check")  # None with memory://
-        if shared_tier_too and probed is not None:
-            # Making the app probed it moments ago, within its own time limit (gateway.shared.init_app):
-            # reported, not asked again.
-            jobs.append(pool.submit(lambda: [redis_finding(probed)]))
         path = pool.submit(zipteams_path, app, subtenant, timeout) if zipteams_too else None
         found = [f for job in jobs for f in job.result()]
+        # The shared tier (None with memory://): making the app probed it moments ago, within its own
+        # time limit (gateway.shared.init_app), so it is reported, not asked again.
+        probed = app.extensions.get("shared_tier_check")
+        if probed is not None:
+            found.append(redis_finding(probed))
         if path is None:
             return found, None
         path_found, got = path.result()
@@ -226,14 +226,15 @@ def check_at_start(app) -> None:
         rules = app.extensions["rules"].current()
         if not len(rules):
             return
-        # Not the shared tier: making the app probed it already, with its own line (gateway.sharedtier.log_start).
-        found, _ = network(app, rules.subtenants[0], min(cfg["ZIPTEAMS_TIMEOUT"], START_TIMEOUT), shared_tier_too=False)
+        # The shared tier's finding is the probe making the app made (no second one), counted below.
+        found, _ = network(app, rules.subtenants[0], min(cfg["ZIPTEAMS_TIMEOUT"], START_TIMEOUT))
         found = sanity.findings(cfg) + found
     except Exception as exc:  # noqa: BLE001 - a check that breaks must not stop the start
         logger.warning("start-up check could not run (%s): run flask --app wsgi gateway check", type(exc).__name__)
         return
     failed = [f for f in found if not f.ok]
     for finding in failed:
-        logger.warning("start-up check: %s", finding.line())
+        if finding.what != SHARED_TIER:  # its own ERROR line, with the fix, is in the log already
+            logger.warning("start-up check: %s", finding.line())
     logger.info("start-up check: %d of %d passed in %.1f s%s", len(found) - len(failed), len(found),
                 time.monotonic() - started, " (details: flask --app wsgi gateway check)" if failed else "")

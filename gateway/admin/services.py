@@ -76,13 +76,16 @@ def idp(cfg, timeout: float) -> list[Finding]:
     return found + [jwks("IdP JWKS", "OIDC_ISSUER", meta["jwks_uri"], timeout)]
 
 
+SHARED_TIER = "shared cache (Redis)"  # the finding's name
+
+
 def redis_finding(check) -> Finding:
     """The shared tier as the gateway connects to it, as a finding: ``check`` is
     ``gateway.sharedtier.check_shared_tier``'s (its mode, a round trip, a probe key written, read
     back and deleted in the gateway's key space), made when the app was (gateway.shared.init_app)."""
     if check.ok:
-        return Finding("shared cache (Redis)", True, f"ok ({check.line.removeprefix('shared tier: ')}; a probe "
+        return Finding(SHARED_TIER, True, f"ok ({check.line.removeprefix('shared tier: ')}; a probe "
                                                      "key written, read back and deleted)")
     # Each problem names GATEWAY_CACHE_URL (redacted), the mode and its fix already.
-    return Finding("shared cache (Redis)", False, "; ".join(check.problems) + " (meanwhile every process fetches "
+    return Finding(SHARED_TIER, False, "; ".join(check.problems) + " (meanwhile every process fetches "
                    "tokens for itself and sign-outs are not shared)")
