@@ -144,7 +144,7 @@ class Shared:
             result = fn()
         except self.lock_errors:
             raise  # about that lock (not ours any more), not about Redis' health
-        except sharedtier.ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 - redis-py's errors, or its surprise at a server that is not Redis
             self._failed(what, exc)
             return default
         self._ok()
@@ -228,7 +228,7 @@ class Shared:
         """For marks: the store's answer, or StoreUnavailable (their caller applies each use's policy)."""
         try:
             result = fn()
-        except sharedtier.ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 - as in ``call``
             self._gauge(False)
             raise StoreUnavailable(f"{type(exc).__name__} from {self._where}") from None
         self._gauge(True)

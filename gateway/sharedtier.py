@@ -98,6 +98,10 @@ def describe(exc: BaseException) -> tuple[str, bool]:
     from redis.sentinel import MasterNotFoundError
 
     text = redact_url(str(exc)).strip() or type(exc).__name__
+    if not isinstance(exc, _errors()):
+        # redis-py met an answer it does not expect (AttributeError, TypeError...): not Redis there.
+        return (f"the server does not answer as Redis does ({type(exc).__name__}): check that "
+                "GATEWAY_CACHE_URL points at a Redis server", True)
     # redis-py 5 raises a plain ResponseError for them outside RedisCluster; 6+ a MovedError/AskError.
     if isinstance(exc, (MovedError, AskError)) or text.startswith(("MOVED ", "ASK ")):
         return (f"a Redis Cluster node answered with a redirection ({type(exc).__name__}): "
@@ -179,14 +183,16 @@ def check_shared_tier(config: Mapping[str, Any]) -> TierCheck | None:
         client.set(key, b"1", px=10_000)
         client.get(key)
         client.delete(key)
-    except _errors() as exc:
+    except bounded.TimedOut:
+        raise  # the caller's deadline in all (log_start), raised here under gevent: not an answer
+    except Exception as exc:  # noqa: BLE001 - whatever the server answered, the tier is not usable (describe)
         reason, _ = describe(exc)
         check.problems.append(f"GATEWAY_CACHE_URL={where} ({check.mode}): {reason}")
     finally:
         if client is not None:
             try:
                 client.close()
-            except _errors():
+            except Exception:  # noqa: BLE001 - closing what never worked
                 pass
     return check
 
@@ -194,7 +200,9 @@ def check_shared_tier(config: Mapping[str, Any]) -> TierCheck | None:
 def _is_cluster_node(client) -> bool:
     try:
         return bool(client.info("cluster").get("cluster_enabled"))
-    except _errors():  # INFO refused to this ACL user: the probe key below may still meet a MOVED
+    except bounded.TimedOut:
+        raise
+    except Exception:  # noqa: BLE001 - INFO refused to this ACL user: the probe key below may still meet a MOVED
         return False
 
 

@@ -687,6 +687,56 @@ def free_port() -> int:
 
 
 # ------------------------------------------------------------------- redis
+class SilentRedis:
+    """Accepts connections and never answers: the worst kind of Redis outage."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"redis://127.0.0.1:{self.sock.getsockname()[1]}/0"
+        self.held, self.accepted = [], 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.held.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+class NotRedis(SilentRedis):
+    """Something other than Redis at GATEWAY_CACHE_URL: it answers every read with ``+PONG``, which
+    redis-py's handshake does not expect (it raises AttributeError, not one of its own errors)."""
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.held.append(conn)
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _answer(conn):
+        try:
+            while conn.recv(65536):
+                conn.sendall(b"+PONG\r\n")
+        except OSError:
+            pass
+
+
 REDIS_SERVER = shutil.which("redis-server")
 
 

@@ -7,14 +7,12 @@ failure and the log says so at most once a minute.
 """
 import logging
 import re
-import socket
-import threading
 import time
 
 import jwt
 import pytest
 
-from conftest import FakeClock, user_headers
+from conftest import FakeClock, NotRedis, SilentRedis, user_headers
 from gateway.identity.revocations import HandoffUnverifiable, SecurityState
 from gateway.shared import StoreUnavailable as StateUnavailable
 
@@ -28,33 +26,6 @@ def handoff_token(**claims):
     body = {"iss": ISS, "aud": AUD, "iat": now, "exp": now + 120, "jti": f"j-{time.monotonic_ns()}",
             "email": "alice@acme.example", **claims}
     return jwt.encode(body, HANDOFF_SECRET, algorithm="HS256")
-
-
-class SilentRedis:
-    """Accepts connections and never answers: the worst kind of Redis outage."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"redis://127.0.0.1:{self.sock.getsockname()[1]}/0"
-        self.held, self.accepted = [], 0
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self.held.append(conn)
-
-    def close(self):
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
 
 
 # ------------------------------------------------------------------ the policy, unit by unit
@@ -166,6 +137,38 @@ def test_a_silent_redis_costs_one_time_out_per_window_not_one_per_request(make_a
         assert elapsed < 3.0, f"20 requests took {elapsed:.1f}s: each one waited on the silent Redis"
     finally:
         silent.close()
+
+
+def test_a_server_that_is_not_redis_fails_soft_like_an_outage(make_app, caplog):
+    other = NotRedis()
+    try:
+        app = make_app(GATEWAY_CACHE_URL=other.url)  # its start-up line: an ERROR naming the problem
+        client = app.test_client()
+        for _ in range(3):
+            page = client.get("/", headers=user_headers("alice@acme.example"))
+            assert page.status_code == 200, page.text
+            status = client.get("/session/status", headers=user_headers("alice@acme.example", Accept="application/json"))
+            assert status.status_code == 200, status.text
+        assert other.accepted  # it was asked
+        assert any(r.levelno == logging.ERROR and "does not answer as Redis does" in r.getMessage()
+                   for r in caplog.records), [r.getMessage() for r in caplog.records]
+    finally:
+        other.close()
+
+
+def test_a_gateway_whose_cache_url_is_not_redis_starts_and_serves(gunicorn):
+    import requests
+
+    other = NotRedis()
+    try:
+        server = gunicorn(workers=1, GATEWAY_CACHE_URL=other.url, GATEWAY_LOG_FORMAT="text")
+        assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+        page = requests.get(server.url + "/", headers=user_headers("alice@acme.example"), timeout=10)
+        assert page.status_code == 200, page.text
+        log = server.log.read_text()
+        assert "does not answer as Redis does" in log and "Traceback" not in log, log
+    finally:
+        other.close()
 
 
 # ------------------------------------------------- every mode x every kind of outage

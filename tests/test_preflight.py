@@ -201,6 +201,20 @@ def test_gateway_check_probes_redis_once(sim, redis_server):
     assert server.info("commandstats")["cmdstat_set"]["calls"] == 1  # the probe key, written once
 
 
+def test_a_cache_url_that_is_not_redis_fails_the_check_naming_it(sim):
+    from conftest import NotRedis
+
+    other = NotRedis()
+    try:
+        result = flask_cli(sim, "check", GATEWAY_CACHE_URL=other.url)
+    finally:
+        other.close()
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = failures(result, "shared cache (Redis)")
+    assert "does not answer as Redis does" in line and "GATEWAY_CACHE_URL" in line, line
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_an_unreachable_redis_fails_the_check_without_showing_its_password(sim):
     url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
     result = flask_cli(sim, "check", GATEWAY_CACHE_URL=url)
