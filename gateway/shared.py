@@ -285,14 +285,16 @@ class FetchLock:
 
 
 def init_app(app) -> None:
-    """The instance's one client, or None with ``GATEWAY_CACHE_URL=memory://``; the start-up line
-    names the tier's mode and round trip, or says exactly why it is not in use."""
+    """The instance's one client; None with ``memory://`` or when what answers there is not Redis (the host's
+    store and each process's cache serve instead). The start-up line says which, and why."""
     cfg = app.config
+    app.extensions["shared"] = None
     if cfg["GATEWAY_CACHE_URL"] == "memory://":
-        app.extensions["shared"] = None
         return
     # Kept: ``gateway check``, which makes the app moments before, reports it instead of probing again.
-    app.extensions["shared_tier_check"] = sharedtier.log_start(cfg)
+    check = app.extensions["shared_tier_check"] = sharedtier.log_start(cfg)
+    if check.not_redis:
+        return
     app.extensions["shared"] = Shared(
         cfg["GATEWAY_CACHE_URL"], cfg["GATEWAY_SECRET_KEY"], settings=cfg,
         namespace=sharedtier.namespace(cfg), clock=cfg.get("CLOCK", time.time))

@@ -46,6 +46,7 @@ def __getattr__(name: str):
 TLS_FILES = {"GATEWAY_REDIS_CA_FILE": "ssl_ca_certs", "GATEWAY_REDIS_CERT_FILE": "ssl_certfile",
              "GATEWAY_REDIS_KEY_FILE": "ssl_keyfile"}
 CLUSTER_FIX = "give the cluster as redis+cluster://host:port,host:port (rediss+cluster:// with TLS)"
+NOT_REDIS, NOT_REDIS_FIX = "the server does not answer as Redis does", "check that GATEWAY_CACHE_URL points at Redis"
 
 
 def _errors() -> tuple:
@@ -100,8 +101,7 @@ def describe(exc: BaseException) -> tuple[str, bool]:
     text = redact_url(str(exc)).strip() or type(exc).__name__
     if not isinstance(exc, _errors()):
         # redis-py met an answer it does not expect (AttributeError, TypeError...): not Redis there.
-        return (f"the server does not answer as Redis does ({type(exc).__name__}): check that "
-                "GATEWAY_CACHE_URL points at a Redis server", True)
+        return f"{NOT_REDIS} ({type(exc).__name__}): {NOT_REDIS_FIX}", True
     # redis-py 5 raises a plain ResponseError for them outside RedisCluster; 6+ a MovedError/AskError.
     if isinstance(exc, (MovedError, AskError)) or text.startswith(("MOVED ", "ASK ")):
         return (f"a Redis Cluster node answered with a redirection ({type(exc).__name__}): "
@@ -137,6 +137,7 @@ class TierCheck:
     where: str
     round_trip_ms: float | None = None
     problems: list[str] = field(default_factory=list)
+    not_redis: bool = False  # something else answers there: no use asking it again (gateway.shared)
 
     @property
     def ok(self) -> bool:
@@ -180,13 +181,18 @@ def check_shared_tier(config: Mapping[str, Any]) -> TierCheck | None:
                                   f"given as a single server: {CLUSTER_FIX}")
             return check
         key = f"{key_prefix(namespace(config))}{{probe-{secrets.token_hex(8)}}}:probe"  # the gateway's own key space
-        client.set(key, b"1", px=10_000)
-        client.get(key)
+        value = secrets.token_hex(8).encode()
+        written, read_back = client.set(key, value, px=10_000), client.get(key)
         client.delete(key)
+        if not written or read_back != value:
+            check.not_redis = True
+            check.problems.append(f"GATEWAY_CACHE_URL={where} ({check.mode}): {NOT_REDIS} (a key written did "
+                                  f"not read back): {NOT_REDIS_FIX}")
     except bounded.TimedOut:
         raise  # the caller's deadline in all (log_start), raised here under gevent: not an answer
     except Exception as exc:  # noqa: BLE001 - whatever the server answered, the tier is not usable (describe)
         reason, _ = describe(exc)
+        check.not_redis = not isinstance(exc, _errors())
         check.problems.append(f"GATEWAY_CACHE_URL={where} ({check.mode}): {reason}")
     finally:
         if client is not None:

@@ -143,6 +143,7 @@ def test_a_server_that_is_not_redis_fails_soft_like_an_outage(make_app, caplog):
     other = NotRedis()
     try:
         app = make_app(GATEWAY_CACHE_URL=other.url)  # its start-up line: an ERROR naming the problem
+        assert app.extensions["shared"] is None  # not asked again: the host's store and own caches serve
         client = app.test_client()
         for _ in range(3):
             page = client.get("/", headers=user_headers("alice@acme.example"))
