@@ -98,7 +98,8 @@ def describe(exc: BaseException) -> tuple[str, bool]:
     from redis.exceptions import AskError, AuthenticationError, MovedError, NoPermissionError
     from redis.sentinel import MasterNotFoundError
 
-    text = redact_url(str(exc)).strip() or type(exc).__name__
+    # Cut: some errors carry the repr of every client object tried (a Sentinel's: over 1,000 characters).
+    text = redact_url(str(exc)).strip()[:300] or type(exc).__name__
     if not isinstance(exc, _errors()):
         # redis-py met an answer it does not expect (AttributeError, TypeError...): not Redis there.
         return f"{NOT_REDIS} ({type(exc).__name__}): {NOT_REDIS_FIX}", True

@@ -108,3 +108,11 @@ def test_redis_coming_back_is_used_again(redis_server):
     clock[0] += 6
     shared.put_token("acme", "sales", TOKEN, expires_at=FakeClock().now + 60)
     assert shared.get_token("acme", "sales") == TOKEN
+
+
+def test_a_long_error_is_cut_in_the_shared_tiers_lines():
+    # A Sentinel's MasterNotFoundError carries the repr of every client it tried: over 1,000 characters.
+    from gateway.sharedtier import describe
+
+    reason, _ = describe(redis_lib.RedisError("No master found for 'mymaster' : " + "Redis<Connection<x>> " * 80))
+    assert len(reason) < 400 and reason.startswith("RedisError: No master found"), reason
