@@ -122,7 +122,7 @@ class Shared:
             self._was_down = True
             if now - self._last_log >= LOG_EVERY:
                 self._last_log = now
-                reason, misconfigured = sharedtier.describe(exc)
+                reason, misconfigured = sharedtier.describe(exc, sharedtier.hidden_in(self._url, self._settings))
                 # A wrong deployment, credential or CA is an operator's error, not an outage.
                 logger.log(logging.ERROR if misconfigured else logging.WARNING,
                            "%s at %s (%s during %s): serving from the local cache and fetching directly; "

@@ -46,7 +46,11 @@ def __getattr__(name: str):
 TLS_FILES = {"GATEWAY_REDIS_CA_FILE": "ssl_ca_certs", "GATEWAY_REDIS_CERT_FILE": "ssl_certfile",
              "GATEWAY_REDIS_KEY_FILE": "ssl_keyfile"}
 CLUSTER_FIX = "give the cluster as redis+cluster://host:port,host:port (rediss+cluster:// with TLS)"
-NOT_REDIS, NOT_REDIS_FIX = "the server does not answer as Redis does", "check that GATEWAY_CACHE_URL points at Redis"
+NOT_REDIS = "the server does not answer as Redis does"
+NOT_REDIS_FIX = "check that GATEWAY_CACHE_URL points at Redis (rediss:// for one that speaks TLS)"
+# redis-py's own words for a handshake reply no Redis gives (a Redis refusing says so in an error reply).
+HANDSHAKE_SURPRISES = ("Bad response from PING", "Invalid RESP version", "Error setting client name",
+                       "Invalid Database")
 
 
 def _errors() -> tuple:
@@ -92,19 +96,55 @@ def connect(url: str, settings: Mapping[str, Any]):
     return RedisCluster(startup_nodes=nodes, **timeouts, **auth, **({"ssl": True, **tls} if target.tls else {}))
 
 
-def describe(exc: BaseException) -> tuple[str, bool]:
-    """What went wrong, in words naming no secret, and whether it is a configuration error
-    (a retry would not help: wrong deployment, credentials or certificate authority)."""
+def hidden_in(url: str, settings: Mapping[str, Any]) -> list[str]:
+    """The passwords a line about the tier must never carry: the URL's and the settings'."""
+    return [p for p in (split_redis_url(url).password, settings.get("GATEWAY_REDIS_PASSWORD"),
+                        settings.get("GATEWAY_REDIS_SENTINEL_PASSWORD")) if p]
+
+
+def _shown(exc: BaseException, raw: str, hidden: list[str]) -> str:
+    """The words of an error a line may carry (an allow-list): redis-py's own, about the connection and
+    TLS; of a reply the server sent, only its error code, because a reply may repeat a command's
+    arguments (a server that does not know AUTH repeats the password). Then any password left is masked."""
+    from redis.exceptions import InvalidResponse, ResponseError
+    from redis.sentinel import MasterNotFoundError
+
+    if isinstance(exc, ResponseError):
+        code = raw.split(" ", 1)[0]
+        text = code if code.isalpha() and code.isupper() else "an error reply"
+    elif isinstance(exc, InvalidResponse):
+        text = "a reply not in Redis' protocol"
+    elif isinstance(exc, MasterNotFoundError):  # its list of each Sentinel's error is left out
+        text = raw.split(" : ", 1)[0]
+    else:
+        text = redact_url(raw)
+    for secret in hidden:
+        text = text.replace(secret, "***")
+    return text.strip()[:300] or type(exc).__name__  # cut: a few errors carry the repr of every client tried
+
+
+def not_redis(exc: BaseException) -> bool:
+    """Whether an error says that what answers is not Redis: redis-py's surprise at a reply (not one
+    of its own errors), a reply outside Redis' protocol, or a handshake reply no Redis gives."""
+    from redis.exceptions import ConnectionError as RedisConnectionError, InvalidResponse
+
+    if not isinstance(exc, _errors()) or isinstance(exc, InvalidResponse):
+        return True
+    return isinstance(exc, RedisConnectionError) and str(exc).startswith(HANDSHAKE_SURPRISES)
+
+
+def describe(exc: BaseException, hidden: list[str] = ()) -> tuple[str, bool]:
+    """What went wrong, in words naming no secret (``hidden``: ``hidden_in``'s), and whether it is a
+    configuration error (a retry would not help: wrong deployment, credentials or certificate authority)."""
     from redis.exceptions import AskError, AuthenticationError, MovedError, NoPermissionError
     from redis.sentinel import MasterNotFoundError
 
-    # Cut: some errors carry the repr of every client object tried (a Sentinel's: over 1,000 characters).
-    text = redact_url(str(exc)).strip()[:300] or type(exc).__name__
-    if not isinstance(exc, _errors()):
-        # redis-py met an answer it does not expect (AttributeError, TypeError...): not Redis there.
+    if not_redis(exc):
         return f"{NOT_REDIS} ({type(exc).__name__}): {NOT_REDIS_FIX}", True
+    raw = str(exc)  # to tell the kinds apart; only ``text`` is shown
+    text = _shown(exc, raw, list(hidden))
     # redis-py 5 raises a plain ResponseError for them outside RedisCluster; 6+ a MovedError/AskError.
-    if isinstance(exc, (MovedError, AskError)) or text.startswith(("MOVED ", "ASK ")):
+    if isinstance(exc, (MovedError, AskError)) or raw.startswith(("MOVED ", "ASK ")):
         return (f"a Redis Cluster node answered with a redirection ({type(exc).__name__}): "
                 f"{CLUSTER_FIX}", True)
     if isinstance(exc, MasterNotFoundError):
@@ -112,21 +152,21 @@ def describe(exc: BaseException) -> tuple[str, bool]:
         # name or address all end here.
         return (f"no Sentinel named a primary ({text}): check the Sentinel addresses, the master name in "
                 "the URL and GATEWAY_REDIS_SENTINEL_PASSWORD", True)
-    if isinstance(exc, (AuthenticationError, NoPermissionError)) or text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")):
+    if isinstance(exc, (AuthenticationError, NoPermissionError)) or raw.startswith(("WRONGPASS", "NOAUTH", "NOPERM")):
         return (f"the ACL user was refused ({type(exc).__name__}: {text}): check GATEWAY_REDIS_USERNAME, "
                 "GATEWAY_REDIS_PASSWORD, and that the user may use keys zg:* with get, set, exists, del, "
                 "eval, evalsha, script load and ping (e.g. +@read +@write +@scripting +@connection)", True)
-    if "mismatch" in text and ("certificate verify failed" in text or "CERTIFICATE_VERIFY_FAILED" in text):
+    if "mismatch" in raw and ("certificate verify failed" in raw or "CERTIFICATE_VERIFY_FAILED" in raw):
         return (f"TLS: the server's certificate does not name the host in GATEWAY_CACHE_URL ({text}): use a "
                 "host name the certificate carries", True)
-    if "certificate verify failed" in text or "CERTIFICATE_VERIFY_FAILED" in text:
+    if "certificate verify failed" in raw or "CERTIFICATE_VERIFY_FAILED" in raw:
         return (f"TLS: the server's certificate was not accepted ({text}): GATEWAY_REDIS_CA_FILE must hold "
                 "the CA that signed it", True)
-    if "CERTIFICATE_REQUIRED" in text or "EOF occurred in violation of protocol" in text:
+    if "CERTIFICATE_REQUIRED" in raw or "EOF occurred in violation of protocol" in raw:
         # TLS 1.3 servers refuse a missing client certificate after the handshake: a bare EOF.
         return (f"TLS: the server ended the connection after the handshake ({text}): if it asks for a "
                 "client certificate, set GATEWAY_REDIS_CERT_FILE and GATEWAY_REDIS_KEY_FILE", True)
-    if "SSL" in text:
+    if "SSL" in raw:
         return f"TLS failed ({type(exc).__name__}: {text})", True
     return f"{type(exc).__name__}: {text}", False
 
@@ -185,15 +225,17 @@ def check_shared_tier(config: Mapping[str, Any]) -> TierCheck | None:
         value = secrets.token_hex(8).encode()
         written, read_back = client.set(key, value, px=10_000), client.get(key)
         client.delete(key)
-        if not written or read_back != value:
+        # Redis answers a plain SET with OK, and gives the value back unless it evicted it at once (a
+        # full cache may): neither an OK missing nor another value comes from a Redis.
+        if not written or read_back not in (value, None):
             check.not_redis = True
-            check.problems.append(f"GATEWAY_CACHE_URL={where} ({check.mode}): {NOT_REDIS} (a key written did "
-                                  f"not read back): {NOT_REDIS_FIX}")
+            check.problems.append(f"GATEWAY_CACHE_URL={where} ({check.mode}): {NOT_REDIS} (a key written "
+                                  f"read back as something else): {NOT_REDIS_FIX}")
     except bounded.TimedOut:
         raise  # the caller's deadline in all (log_start), raised here under gevent: not an answer
     except Exception as exc:  # noqa: BLE001 - whatever the server answered, the tier is not usable (describe)
-        reason, _ = describe(exc)
-        check.not_redis = not isinstance(exc, _errors())
+        reason, _ = describe(exc, hidden_in(url, config))
+        check.not_redis = not_redis(exc)
         check.problems.append(f"GATEWAY_CACHE_URL={where} ({check.mode}): {reason}")
     finally:
         if client is not None:

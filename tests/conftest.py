@@ -715,8 +715,13 @@ class SilentRedis:
 
 
 class NotRedis(SilentRedis):
-    """Something other than Redis at GATEWAY_CACHE_URL: it answers every read with ``+PONG``, which
-    redis-py's handshake does not expect (it raises AttributeError, not one of its own errors)."""
+    """Something other than Redis at GATEWAY_CACHE_URL (by default: ``+PONG`` to every command, which
+    redis-py 8's handshake meets with AttributeError), or, given ``answer``, a server that answers each
+    command (its arguments, as bytes) with what ``answer`` returns."""
+
+    def __init__(self, reply: bytes = b"+PONG\r\n", answer=None):
+        self.answer = answer or (lambda args: reply)
+        super().__init__()
 
     def _accept(self):
         while True:
@@ -726,14 +731,21 @@ class NotRedis(SilentRedis):
                 return
             self.accepted += 1
             self.held.append(conn)
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    @staticmethod
-    def _answer(conn):
+    def _serve(self, conn):
+        """RESP arrays of bulk strings (what redis-py sends), read one command at a time."""
+        stream = conn.makefile("rb")
         try:
-            while conn.recv(65536):
-                conn.sendall(b"+PONG\r\n")
-        except OSError:
+            while line := stream.readline():
+                args = [line.strip()]
+                if line.startswith(b"*"):
+                    args = []
+                    for _ in range(int(line[1:])):
+                        size = int(stream.readline()[1:])
+                        args.append(stream.read(size + 2)[:-2])
+                conn.sendall(self.answer(args))
+        except (OSError, ValueError):
             pass
 
 

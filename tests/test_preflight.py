@@ -579,3 +579,55 @@ def test_a_finding_never_shows_user_info():
 
     line = Finding("x", False, "broke", setting="S", url=f"https://u:{PASSWORD}@h.example/p", fix="f").line()
     assert PASSWORD not in line and "(tried https://***@h.example/p)" in line
+
+
+def test_a_reply_that_repeats_the_password_never_shows_it(sim):
+    """A server that does not know AUTH repeats its arguments in its error: the password."""
+    from conftest import NotRedis
+
+    def answer(args):
+        if args and args[0].upper() in (b"AUTH", b"HELLO"):
+            return b"-ERR unknown command '" + args[0] + b"', with args beginning with: '" + args[-1] + b"'\r\n"
+        return b"+PONG\r\n"
+
+    other = NotRedis(answer=answer)
+    try:
+        url = other.url.replace("redis://", f"redis://:{PASSWORD}@")
+        result = flask_cli(sim, "check", GATEWAY_CACHE_URL=url)
+    finally:
+        other.close()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert failures(result, "shared cache (Redis)"), result.stdout + result.stderr
+    assert PASSWORD not in result.stdout + result.stderr and PASSWORD[:8] not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", b"ERROR\r\n",
+                                   b"+OK\r\n"], ids=["http", "memcached", "ok"])
+def test_a_server_that_is_not_redis_is_not_used_whatever_it_answers(make_app, reply):
+    from conftest import NotRedis
+
+    other = NotRedis(reply)
+    try:
+        app = make_app(GATEWAY_CACHE_URL=other.url)
+    finally:
+        other.close()
+    check = app.extensions["shared_tier_check"]
+    assert check.not_redis and "does not answer as Redis does" in check.line, check.line
+    assert app.extensions["shared"] is None  # the host's store and each process's cache instead
+
+
+def test_a_redis_that_evicted_the_probe_key_at_once_is_still_redis(make_app):
+    # A full cache may evict a key between its SET and the GET: that Redis works, and is used.
+    from conftest import NotRedis
+
+    replies = {b"PING": b"+PONG\r\n", b"SET": b"+OK\r\n", b"GET": b"$-1\r\n", b"DEL": b":0\r\n",
+               b"INFO": b"$0\r\n\r\n"}
+    other = NotRedis(answer=lambda args: replies.get(args[0].upper() if args else b"", b"+OK\r\n")
+                     if args and args[0].upper() != b"HELLO" else b"-ERR unknown command 'HELLO'\r\n")
+    try:
+        app = make_app(GATEWAY_CACHE_URL=other.url)
+    finally:
+        other.close()
+    check = app.extensions["shared_tier_check"]
+    assert check.ok and not check.not_redis, check.line
+    assert app.extensions["shared"] is not None

@@ -116,3 +116,18 @@ def test_a_long_error_is_cut_in_the_shared_tiers_lines():
 
     reason, _ = describe(redis_lib.RedisError("No master found for 'mymaster' : " + "Redis<Connection<x>> " * 80))
     assert len(reason) < 400 and reason.startswith("RedisError: No master found"), reason
+
+
+def test_a_failed_call_never_logs_the_password_a_reply_repeats(caplog):
+    from conftest import NotRedis
+
+    password = "Shared-Pa55-never-logged"
+    other = NotRedis(answer=lambda args: b"-ERR unknown command, with args beginning with: '" + args[-1] + b"'\r\n")
+    try:
+        shared = make(other.url.replace("redis://", f"redis://:{password}@"))
+        assert shared.get_token("acme", "sales") is None and not shared.available
+    finally:
+        other.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("redis" in line for line in lines), lines
+    assert not any(password in line or password[:10] in line for line in lines), lines
