@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from urllib.parse import quote
 
 from gateway import bounded
 from gateway.config import redact_url
@@ -50,7 +52,8 @@ NOT_REDIS = "the server does not answer as Redis does"
 NOT_REDIS_FIX = "check that GATEWAY_CACHE_URL points at Redis (rediss:// for one that speaks TLS)"
 # redis-py's own words for a handshake reply no Redis gives (a Redis refusing says so in an error reply).
 HANDSHAKE_SURPRISES = ("Bad response from PING", "Invalid RESP version", "Error setting client name",
-                       "Invalid Database")
+                       "Invalid Database", "Invalid Username or Password")  # the last: neither OK nor an error
+UNKNOWN_COMMAND = re.compile(r"(?:ERR )?unknown command '([A-Za-z|]{1,32})'", re.IGNORECASE)
 
 
 def _errors() -> tuple:
@@ -109,27 +112,30 @@ def _shown(exc: BaseException, raw: str, hidden: list[str]) -> str:
     from redis.exceptions import InvalidResponse, ResponseError
     from redis.sentinel import MasterNotFoundError
 
+    for secret in hidden:  # first: redact_url would cut one with "@", "?" or "#" into pieces not found
+        raw = raw.replace(secret, "***").replace(quote(secret, safe=""), "***")
     if isinstance(exc, ResponseError):
-        code = raw.split(" ", 1)[0]
-        text = code if code.isalpha() and code.isupper() else "an error reply"
+        unknown, code = UNKNOWN_COMMAND.match(raw), raw.split(" ", 1)[0]
+        text = (f"unknown command '{unknown[1]}'" if unknown else code if code.isalpha() and code.isupper()
+                else "an error reply")
     elif isinstance(exc, InvalidResponse):
         text = "a reply not in Redis' protocol"
     elif isinstance(exc, MasterNotFoundError):  # its list of each Sentinel's error is left out
         text = raw.split(" : ", 1)[0]
     else:
         text = redact_url(raw)
-    for secret in hidden:
-        text = text.replace(secret, "***")
     return text.strip()[:300] or type(exc).__name__  # cut: a few errors carry the repr of every client tried
 
 
 def not_redis(exc: BaseException) -> bool:
     """Whether an error says that what answers is not Redis: redis-py's surprise at a reply (not one
     of its own errors), a reply outside Redis' protocol, or a handshake reply no Redis gives."""
-    from redis.exceptions import ConnectionError as RedisConnectionError, InvalidResponse
+    from redis.exceptions import ConnectionError as RedisConnectionError, InvalidResponse, ResponseError
 
     if not isinstance(exc, _errors()) or isinstance(exc, InvalidResponse):
         return True
+    if isinstance(exc, ResponseError):  # a command the gateway needs, unknown there (a Sentinel's port...)
+        return UNKNOWN_COMMAND.match(str(exc)) is not None
     return isinstance(exc, RedisConnectionError) and str(exc).startswith(HANDSHAKE_SURPRISES)
 
 
@@ -139,10 +145,10 @@ def describe(exc: BaseException, hidden: list[str] = ()) -> tuple[str, bool]:
     from redis.exceptions import AskError, AuthenticationError, MovedError, NoPermissionError
     from redis.sentinel import MasterNotFoundError
 
-    if not_redis(exc):
-        return f"{NOT_REDIS} ({type(exc).__name__}): {NOT_REDIS_FIX}", True
     raw = str(exc)  # to tell the kinds apart; only ``text`` is shown
     text = _shown(exc, raw, list(hidden))
+    if not_redis(exc):
+        return f"{NOT_REDIS} ({type(exc).__name__}: {text}): {NOT_REDIS_FIX}", True
     # redis-py 5 raises a plain ResponseError for them outside RedisCluster; 6+ a MovedError/AskError.
     if isinstance(exc, (MovedError, AskError)) or raw.startswith(("MOVED ", "ASK ")):
         return (f"a Redis Cluster node answered with a redirection ({type(exc).__name__}): "

@@ -581,34 +581,51 @@ def test_a_finding_never_shows_user_info():
     assert PASSWORD not in line and "(tried https://***@h.example/p)" in line
 
 
-def test_a_reply_that_repeats_the_password_never_shows_it(sim):
-    """A server that does not know AUTH repeats its arguments in its error: the password."""
+@pytest.mark.parametrize("password", [PASSWORD, "abcdefgh@ijklmnopqrs", "abcdefgh?ijklmnop#qrs"])
+@pytest.mark.parametrize("reply", [b"-ERR unknown command '%s', with args beginning with: '%s'\r\n",
+                                   b"-WRONGPASS %s %s\r\n", b"-LOADING %s %s\r\n"], ids=["unknown", "wrongpass", "loading"])
+def test_a_reply_that_repeats_the_password_never_shows_it(sim, password, reply):
+    """A server that does not know AUTH repeats its arguments in its error: the password, whatever
+    characters it has (redact_url alone would cut one with "@", "?" or "#" into pieces)."""
+    from urllib.parse import quote
+
     from conftest import NotRedis
 
     def answer(args):
         if args and args[0].upper() in (b"AUTH", b"HELLO"):
-            return b"-ERR unknown command '" + args[0] + b"', with args beginning with: '" + args[-1] + b"'\r\n"
+            return reply % (args[0], b" ".join(args[1:]))
         return b"+PONG\r\n"
 
     other = NotRedis(answer=answer)
     try:
-        url = other.url.replace("redis://", f"redis://:{PASSWORD}@")
+        url = other.url.replace("redis://", f"redis://:{quote(password, safe='')}@")
         result = flask_cli(sim, "check", GATEWAY_CACHE_URL=url)
     finally:
         other.close()
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert failures(result, "shared cache (Redis)"), result.stdout + result.stderr
-    assert PASSWORD not in result.stdout + result.stderr and PASSWORD[:8] not in result.stdout + result.stderr
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert failures(result, "shared cache (Redis)"), out
+    pieces = {password[i:i + 8] for i in range(len(password) - 7)} | {password[-8:]}
+    assert not [piece for piece in pieces if piece in out], out
 
 
+def sentinel_port(args):
+    """A Sentinel given as a Redis: it knows PING, not SET."""
+    if args and args[0].upper() == b"PING":
+        return b"+PONG\r\n"
+    return b"-ERR unknown command '" + (args[0] if args else b"") + b"', with args beginning with: \r\n"
+
+
+@pytest.mark.parametrize("password", ["", "Pw-x1-long-enough"], ids=["no-password", "password"])
 @pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", b"ERROR\r\n",
-                                   b"+OK\r\n"], ids=["http", "memcached", "ok"])
-def test_a_server_that_is_not_redis_is_not_used_whatever_it_answers(make_app, reply):
+                                   b"+OK\r\n", b"+PONG\r\n", sentinel_port],
+                         ids=["http", "memcached", "ok", "pong", "sentinel-port"])
+def test_a_server_that_is_not_redis_is_not_used_whatever_it_answers(make_app, reply, password):
     from conftest import NotRedis
 
-    other = NotRedis(reply)
+    other = NotRedis(answer=reply) if callable(reply) else NotRedis(reply)
     try:
-        app = make_app(GATEWAY_CACHE_URL=other.url)
+        app = make_app(GATEWAY_CACHE_URL=other.url, GATEWAY_REDIS_PASSWORD=password)
     finally:
         other.close()
     check = app.extensions["shared_tier_check"]
