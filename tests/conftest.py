@@ -707,6 +707,10 @@ class SilentRedis:
                 return
             self.accepted += 1
             self.held.append(conn)
+            self._accepted(conn)
+
+    def _accepted(self, conn):
+        pass  # held, never answered
 
     def close(self):
         self.sock.close()
@@ -723,15 +727,8 @@ class NotRedis(SilentRedis):
         self.answer = answer or (lambda args: reply)
         super().__init__()
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self.held.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def _accepted(self, conn):
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
         """RESP arrays of bulk strings (what redis-py sends), read one command at a time."""
