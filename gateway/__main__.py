@@ -96,11 +96,14 @@ def demo_config(environment: dict[str, str], args: argparse.Namespace, sim_url: 
     return config
 
 
-def cli_environment(app, sim_url: str, key: str, secret: str) -> list[str]:
-    """Shell lines that point the admin CLI (``flask --app wsgi gateway check``) at the demo's stand-in.
+def cli_environment(app, sim_url: str, key: str, secret: str, directory: str) -> str:
+    """A file of shell lines that point the admin CLI (``flask --app wsgi gateway check``) at the
+    demo's stand-in; returns its path.
 
     The credentials are the stand-in's own, made for this run; the secret key is a fresh one (the
-    CLI signs nothing a browser sees). Printed to the terminal only, never logged."""
+    CLI signs nothing a browser sees). They go to a file only this user can read (0600, in the
+    demo's private directory, removed when the demo stops), never to standard output, where a
+    supervisor or a terminal recorder may keep the demo's log lines."""
     values = {
         "ZIPTEAMS_API_URL": sim_url + "/api/v1",
         "ZIPTEAMS_DASHBOARD_URL": sim_url + "/dashboard/",
@@ -109,7 +112,11 @@ def cli_environment(app, sim_url: str, key: str, secret: str) -> list[str]:
         "GATEWAY_SECRET_KEY": secrets.token_urlsafe(32),
         "GATEWAY_TENANTS_FILE": str(app.config["GATEWAY_TENANTS_FILE"]),
     }
-    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+    path = os.path.join(directory, "admin-cli.env")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.writelines(f"export {name}={shlex.quote(value)}\n" for name, value in values.items())
+    return path
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -170,8 +177,10 @@ def run_demo(args: argparse.Namespace) -> int:
                   f"Stand-in Zipteams at {sim.url}. Press Ctrl+C to stop.", flush=True)
             if partner:
                 print(f"A partner's page framing the gateway from another site: open {partner.url}/", flush=True)
-            print("The admin CLI against this stand-in (its throwaway credentials), in another shell "
-                  f"in {ROOT}:", *(f"  {line}" for line in cli_environment(app, sim.url, key, secret)),
+            env_file = cli_environment(app, sim.url, key, secret, state_dir.name)
+            print("The admin CLI against this stand-in, in another shell in "
+                  f"{ROOT} (its throwaway credentials are in a file only you can read, removed when "
+                  f"the demo stops):", f"  . {shlex.quote(env_file)}",
                   "  flask --app wsgi gateway check", sep="\n", flush=True)
             server.serve_until_interrupted()
         except KeyboardInterrupt:

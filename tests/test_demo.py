@@ -38,10 +38,14 @@ class Demo:
     def url(self, pattern: str) -> str:
         return next(m.group(1) for line in self.lines if (m := re.search(pattern, line)))
 
+    def env_file(self) -> Path:
+        """The file the ``. FILE`` line names: the CLI's environment, credentials included."""
+        return Path(next(words[1] for line in self.lines if (words := shlex.split(line))[:1] == ["."]))
+
     def exports(self) -> dict[str, str]:
-        """The ``export NAME=value`` lines, read as a shell would."""
+        """The ``export NAME=value`` lines of that file, read as a shell would."""
         found = {}
-        for line in self.lines:
+        for line in self.env_file().read_text().splitlines():
             words = shlex.split(line)
             if words[:1] == ["export"]:
                 name, _, value = words[1].partition("=")
@@ -49,9 +53,10 @@ class Demo:
         return found
 
     def stop(self) -> None:
+        if self.proc.stdout.closed:
+            return
         self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self.proc.stdout.close()
+        self.rest = self.proc.communicate(timeout=10)[0]  # what it wrote after the CLI lines, to its end
 
 
 @pytest.fixture
@@ -84,6 +89,25 @@ def test_the_environment_the_demo_prints_makes_gateway_check_pass_against_its_st
     # The printed secret is what makes it pass: another one is refused by the stand-in.
     refused = gateway_check({**exports, "ZIPTEAMS_API_SECRET": "not-the-demo-" + "x" * 20})
     assert refused.returncode != 0
+
+
+def test_the_demo_keeps_its_credentials_off_standard_output_in_a_file_only_its_user_reads(demos):
+    import requests
+
+    demo = demos()
+    env_file = demo.env_file()
+    exports = demo.exports()
+    secrets_ = [exports["ZIPTEAMS_API_KEY"], exports["ZIPTEAMS_API_SECRET"], exports["GATEWAY_SECRET_KEY"]]
+    assert os.stat(env_file).st_mode & 0o777 == 0o600
+    assert os.stat(env_file.parent).st_mode & 0o777 == 0o700
+    # A request, so its log lines come too: a supervisor keeps all of standard output.
+    requests.get(demo.url(r"open (http://\S+)/ in your browser") + "/healthz", timeout=10).raise_for_status()
+    demo.stop()
+    output = "\n".join(demo.lines) + demo.rest
+    assert "request method=GET path=/healthz" in output  # the log lines were read
+    for value in secrets_:
+        assert value not in output
+    assert not env_file.exists()  # removed with the demo's directory
 
 
 def test_the_demo_honours_secure_and_samesite_none_from_the_environment(demos):
