@@ -1,6 +1,7 @@
 """A call with a deadline in all, not per read: a server that trickles its answer (a byte now
 and then) resets every per-read time-out of requests, urllib3 and redis-py, so only a limit on
-the whole call bounds it. For the checks at start-up and in ``gateway check``.
+the whole call bounds it. For the checks at start-up and in ``gateway check``, and each token
+request (``call``); for each proxied call's wait on the dashboard under gevent (``limit``).
 
 Under gevent (gunicorn.conf.py patches the process for the default worker) the call runs in the
 caller's greenlet under ``gevent.Timeout``, which raises at its next wait on a socket: nothing is
@@ -9,8 +10,9 @@ that the caller stops waiting for; it ends at its own next time-out or with the 
 """
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 
 class TimedOut(Exception):
@@ -48,3 +50,14 @@ def call(seconds: float, fn: Callable[..., Any], *args) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def limit(seconds: float, gevent_server: bool) -> ContextManager:
+    """The block, stopped with TimedOut once ``seconds`` have passed in all, under gevent; under real
+    threads nothing (a thread per call would cost more than the calls this is for: the per-read
+    time-outs are all there is). ``gevent_server``: ``under_gevent()``, asked once by the caller."""
+    if not gevent_server:
+        return contextlib.nullcontext()
+    import gevent
+
+    return gevent.Timeout(seconds, TimedOut(f"not finished within {seconds:g} s"))

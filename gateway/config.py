@@ -44,7 +44,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Base URL of the Zipteams Insights dashboard (confirm it with your Zipteams contact).",
             parse_dashboard_url),
     Setting("ZIPTEAMS_TIMEOUT", "10",
-            "Seconds to wait for Zipteams to accept the connection, and again for its answer.",
+            "Seconds to wait for Zipteams to accept the connection, and again for its answer (for each "
+            "read; a token request, and under gevent a proxied call's answer head, get twice this in all).",
             parse_positive_float),
     Setting("GATEWAY_SECRET_KEY", None,
             "Signs the session cookie. At least 32 random characters; keep it identical on every instance.",

@@ -686,6 +686,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# ------------------------------------------------------------------- servers that trickle
+@pytest.fixture
+def trickler():
+    """Servers that answer every connection with ``at_once``, then a byte at a time, one every
+    0.2 s, for ever (``prefix``, then "a"s): each read's time-out starts again at every byte, so
+    only a deadline in all ends a call to one."""
+    stop, listeners = threading.Event(), []
+
+    def start(prefix: bytes, at_once: bytes = b"") -> int:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listeners.append(listener)
+
+        def serve(conn):
+            with conn:
+                conn.settimeout(0.2)
+                try:
+                    conn.recv(65536)
+                except OSError:
+                    pass
+                try:
+                    conn.sendall(at_once)
+                except OSError:
+                    return
+                for n in range(10 ** 6):
+                    if stop.wait(0.2):
+                        return
+                    try:
+                        conn.sendall(prefix[n:n + 1] or b"a")
+                    except OSError:
+                        return
+
+        def accept():
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        return listener.getsockname()[1]
+
+    yield start
+    stop.set()
+    for listener in listeners:
+        listener.close()
+
+
+HTTP_HEAD = b"HTTP/1.1 200 OK\r\nX-Slow: "  # a head that never ends
+REDIS_BULK = b"$100000000\r\n"  # a bulk string of 100 MB, to come a byte at a time
+
+
 # ------------------------------------------------------------------- redis
 class SilentRedis:
     """Accepts connections and never answers: the worst kind of Redis outage."""

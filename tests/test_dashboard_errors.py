@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import JWT_SHAPE, user_headers
+from conftest import HTTP_HEAD, JWT_SHAPE, user_headers
 from gateway.delivery.proxy import pages
 
 ALICE = user_headers("alice@acme.example")
@@ -150,3 +150,33 @@ def test_under_gunicorn_one_warning_line_names_the_setting_and_never_the_token(g
     assert "ZIPTEAMS_DASHBOARD_URL" in warning["message"] and "status=404" in warning["message"]
     assert f"{sim.url}/insights/ " in warning["message"]  # the address tried; its query (the token's place) left out
     assert placeholder not in text and not JWT_SHAPE.search(text.encode())
+
+
+# ------------------------------------------------------- a dashboard that trickles its answer
+@pytest.mark.parametrize("at_once, prefix", [
+    (b"", HTTP_HEAD),  # a head that never ends
+    (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n", b"{"),  # a short body
+], ids=["head", "short-body"])
+def test_under_gunicorn_a_trickling_dashboard_gets_a_proxied_call_504_within_its_limit(gunicorn, trickler,
+                                                                                     at_once, prefix):
+    # The production start (gevent worker): each byte restarts urllib3's per-read time-out, so only
+    # a limit in all (twice ZIPTEAMS_TIMEOUT for the head, once more for a body read whole) ends it.
+    import time
+
+    import requests
+
+    dashboard = f"http://127.0.0.1:{trickler(prefix, at_once)}/dashboard/"
+    server = gunicorn(workers=1, ZIPTEAMS_DASHBOARD_URL=dashboard, ZIPTEAMS_TIMEOUT="1", GATEWAY_LOG_FORMAT="text")
+    with requests.Session() as browser:
+        assert browser.get(server.url + "/", headers=ALICE, timeout=10).status_code == 200
+        started = time.monotonic()
+        answer = browser.get(server.url + "/dashboard/api/summary", headers={**ALICE, **SCRIPT,
+                                                                            "Accept": "application/json"}, timeout=15)
+        took = time.monotonic() - started
+    assert answer.status_code == 504, answer.text
+    assert answer.json()["error"]["code"] == "dashboard_timeout"
+    assert 0.9 <= took < 5, took
+    deadline = time.monotonic() + 5
+    while "status=504" not in (log := server.log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the access line is written after the answer
+    assert "status=504" in log and "Traceback" not in log, log

@@ -6,7 +6,7 @@ import threading
 import pytest
 from werkzeug.wrappers import Request, Response
 
-from conftest import API_KEY, API_SECRET, FakeClock, free_port, start_sim
+from conftest import API_KEY, API_SECRET, HTTP_HEAD, FakeClock, free_port, start_sim
 from gateway.sim.server import ServerThread
 from gateway.tokens.client import (DashboardToken, ZipteamsClient, ZipteamsError, ZipteamsForbidden,
                               ZipteamsInvalidToken, ZipteamsMalformedResponse, ZipteamsMissingSubtenant,
@@ -247,3 +247,47 @@ def _fetch_from(body: str) -> ZipteamsError:
         with pytest.raises(ZipteamsError) as info:
             client.fetch_token("acme", "t1")
     return info.value
+
+
+# ------------------------------------------------------- a Zipteams that trickles its answer
+def test_a_trickling_zipteams_ends_a_token_request_within_connect_and_answer_in_all(trickler):
+    """Each byte restarts a per-read time-out: the request as a whole gets connect plus answer."""
+    import time
+
+    url = f"http://127.0.0.1:{trickler(HTTP_HEAD)}/api/v1"
+    client = ZipteamsClient(url, API_KEY, API_SECRET, timeout=1)
+    outcome = {}
+
+    def fetch():
+        started = time.monotonic()
+        try:
+            client.fetch_token("acme", "sales-emea")
+        except ZipteamsError as exc:
+            outcome["error"] = exc
+        outcome["took"] = time.monotonic() - started
+
+    worker = threading.Thread(target=fetch, daemon=True)
+    worker.start()
+    worker.join(10)  # without a limit in all it would go on for ever
+    assert not worker.is_alive(), "the token request was still running after 10 s"
+    assert outcome["error"].code == "zipteams_timeout"
+    assert f"no complete answer from {url}/partner/dashboard/auth/token within 2 s in all" in str(outcome["error"])
+    assert 1.8 <= outcome["took"] < 4, outcome
+
+
+def test_under_gunicorn_a_trickling_zipteams_gets_a_first_visit_a_plain_page_within_the_deadline(gunicorn, trickler):
+    # The production start (gevent worker): the user waits ZIPTEAMS_DEADLINE, not for ever.
+    import time
+
+    import requests
+
+    server = gunicorn(workers=1, ZIPTEAMS_API_URL=f"http://127.0.0.1:{trickler(HTTP_HEAD)}/api/v1",
+                      ZIPTEAMS_TIMEOUT="1", ZIPTEAMS_DEADLINE="3", GATEWAY_LOG_FORMAT="text")
+    started = time.monotonic()
+    page = requests.get(server.url + "/", headers={"X-Forwarded-Email": "alice@acme.example",
+                                                  "Accept": "application/json"}, timeout=15)
+    took = time.monotonic() - started
+    assert page.status_code in (503, 504), page.text
+    assert page.json()["error"]["code"] == "zipteams_timeout"
+    assert took < 6, took
+    assert "Traceback" not in server.log.read_text()

@@ -8,6 +8,7 @@ log line here, ever carries the partner secret or a token.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import requests
 from requests.adapters import HTTPAdapter
 
+from gateway import bounded
 from gateway.config import redact_url
 from gateway.ops import metrics
 from gateway.errors import ServiceBusy, UpstreamFailure, UpstreamTimeout
@@ -232,11 +234,19 @@ class ZipteamsClient:
                 # Only the four documented headers; requests adds transport ones.
                 timeout = self.timeout if within is None else tuple(min(t, max(within, 0.001))
                                                                     for t in self.timeout)
-                response = self.session.get(self.url, headers=headers, timeout=timeout,
-                                            allow_redirects=False)
+                # The per-read time-outs restart with each byte a trickling server sends: the
+                # call as a whole gets connect plus answer (or what is left of the caller's
+                # deadline), as a fetch holds its team's other users waiting on it.
+                total = min(sum(self.timeout), max(within, 0.001)) if within is not None else sum(self.timeout)
+                response = bounded.call(total, functools.partial(
+                    self.session.get, self.url, headers=headers, timeout=timeout, allow_redirects=False))
             except requests.Timeout:
                 outcome = "timeout"
                 raise ZipteamsTimeout(f"no answer from {self.shown_url} within {timeout[0]:g}s", **where) from None
+            except bounded.TimedOut:
+                outcome = "timeout"
+                raise ZipteamsTimeout(f"no complete answer from {self.shown_url} within {total:g} s in all",
+                                      **where) from None
             except requests.RequestException as exc:
                 outcome = "unreachable"
                 # The exception text can hold the URL only; no header is ever in it,

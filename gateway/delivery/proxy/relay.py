@@ -12,7 +12,8 @@ from typing import Iterator
 
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from gateway.errors import UpstreamFailure
+from gateway import bounded
+from gateway.errors import UpstreamFailure, UpstreamTimeout
 from gateway.delivery.proxy import policy, scrub
 from gateway.delivery.proxy.upstream import CHUNK, DashboardProxy
 
@@ -59,13 +60,18 @@ def body_stream(upstream, pattern: scrub.Pattern | None) -> Iterator[bytes]:
         upstream.release_conn()
 
 
-def small_body(upstream, pattern: scrub.Pattern) -> bytes | None:
+def small_body(upstream, pattern: scrub.Pattern, proxy: DashboardProxy) -> bytes | None:
     """The whole body when it is short and its length known: one write, no chunking."""
     length = upstream.headers.get("Content-Length", "")
     if not length.isdigit() or int(length) > SMALL_BODY:
         return None
     try:
-        data = upstream.read(decode_content=True)
+        # Read whole, so bounded in all (under gevent): a trickle restarts each read's time-out.
+        with bounded.limit(proxy.timeout, proxy.gevent_server):
+            data = upstream.read(decode_content=True)
+    except bounded.TimedOut:
+        upstream.close()
+        raise UpstreamTimeout(f"dashboard's answer not complete within {proxy.timeout:g} s in all") from None
     except (Urllib3Error, OSError) as exc:
         upstream.close()
         raise UpstreamFailure(f"dashboard answer broke off or could not be decoded ({type(exc).__name__})") from None

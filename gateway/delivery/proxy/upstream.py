@@ -5,6 +5,10 @@ The browser's request goes on reduced to what the dashboard may see (the headers
 any token parameter of the browser's removed and ours put in its designated place, and
 its body streamed within ``GATEWAY_PROXY_MAX_BODY``. urllib3's failures become the
 gateway's errors (502, 504, 413, 400). Reading the answer is ``relay``'s.
+
+Under gevent a request without a body gets its answer's head within twice ``ZIPTEAMS_TIMEOUT``
+in all (connect, then answer; ``bounded.limit``), however a server trickles it: urllib3's
+time-outs are per read and restart with each byte.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
+from gateway import bounded
 from gateway.errors import BadRequestBody, GatewayError, PayloadTooLarge, UpstreamFailure, UpstreamTimeout
 from gateway.peers import peer_is_trusted
 from gateway.tokens.client import DashboardToken
@@ -46,6 +51,8 @@ class DashboardProxy:
         self.forward = forward
         self.frame_headers = frame_headers(frame_ancestors)
         self.slots = slots or streams.Slots(4, 2)
+        self.timeout = timeout
+        self.gevent_server = bounded.under_gevent()  # decided once: gunicorn.conf.py patches first
         # One pool for the one upstream origin: no per-request URL parsing or pool look-up.
         self.pool = urllib3.connection_from_url(base_url, maxsize=pool_size, block=False, retries=False,
                                                 timeout=urllib3.Timeout(connect=timeout, read=timeout))
@@ -163,11 +170,15 @@ def _send(proxy: DashboardProxy, url: str, headers: dict, body: RequestBody | No
         headers["Content-Length"] = str(body.length)
         data = body
     try:
-        return proxy.pool.urlopen(request.method, url, body=data, headers=headers, redirect=False,
-                                  retries=False, chunked=chunked, preload_content=False,
-                                  decode_content=False, assert_same_host=False)
+        # A body's upload takes as long as its size and the link need: per-read time-outs only.
+        with bounded.limit(2 * proxy.timeout, proxy.gevent_server and body is None):
+            return proxy.pool.urlopen(request.method, url, body=data, headers=headers, redirect=False,
+                                      retries=False, chunked=chunked, preload_content=False,
+                                      decode_content=False, assert_same_host=False)
     except GatewayError:
         raise
+    except bounded.TimedOut:
+        raise UpstreamTimeout(f"dashboard's answer head not complete within {2 * proxy.timeout:g} s in all") from None
     except NewConnectionError:
         # urllib3 files a refused connection under its timeouts; it is not one.
         raise UpstreamFailure("dashboard unreachable (connection refused)") from None

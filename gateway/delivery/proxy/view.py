@@ -128,7 +128,7 @@ def dashboard(path: str):
         raise UpstreamFailure("dashboard answer in an encoding the gateway cannot read")
     headers = relay.answer_headers(raw_headers, proxy, pattern, decoded=not binary)
     if not binary:
-        small = relay.small_body(upstream, pattern)
+        small = relay.small_body(upstream, pattern, proxy)
         if small is not None:
             return Response(small, status=upstream.status, headers=headers)
     release = None
