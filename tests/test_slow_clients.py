@@ -276,8 +276,10 @@ def test_gateway_threads_bounds_the_requests_running_at_once(gunicorn):
     assert time.monotonic() - started >= 1.9  # one after the other: one place
 
 
-def test_a_client_that_stops_reading_is_cut_off_and_gives_its_download_back(gunicorn):
-    server = gunicorn(workers=1, threads=2, GATEWAY_CLIENT_TIMEOUT="1", GATEWAY_DOWNLOADS_PER_USER="1")
+@pytest.mark.parametrize("worker", ["gevent", "gthread"])
+def test_a_client_that_stops_reading_is_cut_off_and_gives_its_download_back(gunicorn, worker):
+    server = gunicorn(workers=1, threads=2, GATEWAY_CLIENT_TIMEOUT="1", GATEWAY_DOWNLOADS_PER_USER="1",
+                      GATEWAY_WORKER=worker)
     sock = _connect(server.url, rcvbuf=4096)
     headers = _head_lines(NORMAL_USER)
     sock.sendall(f"GET /dashboard/export.csv?mb=200 HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
@@ -291,6 +293,10 @@ def test_a_client_that_stops_reading_is_cut_off_and_gives_its_download_back(guni
     assert received < 200 * 1024 * 1024  # cut off, not delivered
     with recording_session() as http:  # the one download this user may have is free again
         assert http.get(server.url + "/dashboard/export.csv?mb=1", headers=NORMAL_USER, timeout=30).status_code == 200
+    # One line about it, the setting named, and no traceback of the server's frames.
+    log = server.log.read_text()
+    assert log.count("a client stopped reading its answer for GATEWAY_CLIENT_TIMEOUT: connection closed") == 1, log
+    assert '"level": "warning", "logger": "gunicorn.error"' in log and "Traceback" not in log, log
 
 
 def test_one_user_may_stream_two_downloads_at_once_per_worker(gunicorn):

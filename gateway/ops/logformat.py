@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import time
 from urllib.parse import quote
 
@@ -198,6 +199,15 @@ class GunicornLogger(glogging.Logger):
         for log, formatter in ((self.error_log, error_format), (self.access_log, TextFormatter(self.access_fmt))):
             for handler in set(log.handlers) - others:
                 handler.setFormatter(formatter)
+
+    def exception(self, msg, *args, **kwargs):
+        # The one time-out gunicorn meets writing an answer is the client's (GATEWAY_CLIENT_TIMEOUT,
+        # set on its socket by gateway.serving.admission): a reader that stopped reading, cut off
+        # as designed. One line says so; a traceback of gunicorn's and gevent's frames says nothing more.
+        if isinstance(sys.exc_info()[1], TimeoutError):
+            self.warning("a client stopped reading its answer for GATEWAY_CLIENT_TIMEOUT: connection closed")
+            return
+        super().exception(msg, *args, **kwargs)
 
 
 _QUERY = re.compile(r"\?\S+")  # a query, not a question ("Perhaps out of memory?"); quotes too
