@@ -169,9 +169,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
             partner_app_slot["app"] = partner_app(ROOT / "examples" / "host", gateway_url)
             partner.start()
-        # SIGTERM stops it as Ctrl+C does, so the state directory (session ids) goes either way;
-        # set before the line below, which tells a caller the demo is up.
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        # SIGTERM, and SIGHUP (its terminal closed), stop it as Ctrl+C does, so the state directory
+        # (session ids, the CLI's credentials) goes either way; set before the line below, which
+        # tells a caller the demo is up.
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
         try:
             print(f"Zipteams embed gateway demo ({mode} mode): open {gateway_url}/ in your browser.\n"
                   f"Stand-in Zipteams at {sim.url}. Press Ctrl+C to stop.", flush=True)
@@ -186,7 +187,8 @@ def run_demo(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass  # between the line above and serving
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     finally:
         sim.stop()
         if partner and "app" in partner_app_slot:
@@ -211,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Run the gateway and a Zipteams stand-in together on this machine. Every other "
                     "setting (branding, embed mode, idle times, rate limits...) is read from the "
                     "environment as in production; the demo supplies the stand-in's credentials and "
-                    "URLs, its own sign-in page and one process (WEB_CONCURRENCY=1), and prints the "
-                    "environment that points the admin CLI at its stand-in.")
+                    "URLs, its own sign-in page and one process (WEB_CONCURRENCY=1), and writes the "
+                    "environment that points the admin CLI at its stand-in to a file only you can read.")
     demo.add_argument("--host", default="127.0.0.1", help="address the gateway listens on (default: 127.0.0.1)")
     demo.add_argument("--port", type=_port, default=None,
                       help="port the gateway listens on (default: $PORT if set, else 8000)")

@@ -19,6 +19,10 @@ class TimedOut(Exception):
     """The call did not finish within its deadline."""
 
 
+class Busy(TimedOut):
+    """Not started: too many earlier calls, given up on, still run (``call``'s ``threads``)."""
+
+
 def under_gevent() -> bool:
     """Whether gevent has patched this process (gunicorn.conf.py does, first, for the gevent worker):
     the one test for "greenlets, not threads"."""
@@ -27,13 +31,19 @@ def under_gevent() -> bool:
     return monkey.is_module_patched("socket")
 
 
-def call(seconds: float, fn: Callable[..., Any], *args) -> Any:
-    """``fn(*args)``'s result, or TimedOut once ``seconds`` have passed in all."""
+def call(seconds: float, fn: Callable[..., Any], *args, threads: threading.Semaphore | None = None) -> Any:
+    """``fn(*args)``'s result, or TimedOut once ``seconds`` have passed in all.
+
+    ``threads``: under real threads, the calls of one kind that may run at once, those given up
+    on and still running included (a server that trickles for ever keeps each one); past it,
+    TimedOut at once instead of one more thread."""
     if under_gevent():
         import gevent
 
         with gevent.Timeout(seconds, TimedOut(f"not finished within {seconds:g} s")):
             return fn(*args)
+    if threads is not None and not threads.acquire(blocking=False):
+        raise Busy("earlier calls given up on are still running")
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -41,6 +51,9 @@ def call(seconds: float, fn: Callable[..., Any], *args) -> Any:
             outcome["value"] = fn(*args)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller as it is
             outcome["error"] = exc
+        finally:
+            if threads is not None:
+                threads.release()
 
     worker = threading.Thread(target=run, name="bounded-call", daemon=True)
     worker.start()

@@ -3,6 +3,7 @@ partner's page on another site framing the gateway (Chromium, Secure + SameSite=
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -52,10 +53,10 @@ class Demo:
                 found[name] = value
         return found
 
-    def stop(self) -> None:
+    def stop(self, how: int = signal.SIGTERM) -> None:
         if self.proc.stdout.closed:
             return
-        self.proc.terminate()
+        self.proc.send_signal(how)
         self.rest = self.proc.communicate(timeout=10)[0]  # what it wrote after the CLI lines, to its end
 
 
@@ -91,7 +92,8 @@ def test_the_environment_the_demo_prints_makes_gateway_check_pass_against_its_st
     assert refused.returncode != 0
 
 
-def test_the_demo_keeps_its_credentials_off_standard_output_in_a_file_only_its_user_reads(demos):
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["term", "hangup", "ctrl-c"])
+def test_the_demo_keeps_its_credentials_off_standard_output_in_a_file_only_its_user_reads(demos, how):
     import requests
 
     demo = demos()
@@ -102,7 +104,8 @@ def test_the_demo_keeps_its_credentials_off_standard_output_in_a_file_only_its_u
     assert os.stat(env_file.parent).st_mode & 0o777 == 0o700
     # A request, so its log lines come too: a supervisor keeps all of standard output.
     requests.get(demo.url(r"open (http://\S+)/ in your browser") + "/healthz", timeout=10).raise_for_status()
-    demo.stop()
+    demo.stop(how)  # stopped, its terminal closed (hang-up), or Ctrl+C
+    assert demo.proc.returncode == 0
     output = "\n".join(demo.lines) + demo.rest
     assert "request method=GET path=/healthz" in output  # the log lines were read
     for value in secrets_:

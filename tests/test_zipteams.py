@@ -291,3 +291,19 @@ def test_under_gunicorn_a_trickling_zipteams_gets_a_first_visit_a_plain_page_wit
     assert page.json()["error"]["code"] == "zipteams_timeout"
     assert took < 6, took
     assert "Traceback" not in server.log.read_text()
+
+
+def test_token_requests_given_up_on_are_capped_at_the_pool_size_then_refused_at_once(trickler):
+    """Under real threads each one runs on while the server trickles: no more than the pool holds."""
+    import time
+
+    client = ZipteamsClient(f"http://127.0.0.1:{trickler(HTTP_HEAD)}/api/v1", API_KEY, API_SECRET,
+                            timeout=0.25, pool_size=2)
+    for _ in range(2):
+        with pytest.raises(ZipteamsError, match="within 0.5 s in all"):
+            client.fetch_token("acme", "sales-emea")
+    started = time.monotonic()
+    with pytest.raises(ZipteamsError, match="that took too long are still running") as refused:
+        client.fetch_token("acme", "sales-emea")
+    assert refused.value.code == "zipteams_timeout"
+    assert time.monotonic() - started < 0.2  # no third thread, no wait

@@ -118,7 +118,7 @@ def dashboard(app, found_token: zipteams.DashboardToken, timeout: float) -> Find
             status = upstream.status
             kind = upstream.headers.get("Content-Type", "").split(";")[0].strip().lower()
             location = upstream.headers.get("Location", "")
-            discard(upstream)
+            discard(upstream, proxy)
     except GatewayError as exc:
         return Finding(what, False, exc.detail, setting="ZIPTEAMS_DASHBOARD_URL", url=base,
                        fix=f"check the host and port in ZIPTEAMS_DASHBOARD_URL {REACH}")

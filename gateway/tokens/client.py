@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -196,6 +197,9 @@ class ZipteamsClient:
         self._key = api_key
         self._secret = api_secret
         self.timeout = (timeout, timeout)  # (connect, read)
+        # Under real threads a token request past its limit runs on until the server is silent: as
+        # many at once as the pool has connections, the ones given up on included (then refused).
+        self._threads = threading.BoundedSemaphore(pool_size)
         self._clock = clock
         if session is None:
             session = requests.Session()
@@ -239,10 +243,15 @@ class ZipteamsClient:
                 # deadline), as a fetch holds its team's other users waiting on it.
                 total = min(sum(self.timeout), max(within, 0.001)) if within is not None else sum(self.timeout)
                 response = bounded.call(total, functools.partial(
-                    self.session.get, self.url, headers=headers, timeout=timeout, allow_redirects=False))
+                    self.session.get, self.url, headers=headers, timeout=timeout, allow_redirects=False),
+                    threads=self._threads)
             except requests.Timeout:
                 outcome = "timeout"
                 raise ZipteamsTimeout(f"no answer from {self.shown_url} within {timeout[0]:g}s", **where) from None
+            except bounded.Busy:
+                outcome = "timeout"
+                raise ZipteamsTimeout(f"earlier token requests to {self.shown_url} that took too long are still "
+                                      "running", **where) from None
             except bounded.TimedOut:
                 outcome = "timeout"
                 raise ZipteamsTimeout(f"no complete answer from {self.shown_url} within {total:g} s in all",

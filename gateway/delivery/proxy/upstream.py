@@ -201,7 +201,12 @@ def forward(proxy: DashboardProxy, rest: str, token: DashboardToken, body, range
     return _send(proxy, url, _forward_headers(token.value, proxy, ranges), body)
 
 
-def discard(upstream) -> None:
-    """An answer we will not pass on: read it off so the connection can go back to the pool."""
-    upstream.drain_conn()
+def discard(upstream, proxy: DashboardProxy) -> None:
+    """An answer we will not pass on: read it off so the connection can go back to the pool, within
+    ``ZIPTEAMS_TIMEOUT`` in all under gevent (a trickled body is not worth waiting for: closed)."""
+    try:
+        with bounded.limit(proxy.timeout, proxy.gevent_server):
+            upstream.drain_conn()
+    except bounded.TimedOut:
+        upstream.close()  # half read: never back to the pool
     upstream.release_conn()

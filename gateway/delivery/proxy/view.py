@@ -89,18 +89,18 @@ def dashboard(path: str):
         logger.info("dashboard refused token status=%s tenant=%s subtenant=%s fingerprint=%s",
                     upstream.status, sub.tenant, sub.id, token.fingerprint)
         if request.method in RETRYABLE and body is None:
-            discard(upstream)
+            discard(upstream, proxy)
             token = cache.get(sub.tenant, sub.id)
             upstream = forward(proxy, rest, token, None, ranges)
     if upstream.status == 206 and not scrub.is_binary(upstream.headers.get("Content-Type", "")):
         # A slice of a text answer could cut a token in two, and two slices would hand over
         # both halves unscrubbed: text is only ever sent whole (a server may ignore Range).
-        discard(upstream)
+        discard(upstream, proxy)
         if not ranges:
             raise UpstreamFailure("dashboard sent a slice of a text answer that was not asked for")
         upstream = forward(proxy, rest, token, None, ranges=False)
         if upstream.status == 206:
-            discard(upstream)
+            discard(upstream, proxy)
             raise UpstreamFailure("dashboard sent a slice of a text answer without a Range request")
     if pages.failed_document(upstream.status, request.environ):
         # The frame's own page failed: the user gets the gateway's page, never the raw error.
@@ -117,7 +117,7 @@ def dashboard(path: str):
     if request.method == "HEAD":
         # No body will be read: give the connection back now and keep the upstream's length.
         headers = relay.answer_headers(raw_headers, proxy, pattern, decoded=False)
-        discard(upstream)
+        discard(upstream, proxy)
         return Response(status=upstream.status, headers=headers)
     if not binary and not (scrub.decodable(content_encoding) and
                            scrub.readable_charset(raw_headers.get("Content-Type", ""))):
