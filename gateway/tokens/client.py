@@ -197,8 +197,7 @@ class ZipteamsClient:
         self._key = api_key
         self._secret = api_secret
         self.timeout = (timeout, timeout)  # (connect, read)
-        # Under real threads a token request past its limit runs on until the server is silent: as
-        # many at once as the pool has connections, the ones given up on included (then refused).
+        # Under threads a request past its limit runs on (bounded.call): at most as many as the pool.
         self._threads = threading.BoundedSemaphore(pool_size)
         self._clock = clock
         if session is None:
@@ -224,12 +223,8 @@ class ZipteamsClient:
         ``within``: seconds left of the caller's deadline; the connect and read
         time-outs are capped by it, so one attempt can never outlast the deadline.
         """
-        headers = {
-            "x-api-key": self._key,
-            "x-api-secret": self._secret,
-            "x-tenant-id": tenant,
-            "x-sub-tenant-id": subtenant,
-        }
+        headers = {"x-api-key": self._key, "x-api-secret": self._secret, "x-tenant-id": tenant,
+                   "x-sub-tenant-id": subtenant}
         where = {"tenant": tenant, "subtenant": subtenant}
         started = time.monotonic()
         outcome = "error"
@@ -238,9 +233,8 @@ class ZipteamsClient:
                 # Only the four documented headers; requests adds transport ones.
                 timeout = self.timeout if within is None else tuple(min(t, max(within, 0.001))
                                                                     for t in self.timeout)
-                # The per-read time-outs restart with each byte a trickling server sends: the
-                # call as a whole gets connect plus answer (or what is left of the caller's
-                # deadline), as a fetch holds its team's other users waiting on it.
+                # Each byte a trickler sends restarts a per-read time-out; a fetch holds its team's
+                # other users: in all, connect plus answer (or what is left of the deadline).
                 total = min(sum(self.timeout), max(within, 0.001)) if within is not None else sum(self.timeout)
                 response = bounded.call(total, functools.partial(
                     self.session.get, self.url, headers=headers, timeout=timeout, allow_redirects=False),
@@ -248,14 +242,11 @@ class ZipteamsClient:
             except requests.Timeout:
                 outcome = "timeout"
                 raise ZipteamsTimeout(f"no answer from {self.shown_url} within {timeout[0]:g}s", **where) from None
-            except bounded.Busy:
+            except bounded.TimedOut as exc:
                 outcome = "timeout"
                 raise ZipteamsTimeout(f"earlier token requests to {self.shown_url} that took too long are still "
-                                      "running", **where) from None
-            except bounded.TimedOut:
-                outcome = "timeout"
-                raise ZipteamsTimeout(f"no complete answer from {self.shown_url} within {total:g} s in all",
-                                      **where) from None
+                                      "running" if isinstance(exc, bounded.Busy) else
+                                      f"no complete answer from {self.shown_url} within {total:g} s in all", **where) from None
             except requests.RequestException as exc:
                 outcome = "unreachable"
                 # The exception text can hold the URL only; no header is ever in it,
