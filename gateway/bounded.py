@@ -38,9 +38,7 @@ def call(seconds: float, fn: Callable[..., Any], *args, threads: threading.Semap
     on and still running included (a server that trickles for ever keeps each one); past it,
     TimedOut at once instead of one more thread."""
     if under_gevent():
-        import gevent
-
-        with gevent.Timeout(seconds, TimedOut(f"not finished within {seconds:g} s")):
+        with limit(seconds, True):
             return fn(*args)
     if threads is not None and not threads.acquire(blocking=False):
         raise Busy("earlier calls given up on are still running")

@@ -231,11 +231,11 @@ class ZipteamsClient:
         try:
             try:
                 # Only the four documented headers; requests adds transport ones.
-                timeout = self.timeout if within is None else tuple(min(t, max(within, 0.001))
-                                                                    for t in self.timeout)
+                cap = math.inf if within is None else max(within, 0.001)
+                timeout = tuple(min(t, cap) for t in self.timeout)
                 # Each byte a trickler sends restarts a per-read time-out; a fetch holds its team's
                 # other users: in all, connect plus answer (or what is left of the deadline).
-                total = min(sum(self.timeout), max(within, 0.001)) if within is not None else sum(self.timeout)
+                total = min(sum(self.timeout), cap)
                 response = bounded.call(total, functools.partial(
                     self.session.get, self.url, headers=headers, timeout=timeout, allow_redirects=False),
                     threads=self._threads)
