@@ -15,8 +15,16 @@ import atexit  # after gevent's patching
 import shutil
 import sys
 
+# The checkout is importable wherever gunicorn starts (``-c /path/to/gunicorn.conf.py`` from another
+# directory), as --chdir makes it for the app.
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from gateway.serving import conffile  # noqa: E402
 from gateway.config import ConfigError, env_int, env_seconds
 from gateway.statedir import private_dir, state_dir  # neither imports prometheus_client
+
+conffile.mark(os.environ, __file__)  # wsgi.py refuses to load under gunicorn without it
 
 # Prometheus multiprocess mode: every worker writes its samples to one directory, and a scrape of
 # /metrics adds them up. It is set before anything imports prometheus_client (gateway.ops.logs

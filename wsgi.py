@@ -1,12 +1,18 @@
 """Production entry point: ``gunicorn wsgi:app`` (see gunicorn.conf.py); also ``flask --app wsgi gateway``."""
+import os
 import sys
 
 import click
 
 from gateway import create_app
 from gateway.config import ConfigError
-from gateway.serving import admission
+from gateway.serving import admission, conffile
 from gateway.tenancy.rules import RulesError
+
+if (_problem := conffile.problem(os.environ)) is not None:
+    # Under gunicorn without the shipped settings nothing the docs promise of the start holds.
+    print(f"gateway: cannot start: {_problem}", file=sys.stderr, flush=True)
+    raise SystemExit(3)
 
 try:
     app = create_app()

@@ -627,12 +627,15 @@ class Gunicorn:
         self._out.close()
 
 
-def start_gunicorn(env: dict, log: Path, *, workers: int = 2, threads: int = 8,
-                   app: str = "wsgi:app", timeout: float = 30, worker_class: str | None = None) -> Gunicorn:
+def start_gunicorn(env: dict, log: Path, *, workers: int = 2, threads: int = 8, app: str = "wsgi:app",
+                   timeout: float = 30, worker_class: str | None = None, elsewhere: Path | None = None) -> Gunicorn:
+    """gunicorn started in the checkout, or (``elsewhere``) in another directory with nothing but
+    ``-c /path/to/gunicorn.conf.py`` pointing at the checkout."""
     # No drain delay unless a test asks for one: every test's server stops at its end. No start-up
     # check either (test_preflight.py asks for it): its token request would count in every test's numbers.
     full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
-                "PYTHONPATH": str(ROOT), "GATEWAY_DRAIN_DELAY": "0", "GATEWAY_STARTUP_CHECK": "false", **env,
+                **({} if elsewhere else {"PYTHONPATH": str(ROOT)}),
+                "GATEWAY_DRAIN_DELAY": "0", "GATEWAY_STARTUP_CHECK": "false", **env,
                 # The app sizes per-worker shares from these, as in production.
                 "WEB_CONCURRENCY": str(workers), "GATEWAY_THREADS": str(threads)}
     out = open(log, "wb")
@@ -640,7 +643,7 @@ def start_gunicorn(env: dict, log: Path, *, workers: int = 2, threads: int = 8,
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
          "--bind", "127.0.0.1:0", "--workers", str(workers), "--threads", str(threads),
          *(["--worker-class", worker_class] if worker_class else []), app],
-        cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+        cwd=elsewhere or ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     LEAKS.log_files.append(log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -668,10 +671,11 @@ def gunicorn(sim, tmp_path):
     """Start the gateway under real gunicorn: ``gunicorn(workers=2, **settings)``."""
     started: list[Gunicorn] = []
 
-    def factory(*, workers: int = 2, threads: int = 8, worker_class: str | None = None, **settings):
+    def factory(*, workers: int = 2, threads: int = 8, worker_class: str | None = None,
+                elsewhere: Path | None = None, **settings):
         env = {k: v for k, v in base_config(sim, **settings).items() if isinstance(v, str)}
         server = start_gunicorn(env, tmp_path / f"gunicorn-{len(started)}.log",
-                                workers=workers, threads=threads, worker_class=worker_class)
+                                workers=workers, threads=threads, worker_class=worker_class, elsewhere=elsewhere)
         started.append(server)
         return server
 

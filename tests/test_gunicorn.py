@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import jwt
 import pytest
+import requests
 
 from conftest import recording_session, user_headers
 
@@ -272,6 +273,37 @@ def test_a_start_refused_while_the_app_loads_leaves_no_metrics_directory(tmp_pat
                           env=env, capture_output=True, text=True, timeout=60)
     assert "gateway: cannot start:" in done.stderr, done.stderr
     assert not [p.name for p in state.iterdir() if p.name.startswith("metrics-")]
+
+
+def test_gunicorn_started_elsewhere_with_chdir_alone_refuses_to_load_the_app_in_one_line(sim, tmp_path):
+    """gunicorn reads ./gunicorn.conf.py before --chdir: from another directory it would run the app on
+    one sync worker, without gevent, limits, preload or shared metrics, and say nothing."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, base_config
+
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+           **{k: v for k, v in base_config(sim).items() if isinstance(v, str)}}
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "--chdir", str(ROOT), "--bind", "127.0.0.1:0",
+                           "--no-control-socket", "wsgi:app"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    ours = [line for line in done.stderr.splitlines() if line.startswith("gateway: cannot start:")]
+    assert ours == [f"gateway: cannot start: gunicorn did not read {ROOT}/gunicorn.conf.py (it reads "
+                    "./gunicorn.conf.py in the directory it starts in, before --chdir): start it in "
+                    f"{ROOT}, or pass -c {ROOT}/gunicorn.conf.py"], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_gunicorn_given_the_conf_file_from_another_directory_starts_as_in_production(gunicorn, tmp_path):
+    # What the refusal above tells the operator to do works as it says: no --chdir, no PYTHONPATH.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    server = gunicorn(elsewhere=elsewhere)
+    assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+    log = server.log.read_text()
+    assert "Using worker: gevent" in log and "Traceback" not in log
 
 
 def test_the_metrics_directory_gunicorn_conf_made_is_removed_on_exit_even_after_a_reload(gunicorn, tmp_path):
