@@ -75,12 +75,20 @@ accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info").lower()
 # gunicorn's own lines in the gateway's format, so a JSON log stays all JSON.
-logger_class = "gateway.ops.logformat.GunicornLogger"
+logger_class = "gateway.ops.gunicornlog.GunicornLogger"
 # Several gateways may run on one host (and in the tests); none needs the control socket.
 control_socket_disable = True
 
 def on_starting(server):
-    """Samples from an earlier run must not be added to this one's."""
+    """Samples from an earlier run must not be added to this one's. Under gevent the master's lines
+    are written by a greenlet of its one thread: its stdout pipe gets a non-blocking file description
+    of its own, as each worker's does, so a log reader that stalls costs lines, never a stop or a
+    reload (gateway/serving/output.py; the workers reopen their own)."""
+    from gateway.bounded import under_gevent
+    from gateway.serving.output import make_own_nonblocking
+
+    if under_gevent():
+        make_own_nonblocking(1)
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     if os.environ.get("GATEWAY_METRICS_DIR_CREATED") == path:
         server.log.info("metrics directory %s (removed on exit)", path)
@@ -113,13 +121,13 @@ def when_ready(server):
     """
     if server.cfg.preload_app:  # otherwise the master has no app, and must not load one
         from gateway.admin.preflight import check_at_start
-        from gateway.ops import logs
+        from gateway.ops import logwriter
 
         check_at_start(server.app.wsgi())
         # Its lines written out now: a line still queued at the fork would be written again by
         # the worker's copy of this process's writer.
-        logs.stop_writer()
-        logs.start_writer()
+        logwriter.stop_writer()
+        logwriter.start_writer()
         from gateway.bounded import under_gevent
 
         if under_gevent():
@@ -133,9 +141,9 @@ def when_ready(server):
 
 def post_fork(server, worker):
     # The app was loaded in the master: this worker needs a log writer thread of its own.
-    from gateway.ops import logs
+    from gateway.ops import logwriter
 
-    logs.after_fork()
+    logwriter.after_fork()
 
 
 def post_worker_init(worker):

@@ -73,11 +73,11 @@ def main() -> int:
         "GATEWAY_TENANTS_FILE": str(tenants), "GATEWAY_COOKIE_SECURE": "false",
         "GATEWAY_STATE_DIR": str(tmp / "state"), "GATEWAY_LOG_FORMAT": "json"})
     from gateway import create_app
-    from gateway.ops import logs
+    from gateway.ops import logwriter
 
     gateway = create_app()
     log_file = open(tmp / "gateway.log", "w")
-    logs.configure("INFO", "json", stream=log_file)  # as in production, lines are written; just not here
+    logwriter.configure("INFO", "json", stream=log_file)  # as in production, lines are written; just not here
 
     first = gateway.test_client().get("/", headers={"X-Forwarded-Email": EMAIL})
     assert first.status_code == 200, first.status_code
@@ -112,7 +112,7 @@ def main() -> int:
     print(f"embed page, per request (median of {args.rounds} rounds of {args.requests}):")
     print(f"  bare Flask page  {b:7.1f} us")
     print(f"  gateway          {g:7.1f} us   (+{g - b:.1f} us, {g / b:.2f}x)")
-    logs.stop_writer()
+    logwriter.stop_writer()
     log_file.close()
     sim.stop()
     return 0

@@ -275,6 +275,24 @@ def test_a_start_refused_while_the_app_loads_leaves_no_metrics_directory(tmp_pat
     assert not [p.name for p in state.iterdir() if p.name.startswith("metrics-")]
 
 
+def test_an_invalid_log_setting_stops_gunicorn_with_the_apps_one_line_not_a_traceback(sim, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, base_config
+
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
+           **{k: v for k, v in base_config(sim).items() if isinstance(v, str)},
+           "GATEWAY_LOG_FORMAT": "yaml", "GATEWAY_LOG_LEVEL": "loud"}
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+                           "--bind", "127.0.0.1:0", "wsgi:app"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("gateway: cannot start:")]
+    assert "GATEWAY_LOG_FORMAT 'yaml' is invalid" in line and "GATEWAY_LOG_LEVEL 'loud' is invalid" in line
+
+
 def test_gunicorn_started_elsewhere_with_chdir_alone_refuses_to_load_the_app_in_one_line(sim, tmp_path):
     """gunicorn reads ./gunicorn.conf.py before --chdir: from another directory it would run the app on
     one sync worker, without gevent, limits, preload or shared metrics, and say nothing."""

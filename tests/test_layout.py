@@ -196,7 +196,7 @@ def test_one_cache_abstraction():
 
 def test_one_log_path():
     """Handlers are made in one module; nothing writes log lines to stdout by itself."""
-    assert in_files(grep(r"logging\.\w*Handler\b|Handler\(\w*writer|QueueListener\(")) == {"gateway/ops/logs.py"}
+    assert in_files(grep(r"logging\.\w*Handler\b|Handler\(\w*writer|QueueListener\(")) == {"gateway/ops/logwriter.py"}
     assert grep(r"sys\.stdout\.write|sys\.stderr\.write") == []
 
 

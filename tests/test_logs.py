@@ -18,7 +18,7 @@ from flask import Flask, g
 from prometheus_client import REGISTRY
 
 from conftest import ROOT
-from gateway.ops import audit, logformat, logs
+from gateway.ops import audit, gunicornlog, logformat, logs, logwriter
 
 
 @pytest.fixture
@@ -29,14 +29,14 @@ def writer(monkeypatch):
 
     def install(fmt: str, stream=None):
         stream = stream or io.StringIO()
-        return logs.configure("INFO", fmt, stream=stream), stream
+        return logwriter.configure("INFO", fmt, stream=stream), stream
     yield install
-    logs.stop_writer()
+    logwriter.stop_writer()
     logging.getLogger("gateway").setLevel(logging.NOTSET)
 
 
 def written(handler, stream) -> list[str]:
-    logs.stop_writer()  # writes out everything queued, in order
+    logwriter.stop_writer()  # writes out everything queued, in order
     return stream.getvalue().splitlines()
 
 
@@ -172,24 +172,32 @@ def test_every_event_is_one_line_through_logging_too(writer, fmt):
         assert "unexpected error\\nTraceback" in lines[1] and "boom\\nFORGED" in lines[1]
 
 
+@pytest.mark.parametrize("errorlog", ["-", "file"])
 @pytest.mark.parametrize("fmt", ["json", "text"])
-def test_gunicorns_own_lines_are_one_line_each(monkeypatch, fmt):
+def test_gunicorns_own_lines_are_one_line_each(writer, monkeypatch, tmp_path, fmt, errorlog):
+    """To stdout ("-", gunicorn.conf.py's) they go through the gateway's own queue and writer;
+    to a file of the operator's, through gunicorn's handler; one line each, in our shapes."""
     from gunicorn.config import Config
 
     monkeypatch.setenv("GATEWAY_LOG_FORMAT", fmt)
+    monkeypatch.setattr(logging.getLogger("gunicorn.error"), "propagate", False)  # as gunicorn leaves it
+    handler, stream = writer(fmt)
     cfg = Config()
-    cfg.set("errorlog", "-")
+    cfg.set("errorlog", "-" if errorlog == "-" else str(tmp_path / "gunicorn.log"))
     others = list(logging.getLogger("gunicorn.error").handlers)  # pytest's, say: not gunicorn's
-    glog = logformat.GunicornLogger(cfg)
-    stream = io.StringIO()
-    [handler] = [h for h in glog.error_log.handlers if h not in others]
-    handler.setStream(stream)
+    glog = gunicornlog.GunicornLogger(cfg)
+    own = [h for h in glog.error_log.handlers if h not in others]
+    assert len(own) == (0 if errorlog == "-" else 1)  # no blocking stream of gunicorn's own on stdout
     glog.error("Invalid request from ip=%s: %s", "192.0.2.1", "GET /\nFORGED line")
     try:
         raise ValueError("boom\r\nFORGED")
     except ValueError:
         glog.exception("Error handling request /x\nFORGED")
-    lines = stream.getvalue().splitlines()
+    lines = written(handler, stream)
+    if errorlog == "file":
+        assert lines == []
+        own[0].close()
+        lines = (tmp_path / "gunicorn.log").read_text().splitlines()
     assert len(lines) == 2 and not any(line.startswith("FORGED") for line in lines)
     if fmt == "json":
         assert json.loads(lines[0])["message"].endswith("GET /\nFORGED line")
@@ -197,13 +205,62 @@ def test_gunicorns_own_lines_are_one_line_each(monkeypatch, fmt):
         assert lines[0].endswith("GET /\\nFORGED line")
 
 
+def test_an_invalid_log_setting_gives_gunicorns_lines_the_default_not_a_traceback(writer, monkeypatch):
+    # The app's load refuses it, with every other problem, in one line (test_gunicorn.py).
+    from gunicorn.config import Config
+
+    monkeypatch.setenv("GATEWAY_LOG_FORMAT", "bogus")
+    monkeypatch.setenv("GATEWAY_LOG_LEVEL", "loud")
+    monkeypatch.setattr(logging.getLogger("gunicorn.error"), "propagate", False)
+    writer("json")
+    cfg = Config()
+    cfg.set("errorlog", str(os.devnull))
+    [handler] = [h for h in gunicornlog.GunicornLogger(cfg).error_log.handlers
+                 if isinstance(h.formatter, (logformat.JsonFormatter, logformat.TextFormatter))]
+    assert isinstance(handler.formatter, logformat.JsonFormatter)
+
+
+def test_a_write_a_full_pipe_cuts_short_never_cuts_a_line_in_two():
+    """On a non-blocking pipe (gateway/serving/output.py) a batch may go out in part: its rest goes
+    out first at the next write; a write of which nothing fits is refused, whole."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    out = logwriter.Descriptor(write_end)
+    # One and a half times what the pipe holds, 200 bytes a line.
+    lines = [f"{n:05d} " + "x" * 194 for n in range(fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ) * 3 // 400)]
+    received = b""
+
+    def drain():
+        nonlocal received
+        os.set_blocking(read_end, False)
+        try:
+            while chunk := os.read(read_end, 65536):
+                received += chunk
+        except BlockingIOError:
+            pass
+
+    try:
+        out.write("\n".join(lines) + "\n")  # goes out in part
+        with pytest.raises(BlockingIOError):
+            out.write("lost\n")  # not a byte of it fits
+        drain()
+        out.write("after\n")
+        drain()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert received.decode().splitlines() == [*lines, "after"]
+
+
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_a_full_log_queue_drops_lines_counts_them_and_says_so(writer, monkeypatch, fmt):
-    monkeypatch.setattr(logs, "QUEUE_LINES", 10)
+    monkeypatch.setattr(logwriter, "QUEUE_LINES", 10)
     handler, stream = writer(fmt)
     # The bound is the standard queue's own, with one place more kept for the stop.
     assert isinstance(handler.queue, queue.Queue) and handler.queue.maxsize == 11
-    logs.stop_writer()  # stdout stalled: nothing is written meanwhile
+    logwriter.stop_writer()  # stdout stalled: nothing is written meanwhile
     before = dropped_total()
     log = logging.getLogger("gateway.test")
     log.setLevel(logging.INFO)
@@ -211,7 +268,7 @@ def test_a_full_log_queue_drops_lines_counts_them_and_says_so(writer, monkeypatc
         log.info("line %d", i)
     assert handler.queue.qsize() == 10 and handler.writer.dropped == 15
     assert dropped_total() - before == 15
-    logs.start_writer()  # stdout works again
+    logwriter.start_writer()  # stdout works again
     lines = written(handler, stream)  # the stop gets onto the full queue, behind its ten lines
     assert len([line for line in lines if "line " in line]) == 10
     assert any("15 log lines were dropped" in line for line in lines)
@@ -219,7 +276,7 @@ def test_a_full_log_queue_drops_lines_counts_them_and_says_so(writer, monkeypatc
 
 def test_a_line_that_finds_the_queue_full_is_counted_not_an_error(writer, capsys):
     handler, stream = writer("text")
-    logs.stop_writer()
+    logwriter.stop_writer()
     handler.queue = queue.Queue(maxsize=2)  # as when request threads race past the size check together
     before = dropped_total()
     for i in range(5):
@@ -240,10 +297,10 @@ def test_a_failed_write_is_counted_and_announced_when_writing_works_again(writer
 
     handler.writer.stream = Broken()
     logging.getLogger("gateway.test").warning("lost")
-    logs.stop_writer()
+    logwriter.stop_writer()
     assert handler.writer.dropped == 1
     handler.writer.stream = stream
-    logs.start_writer()
+    logwriter.start_writer()
     logging.getLogger("gateway.test").warning("kept")
     lines = written(handler, stream)
     assert "1 log lines were dropped" in lines[0] and lines[1].endswith("kept")
@@ -276,7 +333,7 @@ def test_a_stalled_stdout_cannot_hold_a_stopping_worker(writer):
     for _ in range(5):
         log.warning("queued")
     started = time.monotonic()
-    logs.stop_writer(0.2)
+    logwriter.stop_writer(0.2)
     assert time.monotonic() - started < 2
     assert handler.writer.dropped == 6  # the five queued and the one being written when the stop gave up
     stalled.release.set()  # the write returns: the stuck thread finds its stop and ends
@@ -293,9 +350,9 @@ def test_a_process_exits_within_the_stop_time_when_nobody_reads_its_stdout():
         import atexit, logging, os, time
         atexit.register(lambda: os.write(2, (f"stopped after {time.monotonic() - started:.2f} "  # after logs' own
                                              f"dropped {handler.writer.dropped}\\n").encode()))
-        from gateway.ops import logs
+        from gateway.ops import logwriter
         read_end, write_end = os.pipe()  # nobody reads it
-        handler = logs.configure("INFO", "json", stream=logs.Descriptor(write_end))
+        handler = logwriter.configure("INFO", "json", stream=logwriter.Descriptor(write_end))
         for _ in range(3000):  # far more than a pipe holds
             logging.getLogger("gateway.test").warning("x" * 200)
         started = time.monotonic()
@@ -304,14 +361,14 @@ def test_a_process_exits_within_the_stop_time_when_nobody_reads_its_stdout():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     stopped, _, dropped = done.stderr.split("stopped after ")[1].split()[:3]
-    assert float(stopped) < logs.STOP_SECONDS + 1 and int(dropped) > 0
+    assert float(stopped) < logwriter.STOP_SECONDS + 1 and int(dropped) > 0
 
 
 def test_a_forked_worker_writes_its_lines_through_a_writer_of_its_own(writer, tmp_path):
     """gunicorn forks its workers from the master that loaded the app; its post_fork hook
     (gunicorn.conf.py) calls ``after_fork``, which gives the worker a writer and a new queue."""
     out = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    handler, _ = writer("text", stream=logs.Descriptor(out))
+    handler, _ = writer("text", stream=logwriter.Descriptor(out))
     parent_queue = handler.queue
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+: a fork with threads running
@@ -319,16 +376,16 @@ def test_a_forked_worker_writes_its_lines_through_a_writer_of_its_own(writer, tm
     if pid == 0:  # the worker
         code = 1
         try:
-            logs.after_fork()
+            logwriter.after_fork()
             logging.getLogger("gateway.test").warning("from the worker")
-            logs.stop_writer()
+            logwriter.stop_writer()
             code = 0 if handler.queue is not parent_queue else 2
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     logging.getLogger("gateway.test").warning("from the master")
-    logs.stop_writer()
+    logwriter.stop_writer()
     os.close(out)
     text = (tmp_path / "log").read_text()
     assert "from the worker" in text and "from the master" in text

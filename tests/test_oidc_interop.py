@@ -465,7 +465,7 @@ def test_authlib_never_logs_below_info():
 
     from conftest import ROOT
 
-    check = ("import logging; from gateway.ops import logs; logs.configure('DEBUG', 'json'); "
+    check = ("import logging; from gateway.ops import logwriter; logwriter.configure('DEBUG', 'json'); "
              "print(logging.getLogger('authlib.integrations.base_client.sync_app').getEffectiveLevel())")
     out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and int(out.stdout.strip()) >= logging.INFO, out.stderr

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from conftest import API_KEY, API_SECRET, DATA, JWT_SHAPE, ROOT, SECRET_KEY, user_headers
-from gateway.ops.logs import JsonFormatter, RequestIdFilter
+from gateway.ops.logformat import JsonFormatter
+from gateway.ops.requestid import RequestIdFilter
 
 
 class Ticks:

@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import signal
 import time
 from urllib.parse import urlsplit
 
@@ -425,6 +426,57 @@ def test_the_turn_each_request_gives_lets_connections_waiting_on_their_sockets_i
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) <= 2, f"the other connection was read after {out.stdout.strip()} requests"
+
+
+def _fill_to_the_brim(pipe: int) -> None:
+    """Whatever the server wrote, not one byte more fits in the pipe: the test could fail."""
+    writer = os.open(f"/proc/self/fd/{pipe}", os.O_WRONLY | os.O_NONBLOCK)  # a write end of the same pipe
+    try:
+        for size in (4096, 1):
+            try:
+                while True:
+                    os.write(writer, b"x" * size)
+            except BlockingIOError:
+                pass
+    finally:
+        os.close(writer)
+
+
+@pytest.mark.parametrize("worker", ["gevent", "gthread"])
+def test_a_stalled_log_reader_does_not_stop_the_master_from_stopping(sim, worker):
+    """gunicorn's master writes lines of its own at every signal ("Handling signal: term"): into a
+    pipe nobody reads, a blocking write would hold the stop until the reader came back."""
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "GATEWAY_DRAIN_DELAY": "0",
+           **{k: v for k, v in base_config(sim).items() if isinstance(v, str)}, "WEB_CONCURRENCY": "1",
+           "GATEWAY_WORKER": worker}
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+                             "--bind", f"127.0.0.1:{port}", "--workers", "1", "wsgi:app"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # never read
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(url + "/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
+                threading.Event().wait(0.1)
+        with requests.Session() as http:
+            for _ in range(200):  # the worker's lines on their way too
+                http.get(url + "/healthz", timeout=5)
+        _fill_to_the_brim(proc.stdout.fileno())
+        proc.send_signal(signal.SIGHUP)  # the master logs the reload, and starts and stops workers
+        threading.Event().wait(2)
+        _served_at_once(url)
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        proc.wait(timeout=30)
 
 
 def test_a_stalled_log_reader_costs_log_lines_not_the_worker(sim):

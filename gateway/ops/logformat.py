@@ -1,21 +1,16 @@
-"""How a log line looks: JSON or text, always exactly one line, control characters escaped;
-and gunicorn's own lines in the same shapes (``GunicornLogger``).
+"""How a log line looks: JSON or text, always exactly one line, control characters escaped.
 
-Used by the gateway's handler (``gateway.ops.logs``) and by gunicorn's own lines
-(``GunicornLogger``), so every line on stdout has one of the two shapes.
+Used by the gateway's handler (``gateway.ops.logs``) and for gunicorn's own lines
+(``gateway.ops.gunicornlog``), so every line on stdout has one of the two shapes.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
-import sys
 import time
 from urllib.parse import quote
 
-from gunicorn import glogging
-
-from gateway import config as settings
 
 _last_second: list = [None, ""]
 
@@ -169,53 +164,3 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return one_line(super().format(record))
-
-
-class GunicornLogger(glogging.Logger):
-    """gunicorn's own log lines in the gateway's format, and no access-log work.
-
-    gunicorn builds an access-log record for every request whenever any logging
-    configuration is given, even with the access log off; this logger only does
-    when an access log is actually configured (ours, in gateway.ops.logs, is enough).
-    """
-
-    @property
-    def access_log_enabled(self):
-        return bool(self.cfg.accesslog)
-
-    def setup(self, cfg):
-        # Only the handlers this setup makes are gunicorn's own: not those already there (someone
-        # else's), nor a logconfig's, which name their formats. (gunicorn marks its own with a
-        # private attribute, not read here.)
-        others = set(self.error_log.handlers) | set(self.access_log.handlers)
-        super().setup(cfg)
-        self.error_log.addFilter(_without_queries)  # whatever the handlers, a logconfig's too
-        if cfg.logconfig or cfg.logconfig_dict or cfg.logconfig_json:
-            return
-        if settings.value("GATEWAY_LOG_FORMAT") == "json":
-            error_format = JsonFormatter()
-        else:  # gunicorn's layout, one line per event like ours (its messages may quote a request)
-            error_format = TextFormatter(self.error_fmt, self.datefmt)
-        for log, formatter in ((self.error_log, error_format), (self.access_log, TextFormatter(self.access_fmt))):
-            for handler in set(log.handlers) - others:
-                handler.setFormatter(formatter)
-
-    def exception(self, msg, *args, **kwargs):
-        # The one time-out gunicorn meets writing an answer is the client's (GATEWAY_CLIENT_TIMEOUT,
-        # set on its socket by gateway.serving.admission): a reader that stopped reading, cut off
-        # as designed. One line says so; a traceback of gunicorn's and gevent's frames says nothing more.
-        if isinstance(sys.exc_info()[1], TimeoutError):
-            self.warning("a client stopped reading its answer for GATEWAY_CLIENT_TIMEOUT: connection closed")
-            return
-        super().exception(msg, *args, **kwargs)
-
-
-_QUERY = re.compile(r"\?\S+")  # a query, not a question ("Perhaps out of memory?"); quotes too
-
-
-def _without_queries(record: logging.LogRecord) -> bool:
-    """gunicorn quotes a request line it refuses; its query may carry a hand-off token."""
-    message = record.getMessage()
-    if "?" in message:
-        record.msg, record.args = _QUERY.sub("?[query removed]", message), None
-    return True
