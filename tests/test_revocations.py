@@ -175,3 +175,49 @@ def test_an_unverifiable_hand_off_says_when_to_retry():
     with pytest.raises(HandoffUnverifiable) as backing_off:  # not asked again: the time left
         state.use_once("iss|jti", 60)
     assert backing_off.value.retry_after == 2
+
+
+def test_under_gevent_a_sign_out_waiting_for_the_stores_write_lock_holds_only_itself(gunicorn, tmp_path):
+    """Something else holds the store's write lock (an operator's sqlite3 shell, a backup): a sign-out
+    waits up to the busy timeout, and under the gevent worker, where one OS thread runs every request,
+    it must wait in a thread of its own, not hold the worker (SECURITY.md)."""
+    import time
+
+    import requests
+
+    from conftest import user_headers
+
+    state = tmp_path / "state"
+    server = gunicorn(workers=1, GATEWAY_STATE_DIR=str(state), GATEWAY_COOKIE_SECURE="false")
+    http = requests.Session()
+    who = user_headers("ann@acme.example")
+    page = http.get(server.url + "/", headers=who, timeout=10)
+    csrf = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+    holder = sqlite3.connect(state / DB_NAME, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    answer: dict = {}
+
+    def sign_out():
+        answer["status"] = http.post(server.url + "/logout", data={"csrf_token": csrf}, headers=who,
+                                     allow_redirects=False, timeout=30).status_code
+
+    signing_out = threading.Thread(target=sign_out)
+    try:
+        signing_out.start()
+        signing_out.join(1)  # the sign-out is now waiting for the lock
+        assert signing_out.is_alive(), answer
+        for _ in range(5):
+            started = time.monotonic()
+            assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+            assert time.monotonic() - started < 0.5
+        assert signing_out.is_alive()  # still waiting: the others were served meanwhile
+    finally:
+        holder.rollback()
+        holder.close()
+    signing_out.join(10)
+    assert answer["status"] == 303
+    db = sqlite3.connect(state / DB_NAME)
+    try:  # recorded once the lock was let go
+        assert [key[:4] for key, in db.execute("SELECT key FROM marks")] == ["sid:"]
+    finally:
+        db.close()

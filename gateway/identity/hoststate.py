@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from typing import Callable
+from typing import Any, Callable
 
 from gateway import statedir
 from gateway.config import ConfigError
@@ -51,16 +51,26 @@ class SqliteState:
     process share theirs under a lock (a check holds it for a few microseconds). A check is a
     primary-key lookup, every time: no answer is remembered, so a mark written by any worker
     counts in every other at once.
+
+    ``writes_in_thread`` (under gevent, where one OS thread runs all of a worker's requests): a
+    mark is written in a native thread of its own, with a connection of its own, so a write that
+    waits for another's lock (up to the busy timeout) holds only the request that asked for it.
+    Checks stay where they are: in WAL mode a reader never waits for a writer.
     """
 
-    def __init__(self, directory: str, clock: Callable[[], float] = time.time, timeout: float = BUSY_TIMEOUT):
+    def __init__(self, directory: str, clock: Callable[[], float] = time.time, timeout: float = BUSY_TIMEOUT,
+                 writes_in_thread: bool = False):
         self.path = os.path.join(directory, DB_NAME)
         self._clock, self._timeout = clock, timeout
         self._lock = threading.Lock()
         self._connections: dict[int, sqlite3.Connection] = {}
+        self._writes_in_thread = writes_in_thread
+        self._writers: dict[int, Any] = {}  # per process: a gevent ThreadPoolExecutor of one native thread
+        self._write_connections: dict[int, sqlite3.Connection] = {}  # per process: that thread's own
         # Closed with the store (an app made and dropped, as the tests do) or at exit: Python
         # 3.13 warns about a connection collected unclosed.
         weakref.finalize(self, _close_own, self._connections)
+        weakref.finalize(self, _close_own, self._write_connections)
         # Made here, 0600 before SQLite sees it: SQLite gives the -wal and -shm files the database
         # file's mode. O_NOFOLLOW: a symlink put here after the check is refused, not followed.
         try:
@@ -93,15 +103,31 @@ class SqliteState:
     def mark(self, key: str, ttl: float) -> bool:
         """Record ``key`` until ``ttl`` seconds from now; False if it was already recorded."""
         now = self._clock()
+        if self._writes_in_thread:
+            # The greenlet waits for the thread cooperatively: the worker serves everyone else meanwhile.
+            return self._writer().submit(self._write_from_thread, key, now + ttl, now).result()
+        with self._lock:
+            return _write(self._connection(), key, now + ttl, now)
+
+    def _writer(self):
+        pid = os.getpid()
+        writer = self._writers.get(pid)
+        if writer is None:  # a forked worker's first write: the parent's thread did not cross the fork
+            from gevent.threadpool import ThreadPoolExecutor
+
+            writer = self._writers[pid] = ThreadPoolExecutor(max_workers=1)
+        return writer
+
+    def _write_from_thread(self, key: str, until: float, now: float) -> bool:
+        # Only the one writer thread of this process gets here: its connection needs no lock.
+        pid = os.getpid()
         try:
-            with self._lock:
-                db = self._connection()
-                written = db.execute(_MARK, (key, now + ttl, now)).rowcount == 1
-                if written and hash(key) % PURGE_EVERY == 0:
-                    db.execute(_PURGE, (now,))
+            db = self._write_connections.get(pid)
+            if db is None:
+                db = self._write_connections[pid] = self._open()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
-        return written
+        return _write(db, key, until, now)
 
     def marked(self, key: str) -> bool:
         try:
@@ -110,6 +136,16 @@ class SqliteState:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
         return row is not None and row[0] > self._clock()
+
+
+def _write(db: sqlite3.Connection, key: str, until: float, now: float) -> bool:
+    try:
+        written = db.execute(_MARK, (key, until, now)).rowcount == 1
+        if written and hash(key) % PURGE_EVERY == 0:
+            db.execute(_PURGE, (now,))
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+    return written
 
 
 def _close_own(connections: dict[int, sqlite3.Connection]) -> None:

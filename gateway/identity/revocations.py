@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Callable
 
-from gateway import statedir
+from gateway import bounded, statedir
 from gateway.errors import GatewayError
 from gateway.identity.hoststate import SqliteState, private_dir
 from gateway.ops import metrics
@@ -121,5 +121,5 @@ def init_app(app) -> None:
     if backend is None:
         # Only without Redis: with it, the directory is neither made nor checked.
         directory = private_dir(statedir.state_dir(cfg["GATEWAY_STATE_DIR"]))
-        backend = SqliteState(directory, clock=cfg.get("CLOCK", time.time))
+        backend = SqliteState(directory, clock=cfg.get("CLOCK", time.time), writes_in_thread=bounded.under_gevent())
     app.extensions["state"] = SecurityState(backend)
