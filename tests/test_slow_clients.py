@@ -10,16 +10,17 @@ The same attack against stock gthread reached directly shows the test can fail.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import threading
-import signal
 import time
 from urllib.parse import urlsplit
 
@@ -442,17 +443,16 @@ def _fill_to_the_brim(pipe: int) -> None:
         os.close(writer)
 
 
-@pytest.mark.parametrize("worker", ["gevent", "gthread"])
-def test_a_stalled_log_reader_does_not_stop_the_master_from_stopping(sim, worker):
-    """gunicorn's master writes lines of its own at every signal ("Handling signal: term"): into a
-    pipe nobody reads, a blocking write would hold the stop until the reader came back."""
+@contextlib.contextmanager
+def _writing_into_a_pipe_nobody_reads(sim, worker: str = "gevent"):
+    """The production start, one worker, its stdout and stderr a pipe the test never reads: (gunicorn, url)."""
     port = free_port()
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "GATEWAY_DRAIN_DELAY": "0",
            **{k: v for k, v in base_config(sim).items() if isinstance(v, str)}, "WEB_CONCURRENCY": "1",
            "GATEWAY_WORKER": worker}
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
                              "--bind", f"127.0.0.1:{port}", "--workers", "1", "wsgi:app"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # never read
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -463,6 +463,19 @@ def test_a_stalled_log_reader_does_not_stop_the_master_from_stopping(sim, worker
             except requests.ConnectionError:
                 assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
                 threading.Event().wait(0.1)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("worker", ["gevent", "gthread"])
+def test_a_stalled_log_reader_does_not_stop_the_master_from_stopping(sim, worker):
+    """gunicorn's master writes lines of its own at every signal ("Handling signal: term"): into a
+    pipe nobody reads, a blocking write would hold the stop until the reader came back."""
+    with _writing_into_a_pipe_nobody_reads(sim, worker) as (proc, url):
         with requests.Session() as http:
             for _ in range(200):  # the worker's lines on their way too
                 http.get(url + "/healthz", timeout=5)
@@ -472,36 +485,12 @@ def test_a_stalled_log_reader_does_not_stop_the_master_from_stopping(sim, worker
         _served_at_once(url)
         proc.terminate()
         assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()
-        proc.wait(timeout=30)
 
 
 def test_a_stalled_log_reader_costs_log_lines_not_the_worker(sim):
     """Under gevent one thread runs every request and the log writer: a pipe nobody reads must not stop it."""
-    port = free_port()
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "GATEWAY_DRAIN_DELAY": "0",
-           **{k: v for k, v in base_config(sim).items() if isinstance(v, str)}, "WEB_CONCURRENCY": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-                             "--bind", f"127.0.0.1:{port}", "--workers", "1", "wsgi:app"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # never read
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(url + "/healthz", timeout=2)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
-                threading.Event().wait(0.1)
+    with _writing_into_a_pipe_nobody_reads(sim) as (_, url):
         with requests.Session() as http:
             for _ in range(2000):  # a log line each: far more than the pipe's 64 KB
                 assert http.get(url + "/healthz", timeout=5).status_code == 200
         _served_at_once(url)
-    finally:
-        proc.terminate()
-        proc.stdout.close()
-        proc.wait(timeout=30)
