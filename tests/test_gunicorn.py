@@ -11,7 +11,7 @@ import jwt
 import pytest
 import requests
 
-from conftest import recording_session, user_headers
+from conftest import API_SECRET, recording_session, user_headers
 
 USERS = [(f"user{i}@us.acme.example", "Sales US") if i % 2 else (f"user{i}@emea.example", "Sales EMEA")
          for i in range(20)]
@@ -275,6 +275,24 @@ def test_a_start_refused_while_the_app_loads_leaves_no_metrics_directory(tmp_pat
     assert not [p.name for p in state.iterdir() if p.name.startswith("metrics-")]
 
 
+@pytest.mark.parametrize("worker", ["gevent", "gthread"])
+def test_each_line_is_written_once_however_many_workers_the_master_forks(gunicorn, worker):
+    """Under gevent the master's log writer is a greenlet, which lives on in every forked worker's copy
+    of the hub: its lines must not be written again by each worker (as they were, once per fork)."""
+    import signal
+
+    server = gunicorn(workers=3, GATEWAY_WORKER=worker)  # as production chooses it: gevent patches the master
+    server.proc.send_signal(signal.SIGHUP)  # the master logs it, then forks three fresh workers
+    log_once(server, "Booting worker", times=6)
+    server.proc.send_signal(signal.SIGTTIN)  # and one more
+    text = log_once(server, "Booting worker", times=7)
+    server.stop()
+    text = server.log.read_text()
+    assert text.count("Handling signal: hup") == 1 and text.count("Hang up: Master") == 1, text
+    assert text.count("Handling signal: ttin") == 1 and text.count("Booting worker") == 7, text
+    assert text.count("Handling signal: term") == 1 and text.count("Shutting down: Master") == 1, text
+
+
 def test_an_invalid_log_setting_stops_gunicorn_with_the_apps_one_line_not_a_traceback(sim, tmp_path):
     import subprocess
     import sys
@@ -312,6 +330,25 @@ def test_gunicorn_started_elsewhere_with_chdir_alone_refuses_to_load_the_app_in_
                     "./gunicorn.conf.py in the directory it starts in, before --chdir): start it in "
                     f"{ROOT}, or pass -c {ROOT}/gunicorn.conf.py"], done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("how", ["two workers", "--check-config"])
+def test_gunicorn_without_its_conf_file_stops_however_it_was_started(sim, tmp_path, how):
+    """With several workers each says why before gunicorn stops (gunicorn adds lines of its own);
+    gunicorn's --check-config, which starts no server, fails as the start would."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, base_config
+
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WEB_CONCURRENCY": "2",
+           **{k: v for k, v in base_config(sim).items() if isinstance(v, str)}}
+    extra = ["--check-config"] if how == "--check-config" else ["--bind", "127.0.0.1:0", "--no-control-socket"]
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "--chdir", str(ROOT), *extra, "wsgi:app"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert f"gateway: cannot start: gunicorn did not read {ROOT}/gunicorn.conf.py" in done.stderr, done.stderr
+    assert API_SECRET not in done.stderr + done.stdout
 
 
 def test_gunicorn_given_the_conf_file_from_another_directory_starts_as_in_production(gunicorn, tmp_path):

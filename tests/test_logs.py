@@ -203,6 +203,45 @@ def test_gunicorns_own_lines_are_one_line_each(writer, monkeypatch, tmp_path, fm
         assert json.loads(lines[0])["message"].endswith("GET /\nFORGED line")
     else:
         assert lines[0].endswith("GET /\\nFORGED line")
+        assert f"[{os.getpid()}]" in lines[0]  # which worker, in either layout
+
+
+def test_gunicorns_syslog_handler_stays_beside_the_gateways_log_path(writer, monkeypatch):
+    """--log-syslog with the shipped error log "-": only gunicorn's stream to stderr goes."""
+    import socket
+    from gunicorn.config import Config
+
+    monkeypatch.setenv("GATEWAY_LOG_FORMAT", "json")
+    monkeypatch.setattr(logging.getLogger("gunicorn.error"), "propagate", False)
+    handler, stream = writer("json")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(5)
+        cfg = Config()
+        cfg.set("errorlog", "-")
+        cfg.set("syslog", True)
+        cfg.set("syslog_addr", "udp://127.0.0.1:%d" % receiver.getsockname()[1])
+        glog = gunicornlog.GunicornLogger(cfg)
+        try:
+            glog.error("Worker (pid:%s) was sent SIGKILL!", 1234)
+            datagram = receiver.recv(65536).decode()
+        finally:
+            for log in (glog.error_log, glog.access_log):
+                for own in [h for h in log.handlers if isinstance(h, logging.handlers.SysLogHandler)]:
+                    log.removeHandler(own)
+                    own.close()
+    assert '"message": "Worker (pid:1234) was sent SIGKILL!"' in datagram  # in our shape there too
+    [line] = written(handler, stream)
+    assert json.loads(line)["message"] == "Worker (pid:1234) was sent SIGKILL!"
+
+
+def test_the_exit_stop_lets_nothing_out_to_a_standard_error_that_may_be_stalled(monkeypatch):
+    # gunicorn's gevent worker raises SystemExit from a greenlet while the stop waits for the writer.
+    def interrupted(seconds=logwriter.STOP_SECONDS):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(logwriter, "stop_writer", interrupted)
+    logwriter._stop_at_exit()
 
 
 def test_an_invalid_log_setting_gives_gunicorns_lines_the_default_not_a_traceback(writer, monkeypatch):
@@ -252,6 +291,29 @@ def test_a_write_a_full_pipe_cuts_short_never_cuts_a_line_in_two():
         os.close(read_end)
         os.close(write_end)
     assert received.decode().splitlines() == [*lines, "after"]
+
+
+def test_a_forked_child_leaves_the_end_of_its_parents_batch_to_the_parent(tmp_path):
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    out = logs_writer = logwriter.Descriptor(write_end)
+    handler = logwriter.configure("INFO", "json", stream=logs_writer)
+    try:
+        out.write("y" * fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ) * 2 + "\n")  # half of it left over
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+: a fork with threads running
+            pid = os.fork()
+        if pid == 0:
+            os._exit(0 if handler.writer.stream is out and not out._rest else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0  # the child forgot it at the fork
+        assert out._rest  # the parent still has it to write
+    finally:
+        logwriter.stop_writer(0.1)
+        os.close(read_end)
+        os.close(write_end)
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])

@@ -37,13 +37,14 @@ class GunicornLogger(glogging.Logger):
         fmt = _setting_or_default("GATEWAY_LOG_FORMAT")
         if cfg.errorlog == "-":
             # gunicorn's own lines go the way of the gateway's: one queue, one writer thread per
-            # process (gateway.ops.logs). A log reader that stalls then costs lines, counted, and
+            # process (gateway.ops.logwriter). A log reader that stalls then costs lines, counted, and
             # never holds the master's signal handling (a stop, a reload) in a blocking write.
+            # Only the stream gunicorn made for "-": a syslog handler (--log-syslog) stays.
             for handler in set(self.error_log.handlers) - others:
-                self.error_log.removeHandler(handler)
+                if type(handler) is logging.StreamHandler:
+                    self.error_log.removeHandler(handler)
             self.error_log.propagate = True
             logwriter.ensure_configured(_setting_or_default("GATEWAY_LOG_LEVEL"), fmt)
-            return
         if fmt == "json":
             error_format = JsonFormatter()
         else:  # gunicorn's layout, one line per event like ours (its messages may quote a request)

@@ -153,7 +153,7 @@ class JsonFormatter(logging.Formatter):
         return entry
 
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s [%(request_id)s] %(message)s"  # the pid: which worker
 
 
 class TextFormatter(logging.Formatter):

@@ -1,13 +1,10 @@
-"""The one log path of a process, public API only: the standard library's ``QueueHandler`` on the
-root logger formats each record and puts the line on a bounded ``queue.Queue``, and a
-``QueueListener`` thread per process writes what has gathered in one write per batch.
-
-Request threads never wait for stdout; when stdout stalls and the queue is full, a line is dropped,
-counted in ``gateway_log_lines_dropped_total`` and announced by a warning line once writing works
-again. A stop waits ``STOP_SECONDS`` at most for the writer. A forked process gets a queue of its own
-at the fork, and a gunicorn worker its own writer from gunicorn's ``post_fork`` hook
-(``after_fork``). gunicorn's own lines take the same path (``gateway.ops.gunicornlog``); the
-gateway's request lines are ``gateway.ops.logs``'.
+"""The one log path of a process, public API only: ``QueueHandler`` on the root logger formats each
+record and puts the line on a bounded ``queue.Queue``; a ``QueueListener`` thread writes what has
+gathered in one write per batch. Request threads never wait for stdout: when it stalls and the queue
+is full, a line is dropped, counted in ``gateway_log_lines_dropped_total`` and announced once writing
+works again. A stop waits ``STOP_SECONDS`` at most. A forked process gets a queue of its own at the
+fork, a gunicorn worker its writer from ``post_fork`` (``after_fork``). gunicorn's own lines come
+this way too (``gateway.ops.gunicornlog``); the request lines are ``gateway.ops.logs``'.
 """
 from __future__ import annotations
 
@@ -54,7 +51,8 @@ class StdoutWriter:
         lines, self._pending = self._pending, []
         if self.dropped > self._reported:
             lines.append(self.formatter.format(_warning(
-                f"{self.dropped - self._reported} log lines were dropped (the log queue of {QUEUE_LINES} lines "
+                f"{self.dropped - self._reported} log lines were dropped by process {os.getpid()} (the log queue of "
+                f"{QUEUE_LINES} lines "
                 "was full, or writing failed); gateway_log_lines_dropped_total counts them")))
             self._reported = self.dropped
         if not lines:
@@ -78,6 +76,8 @@ class StdoutWriter:
         parent's to write and announce."""
         self._pending, self.writing = [], 0
         self._reported = self.dropped
+        if isinstance(self.stream, Descriptor):
+            self.stream.forget()
 
 
 class Descriptor:
@@ -106,6 +106,9 @@ class Descriptor:
             self._rest = bytes(data[written:])
             return
         self._rest = b""
+
+    def forget(self) -> None:
+        self._rest = b""  # in a forked child: the end of the parent's batch is the parent's to write
 
     def flush(self) -> None:
         pass
@@ -150,22 +153,30 @@ class StdoutListener(logging.handlers.QueueListener):
         super().__init__(lines)
         self.writer = writer
         self.finished = threading.Event()  # set once everything before the stop was written
+        # Under gevent this "thread" is a greenlet, and a greenlet lives on in a forked child's copy
+        # of the hub, still reading the parent's queue: there it writes nothing (the parent does).
+        self.pid = os.getpid()
 
     def dequeue(self, block: bool):
         try:
             item = self.queue.get_nowait()
         except queue.Empty:
-            self.writer.flush()  # one write per batch of lines, not per line
+            self._flush()  # one write per batch of lines, not per line
             item = self.queue.get(block)
             if isinstance(item, str):
                 time.sleep(BATCH_SECONDS)  # let the batch gather (this thread only)
         if not isinstance(item, str):
-            self.writer.flush()
+            self._flush()
             self.finished.set()
         return item
 
     def handle(self, line: str) -> None:
-        self.writer.add(line)
+        if os.getpid() == self.pid:
+            self.writer.add(line)
+
+    def _flush(self) -> None:
+        if os.getpid() == self.pid:
+            self.writer.flush()
 
     def enqueue_sentinel(self) -> None:
         # The stop has a place kept on the queue; should racing lines have taken it, the oldest makes room.
@@ -220,10 +231,8 @@ def stop_writer(seconds: float = STOP_SECONDS) -> None:
 
 
 def _forked() -> None:
-    """In every forked child, at once (``os.register_at_fork``): a new queue, before anything in the
-    child logs (gunicorn's "Booting worker" line comes before its ``post_fork`` hook). The parent's
-    may have been locked by its writer thread at the fork, and what it had queued is the parent's
-    to write."""
+    """In every forked child, at once (``os.register_at_fork``), before it logs anything (gunicorn's
+    "Booting worker" comes before ``post_fork``): a new queue; the parent's may be locked, and its lines are its own."""
     global _listener
     if _installed is not None:
         _installed.queue = new_queue()
@@ -232,13 +241,21 @@ def _forked() -> None:
 
 
 def after_fork() -> None:
-    """In a forked gunicorn worker (gunicorn.conf.py's ``post_fork``): a writer thread of its own,
-    which writes what the worker logged since the fork too."""
+    """In a forked gunicorn worker (``post_fork``): its writer, for what it logged since the fork too."""
     start_writer()
 
 
 os.register_at_fork(after_in_child=_forked)
-atexit.register(stop_writer)
+def _stop_at_exit() -> None:
+    # An exception while this waits (gunicorn's gevent worker raises SystemExit from a greenlet at a
+    # quit) would only be printed, blocking, to a standard error that may be the pipe nobody reads.
+    try:
+        stop_writer()
+    except BaseException:  # noqa: BLE001
+        pass
+
+
+atexit.register(_stop_at_exit)
 
 
 def ensure_configured(level: str = "INFO", fmt: str = "json") -> None:
@@ -269,7 +286,7 @@ def configure(level: str = "INFO", fmt: str = "text", stream=None) -> BoundedQue
     start_writer()
     # What no format of ours prints is not collected for every record: thread and
     # multiprocessing names (the "Optimization" section of the logging HOWTO names these
-    # switches). The process id stays, gunicorn's text lines print it.
+    # switches). The process id stays: the text format prints it.
     logging.logThreads = False
     logging.logMultiprocessing = False
     logging.getLogger("gateway").setLevel(level)

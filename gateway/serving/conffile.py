@@ -3,11 +3,12 @@
 gunicorn reads ``./gunicorn.conf.py`` from the directory it starts in, before ``--chdir``, and runs
 without it silently: one sync worker, no gevent, no preload, no limits, per-process metrics, plain
 log lines. The file marks the environment it runs in; the app refuses to load under gunicorn without
-that mark, with one line saying how to start it.
+that mark, with one line saying how to start it (each worker says it; gunicorn then stops).
 """
 from __future__ import annotations
 
 import os
+import sys
 from typing import Mapping
 
 MARK = "GATEWAY_GUNICORN_CONF_READ"
@@ -19,9 +20,13 @@ def mark(environ: Mapping[str, str], conf_file: str) -> None:
     environ[MARK] = os.path.abspath(conf_file)  # type: ignore[index]
 
 
-def problem(environ: Mapping[str, str]) -> str | None:
-    """Why the app must not load here, or None: under gunicorn (its master sets SERVER_SOFTWARE) without the mark."""
-    if not environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/") or environ.get(MARK):
+def problem(environ: Mapping[str, str], modules: Mapping[str, object] = sys.modules) -> str | None:
+    """Why the app must not load here, or None: loaded by gunicorn without the mark. gunicorn's
+    master sets SERVER_SOFTWARE for its workers; ``gunicorn --check-config`` starts no master, but
+    runs gunicorn's command line all the same."""
+    by_gunicorn = (environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
+                   or "gunicorn.app.wsgiapp" in modules)
+    if not by_gunicorn or environ.get(MARK):
         return None
     conf = os.path.join(HERE, "gunicorn.conf.py")
     return (f"gunicorn did not read {conf} (it reads ./gunicorn.conf.py in the directory it starts in, "
