@@ -18,7 +18,7 @@ from flask import Flask, g
 from prometheus_client import REGISTRY
 
 from conftest import ROOT
-from gateway.ops import audit, gunicornlog, logformat, logs, logwriter
+from gateway.ops import audit, fdout, gunicornlog, logformat, logs, logwriter
 
 
 @pytest.fixture
@@ -259,38 +259,92 @@ def test_an_invalid_log_setting_gives_gunicorns_lines_the_default_not_a_tracebac
     assert isinstance(handler.formatter, logformat.JsonFormatter)
 
 
-def test_a_write_a_full_pipe_cuts_short_never_cuts_a_line_in_two():
-    """On a non-blocking pipe (gateway/serving/output.py) a batch may go out in part: its rest goes
-    out first at the next write; a write of which nothing fits is refused, whole."""
+def _pipe_reader(read_end: int):
+    received = bytearray()
+
+    def drain() -> bytes:
+        os.set_blocking(read_end, False)
+        try:
+            while chunk := os.read(read_end, 65536):
+                received.extend(chunk)
+        except BlockingIOError:
+            pass
+        return bytes(received)
+    return drain
+
+
+def test_two_processes_writing_into_one_full_pipe_never_cut_each_others_lines():
+    """Each gevent worker has its own non-blocking description of the one stdout pipe: a batch one of
+    them could only write in part must not leave half a line for the other's lines to land in."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    # Two descriptions of the pipe's write end, as two workers have (gateway/serving/output.py).
+    first, second = (os.open(f"/proc/self/fd/{write_end}", os.O_WRONLY | os.O_NONBLOCK) for _ in range(2))
+    a, b = fdout.Descriptor(first), fdout.Descriptor(second)
+    capacity = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
+    batch = [f"a{n:05d} " + "x" * 193 for n in range(capacity * 3 // 400)]  # 1.5 times what it holds
+    drain = _pipe_reader(read_end)
+    try:
+        with pytest.raises(fdout.PartlyWritten) as cut:
+            a.write("\n".join(batch) + "\n")
+        drain()  # the reader takes what is there, and
+        b.write("b-line\n")  # the other process's line comes next,
+        a.write("a-after\n")  # then the first's next batch
+        text = drain().decode()
+    finally:
+        for fd in (read_end, write_end, first, second):
+            os.close(fd)
+    lines = text.splitlines()
+    assert lines == [*batch[:len(batch) - cut.value.unwritten], "b-line", "a-after"]
+
+
+def test_a_line_longer_than_an_atomic_pipe_write_is_finished_before_anything_else():
     import fcntl
 
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
-    out = logwriter.Descriptor(write_end)
-    # One and a half times what the pipe holds, 200 bytes a line.
-    lines = [f"{n:05d} " + "x" * 194 for n in range(fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ) * 3 // 400)]
-    received = b""
-
-    def drain():
-        nonlocal received
-        os.set_blocking(read_end, False)
-        try:
-            while chunk := os.read(read_end, 65536):
-                received += chunk
-        except BlockingIOError:
-            pass
-
+    out = fdout.Descriptor(write_end)
+    capacity = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
+    drain = _pipe_reader(read_end)
+    long_line = "L" * (fdout.PIPE_BUF * 3)
     try:
-        out.write("\n".join(lines) + "\n")  # goes out in part
-        with pytest.raises(BlockingIOError):
-            out.write("lost\n")  # not a byte of it fits
+        out.write("f" * (capacity - fdout.PIPE_BUF * 2 - 1) + "\n")  # room left for two thirds of the line
+        with pytest.raises(fdout.PartlyWritten) as cut:
+            out.write(long_line + "\nnext\n")
+        assert cut.value.unwritten == 1 and out.pending  # "next" is lost; the long line's end waits
+        with pytest.raises(fdout.PartlyWritten):
+            out.write("refused\n")  # its end has not gone yet: nothing of this does
         drain()
         out.write("after\n")
-        drain()
+        text = drain().decode()
     finally:
         os.close(read_end)
         os.close(write_end)
-    assert received.decode().splitlines() == [*lines, "after"]
+    assert text.splitlines()[1:] == [long_line, "after"]
+
+
+def test_a_stop_with_no_new_lines_still_writes_the_end_of_a_cut_line():
+    """A worker's last line ("Worker exiting") cut by a full pipe is finished at the stop, not left
+    for the next process's output to run into."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    out = fdout.Descriptor(write_end)
+    writer = logwriter.StdoutWriter(out, logformat.JsonFormatter())
+    drain = _pipe_reader(read_end)
+    try:
+        writer.add("z" * (fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ) * 3 // 2))
+        writer.flush()  # goes out in part
+        assert out.pending
+        drain()
+        writer.flush()  # nothing new: the end still goes
+        text = drain().decode()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert not out.pending and text.splitlines() == ["z" * (len(text) - 1)] and writer.dropped == 0
 
 
 def test_a_forked_child_leaves_the_end_of_its_parents_batch_to_the_parent(tmp_path):
@@ -298,10 +352,11 @@ def test_a_forked_child_leaves_the_end_of_its_parents_batch_to_the_parent(tmp_pa
 
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
-    out = logs_writer = logwriter.Descriptor(write_end)
+    out = logs_writer = fdout.Descriptor(write_end)
     handler = logwriter.configure("INFO", "json", stream=logs_writer)
     try:
-        out.write("y" * fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ) * 2 + "\n")  # half of it left over
+        with pytest.raises(fdout.PartlyWritten):
+            out.write("y" * fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ) * 2 + "\n")  # half of it left over
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+: a fork with threads running
             pid = os.fork()
@@ -412,9 +467,9 @@ def test_a_process_exits_within_the_stop_time_when_nobody_reads_its_stdout():
         import atexit, logging, os, time
         atexit.register(lambda: os.write(2, (f"stopped after {time.monotonic() - started:.2f} "  # after logs' own
                                              f"dropped {handler.writer.dropped}\\n").encode()))
-        from gateway.ops import logwriter
+        from gateway.ops import fdout, logwriter
         read_end, write_end = os.pipe()  # nobody reads it
-        handler = logwriter.configure("INFO", "json", stream=logwriter.Descriptor(write_end))
+        handler = logwriter.configure("INFO", "json", stream=fdout.Descriptor(write_end))
         for _ in range(3000):  # far more than a pipe holds
             logging.getLogger("gateway.test").warning("x" * 200)
         started = time.monotonic()
@@ -430,7 +485,7 @@ def test_a_forked_worker_writes_its_lines_through_a_writer_of_its_own(writer, tm
     """gunicorn forks its workers from the master that loaded the app; its post_fork hook
     (gunicorn.conf.py) calls ``after_fork``, which gives the worker a writer and a new queue."""
     out = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    handler, _ = writer("text", stream=logwriter.Descriptor(out))
+    handler, _ = writer("text", stream=fdout.Descriptor(out))
     parent_queue = handler.queue
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+: a fork with threads running

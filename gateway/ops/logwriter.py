@@ -18,6 +18,7 @@ import threading
 import time
 
 from gateway.ops import metrics
+from gateway.ops.fdout import Descriptor, PartlyWritten
 from gateway.ops.logformat import JsonFormatter, TextFormatter
 from gateway.ops.requestid import RequestIdFilter
 
@@ -55,12 +56,14 @@ class StdoutWriter:
                 f"{QUEUE_LINES} lines "
                 "was full, or writing failed); gateway_log_lines_dropped_total counts them")))
             self._reported = self.dropped
-        if not lines:
+        if not lines and not getattr(self.stream, "pending", False):
             return
         self.writing = len(lines)
         try:
-            self.stream.write("\n".join(lines) + "\n")
+            self.stream.write("\n".join(lines) + "\n" if lines else "")
             self.stream.flush()
+        except PartlyWritten as exc:
+            self.lost(exc.unwritten)  # a full pipe: what it took is out, whole lines only
         except (OSError, ValueError):
             self.lost(self.writing)  # stdout closed or broken: counted, announced when it works again
         finally:
@@ -77,41 +80,7 @@ class StdoutWriter:
         self._pending, self.writing = [], 0
         self._reported = self.dropped
         if isinstance(self.stream, Descriptor):
-            self.stream.forget()
-
-
-class Descriptor:
-    """Standard output as its file descriptor. The writer thread never holds ``sys.stdout``'s
-    buffer lock, so a stalled reader cannot block the interpreter's own flush at exit.
-
-    On a non-blocking pipe (gateway/serving/output.py) a write may go out in part: the rest of
-    that batch goes out first at the next write, so no line is ever cut in two. A write of which
-    nothing went out raises, and its lines are counted as dropped."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self._rest = b""  # the end of a batch a full pipe cut off
-
-    def write(self, text: str) -> None:
-        rest = self._rest
-        data = memoryview(rest + text.encode("utf-8", "backslashreplace"))
-        written = 0
-        try:
-            while written < len(data):
-                written += os.write(self.fd, data[written:])
-        except BlockingIOError:
-            if written <= len(rest):  # none of this batch went out: it is lost, what was left over is not
-                self._rest = bytes(data[written:len(rest)])
-                raise
-            self._rest = bytes(data[written:])
-            return
-        self._rest = b""
-
-    def forget(self) -> None:
-        self._rest = b""  # in a forked child: the end of the parent's batch is the parent's to write
-
-    def flush(self) -> None:
-        pass
+            self.stream.forget()  # the end of a line the parent began
 
 
 def _warning(message: str) -> logging.LogRecord:
@@ -155,7 +124,7 @@ class StdoutListener(logging.handlers.QueueListener):
         self.finished = threading.Event()  # set once everything before the stop was written
         # Under gevent this "thread" is a greenlet, and a greenlet lives on in a forked child's copy
         # of the hub, still reading the parent's queue: there it writes nothing (the parent does).
-        self.pid = os.getpid()
+        self.active = True  # False in such a copy (``_forked``)
 
     def dequeue(self, block: bool):
         try:
@@ -171,11 +140,11 @@ class StdoutListener(logging.handlers.QueueListener):
         return item
 
     def handle(self, line: str) -> None:
-        if os.getpid() == self.pid:
+        if self.active:
             self.writer.add(line)
 
     def _flush(self) -> None:
-        if os.getpid() == self.pid:
+        if self.active:
             self.writer.flush()
 
     def enqueue_sentinel(self) -> None:
@@ -234,6 +203,8 @@ def _forked() -> None:
     """In every forked child, at once (``os.register_at_fork``), before it logs anything (gunicorn's
     "Booting worker" comes before ``post_fork``): a new queue; the parent's may be locked, and its lines are its own."""
     global _listener
+    if _listener is not None:
+        _listener.active = False  # this process's copy of the parent's writer
     if _installed is not None:
         _installed.queue = new_queue()
         _installed.writer.forget()
