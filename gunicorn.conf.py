@@ -17,8 +17,9 @@ import sys
 
 # The checkout is importable wherever gunicorn starts (``-c /path/to/gunicorn.conf.py`` from another
 # directory), as --chdir makes it for the app.
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_checkout = os.path.dirname(os.path.abspath(__file__))
+if _checkout not in sys.path:
+    sys.path.insert(0, _checkout)
 
 from gateway.serving import conffile  # noqa: E402
 from gateway.config import ConfigError, env_int, env_seconds
@@ -124,8 +125,8 @@ def when_ready(server):
         from gateway.ops import logwriter
 
         check_at_start(server.app.wsgi())
-        # Its lines written out now: a line still queued at the fork would be written again by
-        # the worker's copy of this process's writer.
+        # Its lines written out now, before any worker's (a worker forked while they wait would
+        # not write them: its copy of this writer writes nothing, gateway/ops/logwriter.py).
         logwriter.stop_writer()
         logwriter.start_writer()
         from gateway.bounded import under_gevent

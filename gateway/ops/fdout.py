@@ -49,8 +49,10 @@ class Descriptor:
             if start < carried:  # not even the carried end went: it stays, and all of this batch is lost
                 self._rest = data[start:carried]
                 raise PartlyWritten(text.count("\n")) from None
-            line_end = start if start == 0 or data[start - 1] == 10 else data.find(b"\n", start) + 1 or len(data)
-            self._rest = data[start:line_end]  # the end of a line begun must follow, before anything else
+            line_end = start  # what was taken ends at a line's end, or the end of a line begun must follow
+            if start and data[start - 1] != ord("\n"):
+                line_end = data.find(b"\n", start) + 1 or len(data)
+            self._rest = data[start:line_end]
             raise PartlyWritten(data.count(b"\n", line_end)) from None
         self._rest = b""
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping
+from typing import Mapping, MutableMapping
 
 MARK = "GATEWAY_GUNICORN_CONF_READ"
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def mark(environ: Mapping[str, str], conf_file: str) -> None:
+def mark(environ: MutableMapping[str, str], conf_file: str) -> None:
     """Called by gunicorn.conf.py: the master and every worker inherit the mark."""
-    environ[MARK] = os.path.abspath(conf_file)  # type: ignore[index]
+    environ[MARK] = os.path.abspath(conf_file)
 
 
 def problem(environ: Mapping[str, str], modules: Mapping[str, object] = sys.modules) -> str | None:
