@@ -140,6 +140,16 @@ def when_ready(server):
             gevent.sleep(0)
 
 
+def pre_fork(server, worker):
+    """Everything the master holds by now (the preloaded app) is frozen out of the garbage collector:
+    ``gc.freeze``, the standard library's way to keep a forked child's collections off its parent's
+    objects. A worker's full collection, which stops every request it holds, no longer walks them,
+    nor writes to the memory pages it shares with the master (bench/gc_pauses.py)."""
+    import gc
+
+    gc.freeze()
+
+
 def post_fork(server, worker):
     # The app was loaded in the master: this worker needs a log writer thread of its own.
     from gateway.ops import logwriter

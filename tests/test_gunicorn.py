@@ -473,3 +473,20 @@ def test_a_stop_after_serving_leaves_no_traceback_and_no_ignored_exception(gunic
     log = server.log.read_text()
     assert "Shutting down: Master" in log and log.count("Worker exiting") == 2, log
     assert "Traceback" not in log and "Exception ignored" not in log, log
+
+
+@pytest.mark.parametrize("worker", ["gevent", "gthread"])
+def test_workers_inherit_the_preloaded_app_frozen_out_of_the_garbage_collector(sim, tmp_path, worker):
+    """A full collection stops a worker's every request: it must not walk the whole preloaded app
+    (bench/gc_pauses.py: about 17 ms against under 1 ms)."""
+    from conftest import ROOT, base_config, start_gunicorn
+
+    env = {k: v for k, v in base_config(sim).items() if isinstance(v, str)}
+    env.update(PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", GATEWAY_WORKER=worker)
+    server = start_gunicorn(env, tmp_path / "gunicorn.log", workers=2, app="frozen_probe:app")
+    try:
+        counts = {int(requests.get(server.url + "/test-frozen-objects", timeout=10).text) for _ in range(6)}
+        assert min(counts) > 10_000, counts  # the loaded gateway is some 45,000 objects
+        assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+    finally:
+        server.stop()
