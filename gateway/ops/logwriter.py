@@ -229,7 +229,7 @@ def _stop_at_exit() -> None:
 atexit.register(_stop_at_exit)
 
 
-def ensure_configured(level: str = "INFO", fmt: str = "json") -> None:
+def ensure_configured(level: str, fmt: str) -> None:
     """The writer, in a process whose app has not installed it (yet): gunicorn's master before the
     app is loaded, or one that runs an app of its own (``GunicornLogger`` sends its lines here)."""
     if _installed is None:
