@@ -144,9 +144,12 @@ def pre_fork(server, worker):
     """Everything the master holds by now (the preloaded app) is frozen out of the garbage collector:
     ``gc.freeze``, the standard library's way to keep a forked child's collections off its parent's
     objects. A worker's full collection, which stops every request it holds, no longer walks them,
-    nor writes to the memory pages it shares with the master (bench/gc_pauses.py)."""
+    and barely writes to the memory pages it shares with the master (bench/gc_pauses.py).
+    Garbage is collected first, or it would be kept for good: a reload leaves gunicorn's old
+    settings behind (``on_reload`` thaws what was frozen, so the next fork collects them)."""
     import gc
 
+    gc.collect()  # what was made since the last fork (the first time: the app's loading)
     gc.freeze()
 
 
@@ -173,8 +176,11 @@ def post_worker_init(worker):
 
 
 def on_reload(server):
+    import gc
+
     from gateway.serving.stopping import mark_replaced
 
+    gc.unfreeze()  # the replaced settings are garbage now: pre_fork collects them before the next fork
     mark_replaced(server.WORKERS)  # the workers running now are the ones being replaced
 
 

@@ -1,8 +1,8 @@
 """What a full garbage collection costs a worker, with and without the master's ``gc.freeze()``.
 
-gunicorn.conf.py's ``pre_fork`` freezes every object of the preloaded app before each fork, so a
-worker's full collections no longer walk them (and no longer write to their pages, which the
-workers then keep sharing with the master). A full collection stops the whole worker: under gevent,
+gunicorn.conf.py's ``pre_fork`` collects, then freezes every object of the preloaded app before each
+fork, so a worker's full collections no longer walk them (nor write to their pages, which the
+workers keep sharing with the master). A full collection stops the whole worker: under gevent,
 every request it holds waits for it.
 
 Each round runs both variants in a fresh process, alternating: the gateway loaded in process (as
@@ -43,8 +43,9 @@ def worker(frozen: bool, log: str) -> dict:
     os.dup2(fd, 2)
     import wsgi
 
-    if frozen:
-        gc.freeze()  # what pre_fork does in the master, after preload_app
+    if frozen:  # what pre_fork does in the master, after preload_app
+        gc.collect()
+        gc.freeze()
     app = wsgi.app.wsgi_app
     full: list[float] = []  # the full collections the requests below set off, and how long each took
     started: list[float] = []
