@@ -475,6 +475,7 @@ def test_a_stop_after_serving_leaves_no_traceback_and_no_ignored_exception(gunic
     assert "Traceback" not in log and "Exception ignored" not in log, log
 
 
+@pytest.mark.smoke  # gc.freeze and gunicorn's hooks, on every Python we declare
 @pytest.mark.parametrize("worker", ["gevent", "gthread"])
 def test_workers_inherit_the_preloaded_app_frozen_and_reloads_freeze_no_garbage(sim, tmp_path, worker):
     """A full collection stops a worker's every request: it must not walk the whole preloaded app (tens
