@@ -1,16 +1,16 @@
 """What a full garbage collection costs a worker, with and without the master's ``gc.freeze()``.
 
 gunicorn.conf.py's ``pre_fork`` collects, then freezes every object of the preloaded app before each
-fork, so a worker's full collections no longer walk them (nor write to their pages, which the
-workers keep sharing with the master). A full collection stops the whole worker: under gevent,
-every request it holds waits for it.
+fork, so a worker's full collections no longer walk them (and barely write to their pages, which
+the workers share with the master). A full collection stops the whole worker: under gevent, every
+request it holds waits for it.
 
 Each round runs both variants in a fresh process, alternating: the gateway loaded in process (as
 the master preloads it), frozen or not, then what a worker does after its fork (1,000 users signed
 in, their proxied calls, 5,000 first visits: the memos a round of bench/run.py fills), timing the
 full collections those requests set off, then the time of ``gc.collect()`` (median of 7) and the
-objects a collection walks. The stand-in dashboard
-runs under gunicorn, as in bench/profile_workloads.py.
+objects a collection walks. The stand-in dashboard runs under gunicorn, as in
+bench/profile_workloads.py.
 Usage: python bench/gc_pauses.py [--rounds 3]
 """
 from __future__ import annotations
@@ -48,14 +48,14 @@ def worker(frozen: bool, log: str) -> dict:
         gc.freeze()
     app = wsgi.app.wsgi_app
     full: list[float] = []  # the full collections the requests below set off, and how long each took
-    started: list[float] = []
+    began: list[float] = []
 
     def timed(phase: str, info: dict) -> None:
         if info["generation"] == 2:
             if phase == "start":
-                started.append(time.perf_counter())
+                began.append(time.perf_counter())
             else:
-                full.append(time.perf_counter() - started.pop())
+                full.append(time.perf_counter() - began.pop())
 
     gc.callbacks.append(timed)
     load_started = time.perf_counter()
@@ -72,9 +72,9 @@ def worker(frozen: bool, log: str) -> dict:
     gc.callbacks.remove(timed)
     pauses = []
     for _ in range(7):
-        started = time.perf_counter()
+        collected = time.perf_counter()
         gc.collect()
-        pauses.append(time.perf_counter() - started)
+        pauses.append(time.perf_counter() - collected)
     return {"full_collection_ms": statistics.median(pauses) * 1000, "during_load": len(full),
             "during_load_max_ms": max(full, default=0) * 1000, "during_load_total_ms": sum(full) * 1000,
             "load_s": load_seconds,
