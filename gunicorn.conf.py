@@ -143,8 +143,8 @@ def when_ready(server):
 def pre_fork(server, worker):
     """Everything the master holds by now (the preloaded app) is frozen out of the garbage collector:
     ``gc.freeze``, the standard library's way to keep a forked child's collections off its parent's
-    objects. A worker's full collection, which stops every request it holds, no longer walks them,
-    and barely writes to the memory pages it shares with the master (bench/gc_pauses.py).
+    objects. A worker's full collection, which stops every request it holds, no longer walks them
+    (bench/gc_pauses.py), so their memory pages stay shared with the master.
     Garbage is collected first, or it would be kept for good: a reload leaves gunicorn's old
     settings behind (``on_reload`` thaws what was frozen, so the next fork collects them)."""
     import gc

@@ -1,8 +1,8 @@
 """What a full garbage collection costs a worker, with and without the master's ``gc.freeze()``.
 
 gunicorn.conf.py's ``pre_fork`` collects, then freezes every object of the preloaded app before each
-fork, so a worker's full collections no longer walk them (and barely write to their pages, which
-the workers share with the master). A full collection stops the whole worker: under gevent, every
+fork, so a worker's full collections no longer walk them (nor touch their memory pages, which the
+workers then keep sharing with the master). A full collection stops the whole worker: under gevent, every
 request it holds waits for it.
 
 Each round runs both variants in a fresh process, alternating: the gateway loaded in process (as
