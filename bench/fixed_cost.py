@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import workloads  # noqa: E402
-from bench.profile_workloads import call, cookie_of, environ, per_request_us  # noqa: E402
+from bench.profile_workloads import environ, per_request_us, signed_in  # noqa: E402
 
 
 def main() -> int:
@@ -52,10 +52,7 @@ def main() -> int:
         bare_page.app.secret_key = settings["GATEWAY_SECRET_KEY"]
         emails = workloads.user_emails()[:200]
 
-        def signed_in(app) -> dict[str, str]:
-            return {email: cookie_of(call(app, environ("/", {"X-Forwarded-Email": email}))[1]) for email in emails}
-
-        ours, floors = signed_in(gateway), signed_in(bare_page.app.wsgi_app)
+        ours, floors = signed_in(gateway, emails), signed_in(bare_page.app.wsgi_app, emails)
 
         def users(cookies: dict, path: str):
             return itertools.cycle([environ(path, {"X-Forwarded-Email": e, "Cookie": c}) for e, c in cookies.items()])

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import workloads  # noqa: E402
-from bench.profile_workloads import call, cookie_of, environ  # noqa: E402
+from bench.profile_workloads import call, environ, signed_in  # noqa: E402
 
 VARIANTS = ("not frozen", "frozen before the fork")
 
@@ -59,11 +59,7 @@ def worker(frozen: bool, log: str) -> dict:
 
     gc.callbacks.append(timed)
     load_started = time.perf_counter()
-    cookies = {}
-    for email in workloads.user_emails():
-        status, headers = call(app, environ("/", {"X-Forwarded-Email": email}))
-        assert status.startswith("200"), status
-        cookies[email] = cookie_of(headers)
+    cookies = signed_in(app, workloads.user_emails())
     for email, cookie in cookies.items():
         call(app, environ("/dashboard/api/summary", {"X-Forwarded-Email": email, "Cookie": cookie}))
     for n in range(5000):

@@ -60,6 +60,16 @@ def cookie_of(headers: list, old: str = "") -> str:
     return "; ".join(f"{k}={v}" for k, v in jar.items())
 
 
+def signed_in(app, emails: list[str]) -> dict[str, str]:
+    """Each user's cookies after one visit of the page, signed in by the identity header (in process)."""
+    cookies = {}
+    for email in emails:
+        status, headers = call(app, environ("/", {"X-Forwarded-Email": email}))
+        assert status.startswith("200"), status
+        cookies[email] = cookie_of(headers)
+    return cookies
+
+
 def per_request_us(app, envs, n: int, clock=time.perf_counter) -> float:
     """Microseconds per request of the next ``n`` of ``envs``, by ``clock`` (wall time, or CPU time)."""
     batch = list(itertools.islice(envs, n))
@@ -99,15 +109,7 @@ def main() -> int:
         bare_page.app.secret_key = secret_key
         emails = workloads.user_emails()
 
-        def sign_in(app) -> dict[str, str]:
-            cookies = {}
-            for email in emails:
-                status, headers = call(app, environ("/", {"X-Forwarded-Email": email}))
-                assert status.startswith("200"), status
-                cookies[email] = cookie_of(headers)
-            return cookies
-
-        gw_cookies, bare_cookies = sign_in(gateway), sign_in(bare_page.app.wsgi_app)
+        gw_cookies, bare_cookies = signed_in(gateway, emails), signed_in(bare_page.app.wsgi_app, emails)
         counter = itertools.count()
 
         def first_visits(nonce=secrets.token_hex(4)):

@@ -352,8 +352,8 @@ def test_a_forked_child_leaves_the_end_of_its_parents_batch_to_the_parent(tmp_pa
 
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
-    out = logs_writer = fdout.Descriptor(write_end)
-    handler = logwriter.configure("INFO", "json", stream=logs_writer)
+    out = fdout.Descriptor(write_end)
+    handler = logwriter.configure("INFO", "json", stream=out)
     try:
         with pytest.raises(fdout.PartlyWritten):
             out.write("y" * fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ) * 2 + "\n")  # half of it left over
@@ -361,10 +361,10 @@ def test_a_forked_child_leaves_the_end_of_its_parents_batch_to_the_parent(tmp_pa
             warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+: a fork with threads running
             pid = os.fork()
         if pid == 0:
-            os._exit(0 if handler.writer.stream is out and not out._rest else 1)
+            os._exit(0 if handler.writer.stream is out and not out.pending else 1)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0  # the child forgot it at the fork
-        assert out._rest  # the parent still has it to write
+        assert out.pending  # the parent still has it to write
     finally:
         logwriter.stop_writer(0.1)
         os.close(read_end)
